@@ -1,0 +1,38 @@
+"""Wire format: immutable messages, msgpack codec, length-prefixed framing, named limits. No I/O."""
+
+from p2pserve.wire.codec import Message, SignedMessage, decode, encode, message
+from p2pserve.wire.framing import FrameDecoder, encode_frame, encode_uvarint
+from p2pserve.wire.limits import DEFAULT_LIMITS, Limits
+from p2pserve.wire.messages import (
+    Accept,
+    Chunk,
+    Done,
+    Failure,
+    InferRequest,
+    ModelStatus,
+    Receipt,
+    Reject,
+    Status,
+)
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "Accept",
+    "Chunk",
+    "Done",
+    "Failure",
+    "FrameDecoder",
+    "InferRequest",
+    "Limits",
+    "Message",
+    "ModelStatus",
+    "Receipt",
+    "Reject",
+    "SignedMessage",
+    "Status",
+    "decode",
+    "encode",
+    "encode_frame",
+    "encode_uvarint",
+    "message",
+]
