@@ -1,0 +1,122 @@
+"""The peer table: what this node believes about every other node, from signed statuses.
+
+Pure logic: no I/O, no clock (``now`` is an argument, in seconds of trio's clock). Rules:
+
+* only a status whose signature verifies for its ``peer_id`` is accepted;
+* statuses of another network, and our own, are ignored;
+* per peer the highest ``seq`` wins; an older or equal ``seq`` changes nothing;
+* a peer not heard from for ``ttl`` seconds is expired by :meth:`PeerTable.expire`;
+* frozen peers (e.g. proven equivocators on the ledger) stay listed but are never candidates.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from p2pserve.errors import BadSignature, MalformedMessage
+from p2pserve.wire.messages import ModelStatus, Status
+
+__all__ = ["PeerEntry", "PeerTable", "UpdateResult"]
+
+
+class UpdateResult(enum.Enum):
+    NEW = "new"
+    UPDATED = "updated"
+    STALE = "stale"
+    BAD_SIGNATURE = "bad-signature"
+    WRONG_NETWORK = "wrong-network"
+    SELF = "self"
+
+
+@dataclass(frozen=True, slots=True)
+class PeerEntry:
+    """The newest status of one peer and when (local clock) we received it."""
+
+    status: Status
+    last_seen: float
+
+    @property
+    def peer_id(self) -> str:
+        return self.status.peer_id
+
+    def model(self, name: str) -> ModelStatus | None:
+        for m in self.status.models:
+            if m.name == name:
+                return m
+        return None
+
+
+class PeerTable:
+    """Newest signed status per peer, with expiry. Not thread-safe; owned by one trio task tree."""
+
+    def __init__(self, self_id: str, network_id: str, ttl: float) -> None:
+        self.self_id = self_id
+        self.network_id = network_id
+        self.ttl = ttl
+        self._entries: dict[str, PeerEntry] = {}
+        self._frozen: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, peer_id: object) -> bool:
+        return peer_id in self._entries
+
+    def update(self, status: Status, now: float, *, verified: bool = False) -> UpdateResult:
+        """Merge one received status. Verifies its signature unless ``verified`` says it was."""
+        if status.network_id != self.network_id:
+            return UpdateResult.WRONG_NETWORK
+        if status.peer_id == self.self_id:
+            return UpdateResult.SELF
+        old = self._entries.get(status.peer_id)
+        if old is not None and status.seq <= old.status.seq:
+            return UpdateResult.STALE
+        if not verified:
+            try:
+                status.verify()
+            except (BadSignature, MalformedMessage):
+                return UpdateResult.BAD_SIGNATURE
+        self._entries[status.peer_id] = PeerEntry(status, now)
+        return UpdateResult.NEW if old is None else UpdateResult.UPDATED
+
+    def expire(self, now: float) -> list[str]:
+        """Drop peers silent for more than ``ttl`` seconds; return their IDs."""
+        gone = [pid for pid, e in self._entries.items() if now - e.last_seen > self.ttl]
+        for pid in gone:
+            del self._entries[pid]
+        return gone
+
+    def remove(self, peer_id: str) -> None:
+        self._entries.pop(peer_id, None)
+
+    def get(self, peer_id: str) -> PeerEntry | None:
+        return self._entries.get(peer_id)
+
+    def entries(self) -> list[PeerEntry]:
+        """All known peers, sorted by peer ID (stable order for deterministic choices)."""
+        return [self._entries[k] for k in sorted(self._entries)]
+
+    def freeze(self, peer_id: str) -> None:
+        """Never route to ``peer_id`` again (e.g. it equivocated on the ledger)."""
+        self._frozen.add(peer_id)
+
+    def is_frozen(self, peer_id: str) -> bool:
+        return peer_id in self._frozen
+
+    def candidates(self, model: str, *, exclude: Iterable[str] = ()) -> list[PeerEntry]:
+        """Peers that serve ``model``, say they accept work, and are not frozen or excluded."""
+        skip = set(exclude) | self._frozen
+        out = []
+        for e in self.entries():
+            if e.peer_id in skip or not e.status.accepting:
+                continue
+            m = e.model(model)
+            if m is not None and m.accepting:
+                out.append(e)
+        return out
+
+    def models(self) -> set[str]:
+        """Every model some known peer serves."""
+        return {m.name for e in self._entries.values() for m in e.status.models}
