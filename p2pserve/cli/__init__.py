@@ -1,0 +1,30 @@
+"""The ``p2pserve`` command line. Thin: each command builds config and calls ``trio.run``."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from p2pserve.cli import join, keys, status
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="p2pserve",
+    help="Decentralized LLM serving: join a network, ask it, audit its ledger.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(keys.app, name="keys")
+app.command("join")(join.join)
+app.command("status")(status.status)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:  # pragma: no cover - interactive
+        sys.exit(130)

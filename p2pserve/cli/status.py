@@ -1,0 +1,62 @@
+"""``p2pserve status``: what a running node knows about the network."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from p2pserve.cli.common import DEFAULT_API, api_url, fail
+
+
+def fetch_json(url: str, path: str, *, api_key: str | None = None, timeout: float = 5.0) -> Any:
+    """GET ``url + path`` as JSON, turning connection problems into a clear CLI error."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        r = httpx.get(url + path, timeout=timeout, headers=headers)
+    except httpx.ConnectError:
+        raise fail(f"no p2pserve node answers at {url} (start one with `p2pserve join`, or pass --api)") from None
+    except httpx.HTTPError as exc:
+        raise fail(f"{url}: {exc}") from None
+    if r.status_code != 200:
+        raise fail(f"{url}{path}: HTTP {r.status_code}: {r.text[:200]}")
+    return r.json()
+
+
+def status(
+    api: str = typer.Option(DEFAULT_API, "--api", envvar="P2PSERVE_API", help="The node's API URL."),
+    as_json: bool = typer.Option(False, "--json", help="Print the raw JSON."),
+    api_key: str | None = typer.Option(None, "--api-key", envvar="P2PSERVE_API_KEY", help="Bearer key if the node requires one."),
+) -> None:
+    """Show the node's peer ID, addresses and the peers it knows."""
+    url = api_url(api)
+    data = fetch_json(url, "/p2pserve/status", api_key=api_key)
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    console = Console()
+    console.print(f"[bold]peer_id[/]  {data['peer_id']}")
+    console.print(f"[bold]network[/]  {data.get('network_id', '?')}")
+    for a in data.get("addrs", []):
+        console.print(f"[bold]address[/]  {a}", highlight=False)
+    for key in ("served", "ledger"):
+        if key in data:
+            console.print(f"[bold]{key}[/]  {json.dumps(data[key])}", highlight=False)
+    table = Table(title=f"{len(data['peers'])} peers")
+    for col in ("peer", "models", "running", "queued", "stake", "last seen (s)", "connected"):
+        table.add_column(col)
+    for p in data["peers"]:
+        table.add_row(
+            p["peer_id"][-12:],
+            ", ".join(p["models"]) or "-",
+            str(p["load"]["running"]),
+            str(p["load"]["queued"]),
+            str(p["stake"]),
+            f"{p['last_seen_s']:.1f}",
+            "yes" if p.get("connected") else "no",
+        )
+    console.print(table)

@@ -1,0 +1,214 @@
+"""Gossip membership: publish our signed status, learn peers from theirs, dial what we learn.
+
+Every ``interval`` seconds the node publishes a :class:`~p2pserve.wire.messages.Status` on
+``/p2pserve/<network_id>/status/1``. The topic validator accepts only well-formed statuses of
+our network whose signature verifies and whose signer is the pubsub origin, so forged or
+garbled statuses are neither delivered nor relayed. Received statuses go into the pure
+:class:`~p2pserve.peers.PeerTable`; peers silent for ``peer_ttl`` are expired. While fewer
+than ``target_connections`` peers are connected, the service dials known peers' advertised
+addresses (and the bootstrap addresses while it has no connection at all), so a node given
+one bootstrap address ends up knowing everyone without a tracker.
+
+Status sequence numbers start at the wall-clock millisecond of service start, so they keep
+increasing across restarts of the same node.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from p2pserve.crypto import Signer
+from p2pserve.errors import MalformedMessage, P2PServeError, ProtocolError
+from p2pserve.peers import PeerTable, UpdateResult
+from p2pserve.transport import PubsubMessage, Transport
+from p2pserve.wire.codec import decode
+from p2pserve.wire.limits import DEFAULT_LIMITS
+from p2pserve.wire.messages import ModelStatus, Status
+
+__all__ = ["GossipService", "LocalState", "status_topic"]
+
+log = logging.getLogger(__name__)
+
+
+def status_topic(network_id: str) -> str:
+    return f"/p2pserve/{network_id}/status/1"
+
+
+@dataclass(frozen=True, slots=True)
+class LocalState:
+    """What the node says about itself in its next status."""
+
+    models: tuple[ModelStatus, ...] = ()
+    accepting: bool = True
+    running: int = 0
+    queued: int = 0
+    stake: int = 0
+    ledger_head: bytes = b""
+
+
+class GossipService:
+    """Status gossip, peer table maintenance and peer dialing for one node."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        signer: Signer,
+        peers: PeerTable,
+        *,
+        interval: float = 2.0,
+        target_connections: int = 6,
+        bootstrap: tuple[str, ...] = (),
+        local_state: Callable[[], LocalState] = LocalState,
+        rng: random.Random | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.transport = transport
+        self.signer = signer
+        self.peers = peers
+        self.network_id = peers.network_id
+        self.topic = status_topic(self.network_id)
+        self.interval = interval
+        self.target_connections = target_connections
+        self.bootstrap = bootstrap
+        self.local_state = local_state
+        self.rng = rng or random.Random()
+        self.wall_clock = wall_clock
+        self._seq = int(wall_clock() * 1000)
+        self.published = 0
+        self.received = 0
+        self.rejected = 0
+        self.on_peer_change: Callable[[str, bool], None] | None = None
+        self._wake = trio.Event()
+
+    # -- pure-ish pieces -------------------------------------------------------------------
+
+    def make_status(self) -> Status:
+        """Our next signed status."""
+        self._seq += 1
+        st = self.local_state()
+        status = Status(
+            network_id=self.network_id,
+            peer_id=self.signer.peer_id,
+            seq=self._seq,
+            timestamp_ms=int(self.wall_clock() * 1000),
+            addrs=tuple(self.transport.listen_addrs()[: DEFAULT_LIMITS.max_peers_per_status]),
+            models=st.models,
+            accepting=st.accepting,
+            running=st.running,
+            queued=st.queued,
+            stake=st.stake,
+            ledger_head=st.ledger_head,
+            signature=b"",
+        )
+        return status.signed(self.signer)
+
+    def validate(self, msg: PubsubMessage) -> bool:
+        """Topic validator: our network, signed by the pubsub origin, signature valid."""
+        if len(msg.data) > DEFAULT_LIMITS.max_pubsub_message:
+            return False
+        try:
+            status = decode(msg.data, Status)
+            if status.network_id != self.network_id or status.peer_id != msg.from_peer:
+                return False
+            status.verify()
+        except ProtocolError:
+            return False
+        return True
+
+    # -- service ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled. Started means: subscribed, first status published."""
+        sub = await self.transport.subscribe(self.topic, self.validate)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._receive_loop, sub)
+                await self._publish()
+                nursery.start_soon(self._publish_loop)
+                nursery.start_soon(self._maintain_loop)
+                task_status.started()
+        finally:
+            with trio.CancelScope(shield=True):
+                await sub.aclose()
+
+    def poke(self) -> None:
+        """Publish a status now rather than at the next tick (e.g. load changed a lot)."""
+        self._wake.set()
+
+    async def _publish(self) -> None:
+        try:
+            await self.transport.publish(self.topic, self.make_status().encode())
+            self.published += 1
+        except P2PServeError as exc:
+            log.warning("status publish failed: %s", exc)
+
+    async def _publish_loop(self) -> None:
+        while True:
+            # ±10% jitter so nodes started together do not gossip in lockstep
+            with trio.move_on_after(self.interval * self.rng.uniform(0.9, 1.1)):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            await self._publish()
+
+    async def _receive_loop(self, sub: object) -> None:
+        async for msg in sub:  # type: ignore[attr-defined]
+            try:
+                status = decode(msg.data, Status)
+            except MalformedMessage:
+                self.rejected += 1
+                continue
+            if status.peer_id != msg.from_peer:
+                self.rejected += 1
+                continue
+            result = self.peers.update(status, trio.current_time(), verified=True)
+            self.received += 1
+            if result is UpdateResult.NEW:
+                log.info("peer joined: %s", status.peer_id)
+                if self.on_peer_change:
+                    self.on_peer_change(status.peer_id, True)
+
+    async def _maintain_loop(self) -> None:
+        # expire at a finer grain than the interval, so a dead peer goes within ttl + interval/2
+        tick = min(self.interval / 2, self.peers.ttl / 4)
+        next_dial = 0.0
+        while True:
+            now = trio.current_time()
+            for pid in self.peers.expire(now):
+                log.info("peer expired: %s", pid)
+                if self.on_peer_change:
+                    self.on_peer_change(pid, False)
+            if now >= next_dial:
+                await self._dial_some()
+                next_dial = now + self.interval
+            await trio.sleep(tick)
+
+    async def _dial_some(self) -> None:
+        connected = self.transport.connected_peers()
+        if not connected and self.bootstrap:
+            for addr in self.bootstrap:
+                await self._dial(addr)
+            connected = self.transport.connected_peers()
+        want = self.target_connections - len(connected)
+        if want <= 0:
+            return
+        unconnected = [e for e in self.peers.entries() if e.peer_id not in connected and e.status.addrs]
+        self.rng.shuffle(unconnected)
+        for entry in unconnected[:want]:
+            for addr in entry.status.addrs:
+                if await self._dial(addr):
+                    break
+
+    async def _dial(self, addr: str) -> bool:
+        try:
+            with trio.fail_after(max(self.interval, 2.0)):
+                await self.transport.connect(addr)
+            return True
+        except (P2PServeError, trio.TooSlowError) as exc:
+            log.debug("dial %s failed: %s", addr, exc)
+            return False

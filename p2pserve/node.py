@@ -1,0 +1,158 @@
+"""Assembly: one node = identity + transport + peer table + gossip + serving + ledger + API.
+
+Everything runs in one nursery the node owns. :class:`Node` takes an already running
+transport, so the same code runs over real libp2p (``run_node``, used by ``p2pserve join``)
+and over the memory transport (tests and the simulator).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from p2pserve.config import NodeConfig
+from p2pserve.crypto import Signer
+from p2pserve.gossip import GossipService, LocalState
+from p2pserve.peers import PeerTable
+from p2pserve.transport import Transport
+
+__all__ = ["Node"]
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    """A p2pserve node over a running transport. Start with ``await nursery.start(node.run)``."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        signer: Signer,
+        transport: Transport,
+        *,
+        rng: random.Random | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        if transport.peer_id != signer.peer_id:
+            raise ValueError("transport and signer disagree on the peer id")
+        self.config = config
+        self.signer = signer
+        self.transport = transport
+        self.rng = rng or random.Random()
+        self.wall_clock = wall_clock
+        sp = config.server_params
+        self.network_id = config.ledger_params.network_id
+        self.peers = PeerTable(signer.peer_id, self.network_id, sp.peer_ttl)
+        self.gossip = GossipService(
+            transport,
+            signer,
+            self.peers,
+            interval=sp.status_interval,
+            target_connections=sp.target_connections,
+            bootstrap=sp.bootstrap,
+            local_state=self.local_state,
+            rng=random.Random(self.rng.random()),
+            wall_clock=wall_clock,
+        )
+        self.started_at = 0.0
+
+    @property
+    def peer_id(self) -> str:
+        return self.signer.peer_id
+
+    def local_state(self) -> LocalState:
+        return LocalState()
+
+    def api_routes(self) -> list[Any]:
+        """Extra HTTP routes (the OpenAI-compatible ``/v1`` API) for :func:`p2pserve.api.build_app`."""
+        return []
+
+    async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run every service until cancelled."""
+        self.started_at = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.gossip.run)
+            task_status.started(self)
+
+    # -- views -----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """The JSON served at ``/p2pserve/status``."""
+        now = trio.current_time()
+        peers = []
+        for e in self.peers.entries():
+            s = e.status
+            peers.append(
+                {
+                    "peer_id": s.peer_id,
+                    "addrs": list(s.addrs),
+                    "models": [m.name for m in s.models],
+                    "load": {
+                        "running": s.running,
+                        "queued": s.queued,
+                        "token_usage": {m.name: m.token_usage for m in s.models},
+                    },
+                    "accepting": s.accepting,
+                    "stake": s.stake,
+                    "last_seen_s": round(now - e.last_seen, 3),
+                    "connected": s.peer_id in self.transport.connected_peers(),
+                    "frozen": self.peers.is_frozen(s.peer_id),
+                }
+            )
+        return {
+            "peer_id": self.peer_id,
+            "network_id": self.network_id,
+            "addrs": self.transport.listen_addrs(),
+            "uptime_s": round(now - self.started_at, 3),
+            "connected_peers": sorted(self.transport.connected_peers()),
+            "peers": peers,
+            "gossip": {
+                "published": self.gossip.published,
+                "received": self.gossip.received,
+                "rejected": self.gossip.rejected,
+            },
+        }
+
+    def metrics(self) -> str:
+        """Prometheus text exposition of the node's counters."""
+        lines = [
+            "# TYPE p2pserve_peers gauge",
+            f"p2pserve_peers {len(self.peers)}",
+            "# TYPE p2pserve_connected_peers gauge",
+            f"p2pserve_connected_peers {len(self.transport.connected_peers())}",
+            "# TYPE p2pserve_status_published_total counter",
+            f"p2pserve_status_published_total {self.gossip.published}",
+            "# TYPE p2pserve_status_received_total counter",
+            f"p2pserve_status_received_total {self.gossip.received}",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+async def run_libp2p_node(
+    config: NodeConfig,
+    signer: Signer,
+    *,
+    task_status: trio.TaskStatus[tuple[Node, str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a node over a real libp2p host with its HTTP API until cancelled.
+
+    ``started`` with ``(node, api_base_url)`` once the host listens, the first status is
+    published and the API accepts connections.
+    """
+    from p2pserve.api import build_app, serve_app
+    from transports.libp2p import open_libp2p_transport
+
+    sp = config.server_params
+    host, _, port = sp.api.rpartition(":")
+    async with open_libp2p_transport(signer, list(sp.listen), announce_addrs=list(sp.announce) or None) as transport:
+        node = Node(config, signer, transport)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            app = build_app(status=node.status, metrics=node.metrics, api_key=sp.api_key, extra_routes=node.api_routes())
+            url = await nursery.start(serve_app, app, host, int(port))
+            task_status.started((node, url))
