@@ -201,11 +201,11 @@ class _Loader:
         if origin is tuple:
             if raw is None:
                 raw = []
-            if isinstance(raw, str):
+            item = typing.get_args(tp)[0]
+            if isinstance(raw, str) and item is str:
                 raw = [raw]
             if not isinstance(raw, list):
                 self.fail(key, f"expected a list, got {type(raw).__name__}")
-            item = typing.get_args(tp)[0]
             return tuple(self.value(item, x, f"{key}[{i}]") for i, x in enumerate(raw))
         if dataclasses.is_dataclass(tp):
             return self.dataclass(tp, raw, key)

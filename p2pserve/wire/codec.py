@@ -63,7 +63,10 @@ class SignedMessage(Message):
 
     def signing_bytes(self) -> bytes:
         fields = self.to_list()[:-1]
-        return msgpack.packb(fields, use_bin_type=True)
+        try:
+            return msgpack.packb(fields, use_bin_type=True)
+        except (OverflowError, TypeError, ValueError) as exc:
+            raise LocalProtocolError(f"cannot encode {type(self).__name__}: {exc}") from exc
 
     def digest(self) -> bytes:
         """SHA-256 of the signing bytes: the identity of this object (e.g. a block hash)."""
@@ -204,8 +207,11 @@ def _build(cls: type[M], raw: Any) -> M:
 
 
 def encode(msg: Message) -> bytes:
-    """The canonical msgpack encoding of ``msg``."""
-    return msgpack.packb(msg.to_list(), use_bin_type=True)
+    """The canonical msgpack encoding of ``msg``; LocalProtocolError if a value cannot be encoded."""
+    try:
+        return msgpack.packb(msg.to_list(), use_bin_type=True)
+    except (OverflowError, TypeError, ValueError) as exc:
+        raise LocalProtocolError(f"cannot encode {type(msg).__name__}: {exc}") from exc
 
 
 def decode(data: bytes, expect: type[M] | tuple[type[M], ...] | None = None) -> M:
