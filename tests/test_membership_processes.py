@@ -4,7 +4,6 @@ one bootstrap address, and drop a SIGKILLed peer within peer_ttl + one status in
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,6 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from p2pserve.cli.demo import read_banner, spawn_join
 
 pytestmark = [pytest.mark.libp2p, pytest.mark.processes]
 
@@ -34,25 +35,16 @@ class JoinProcess:
 
 
 def start_node(tmp: Path, name: str, config: Path, bootstrap: str | None = None) -> JoinProcess:
-    cmd = [sys.executable, "-m", "p2pserve", "join", "--config", str(config), "--data-dir", str(tmp / name),
-           "--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0"]
+    args = ["--config", str(config), "--data-dir", str(tmp / name), "--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0"]
     if bootstrap:
-        cmd += ["--bootstrap", bootstrap]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    banner: dict[str, list[str]] = {}
-    deadline = time.monotonic() + 60
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            raise AssertionError(f"{name} exited early: {proc.wait()} {proc.stderr.read() if proc.stderr else ''}")
-        key, _, value = line.strip().partition(": ")
-        banner.setdefault(key, []).append(value)
-        if key == "api":
-            return JoinProcess(proc, banner)
-    proc.kill()
-    raise AssertionError(f"{name} printed no banner within 60 s")
+        args += ["--bootstrap", bootstrap]
+    proc = spawn_join(args, stderr=subprocess.PIPE)
+    try:
+        return JoinProcess(proc, read_banner(proc))
+    except RuntimeError:
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f"{name} did not start: {err[-2000:]}") from None
 
 
 @pytest.fixture

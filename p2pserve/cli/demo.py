@@ -41,8 +41,20 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _read_banner(proc: subprocess.Popen[str], deadline: float) -> dict[str, list[str]]:
-    """Read ``key: value`` lines until the ``api:`` line (the last banner line)."""
+def spawn_join(args: list[str], *, stderr: int | None = None) -> subprocess.Popen[str]:
+    """Start ``python -m p2pserve join ARGS`` with its stdout piped (read it with read_banner)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "p2pserve", "join", *args],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def read_banner(proc: subprocess.Popen[str], timeout: float = 60.0) -> dict[str, list[str]]:
+    """Read a join process's ``key: value`` banner up to its ``api:`` line (the last one)."""
+    deadline = time.monotonic() + timeout
     out: dict[str, list[str]] = {}
     assert proc.stdout is not None
     while time.monotonic() < deadline:
@@ -68,7 +80,6 @@ def demo(
     procs: list[subprocess.Popen[str]] = []
     apis: list[str] = []
     bootstrap: str | None = None
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     stop = False
 
     def _stop(signum: int, frame: object) -> None:
@@ -81,16 +92,15 @@ def demo(
             task = progress.add_task("starting nodes", total=nodes)
             for i in range(nodes):
                 port = base_api_port + i if _port_free(base_api_port + i) else _free_port()
-                cmd = [sys.executable, "-m", "p2pserve", "join", "--data-dir", str(root / f"node{i}"),
-                       "--listen", "/ip4/127.0.0.1/tcp/0", "--api", f"127.0.0.1:{port}", "--log-level", log_level]
+                cmd = ["--data-dir", str(root / f"node{i}"), "--listen", "/ip4/127.0.0.1/tcp/0", "--api", f"127.0.0.1:{port}", "--log-level", log_level]
                 cfg = config_dir / f"node{i}.yaml"
                 if cfg.exists():
                     cmd += ["--config", str(cfg)]
                 if bootstrap:
                     cmd += ["--bootstrap", bootstrap]
-                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+                proc = spawn_join(cmd)
                 procs.append(proc)
-                banner = _read_banner(proc, time.monotonic() + 60)
+                banner = read_banner(proc)
                 apis.append(banner["api"][0])
                 if bootstrap is None:
                     bootstrap = banner["listening"][0]
