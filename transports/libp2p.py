@@ -271,7 +271,11 @@ class Libp2pStream:
             return b""
         try:
             data = await self._raw.read(max_bytes or _READ_CHUNK)
-        except StreamEOF:
+        except StreamEOF as exc:
+            # yamux drops a reset stream's bookkeeping at once, so a later read reports
+            # EOF; the flag on the muxed stream still tells a reset from a clean close
+            if getattr(getattr(self._raw, "muxed_stream", None), "reset_received", False):
+                raise ConnectionBroken(f"stream from {self._remote_peer} was reset") from exc
             self._eof_received = True
             return b""
         except Exception as exc:
@@ -838,9 +842,7 @@ async def open_libp2p_transport(
             sec_opt={NOISE_PROTOCOL_ID: NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)},
             muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
             listen_addrs=listen,  # only selects the transports (TCP)
-            connection_config=ConnectionConfig(
-                min_connections=0, low_watermark=0, dial_timeout=dial_timeout
-            ),
+            connection_config=ConnectionConfig(dial_timeout=dial_timeout),
             addrs_factory=addrs_factory,
         )
         degree, degree_low, degree_high = gossip_degree
@@ -856,6 +858,7 @@ async def open_libp2p_transport(
             spam_protection_enabled=False,  # would stop forwarding beyond 10 msg/s
         )
         pubsub = Pubsub(host, gossipsub)  # strict_signing=True
+        _disable_auto_connector(host)
     except Exception as exc:
         raise ConfigError(f"cannot build the libp2p host: {exc!r}") from exc
     transport = Libp2pTransport(
@@ -907,6 +910,17 @@ async def open_libp2p_transport(
             raise
     if unwrapped is not None:
         raise unwrapped
+
+
+def _disable_auto_connector(host: IHost) -> None:
+    """Node code decides whom to dial. libp2p's auto-connector would otherwise dial every
+    peer in the peerstore up to (low+high watermark)/2 connections, again after each
+    disconnect, including peers that are gone (its config has no "off" setting)."""
+
+    async def do_nothing() -> None:
+        await trio.lowlevel.checkpoint()
+
+    host.get_network().auto_connector.maybe_connect = do_nothing  # type: ignore[attr-defined,method-assign]
 
 
 def _leaf_exceptions(exc: BaseException) -> list[BaseException]:
