@@ -1,0 +1,161 @@
+"""Length-prefixed messages over a transport :class:`~p2pserve.transport.Stream`.
+
+Every protocol (infer, judge, sync) talks through :class:`FramedStream`: ``send`` encodes a
+wire message and writes one frame; ``recv`` reads exactly one frame and decodes it with
+:func:`p2pserve.wire.decode`. Framing itself is the sans-IO
+:class:`~p2pserve.wire.framing.FrameDecoder`; this module is only the async shell.
+
+Contract:
+
+* ``recv`` returns a message of the expected class(es) or raises:
+
+  - :class:`~p2pserve.errors.ConnectionBroken` when the stream ends (``b""``) while a message
+    is expected, at a frame boundary or inside a frame: protocols end their exchanges
+    explicitly, so an early end of stream means the peer vanished (libp2p cannot always
+    tell a crash from a close). ``recv_or_eof`` is the variant for "another message or the
+    end" and returns None on an end of stream at a frame boundary;
+  - :class:`~p2pserve.errors.PeerTimeout` when ``timeout`` seconds (trio's clock) pass first;
+  - a :class:`~p2pserve.errors.RemoteProtocolError` subclass (``FrameTooLarge``,
+    ``MalformedMessage``) for bytes that break the wire rules. The framed stream is then
+    poisoned (every later ``recv`` raises the same class); the caller closes the stream.
+
+* ``send`` raises :class:`~p2pserve.errors.LocalProtocolError` for a message whose encoding
+  exceeds ``max_frame`` (nothing is written), and whatever the transport raises otherwise
+  (``ConnectionBroken``, ``StreamClosed``), or ``PeerTimeout`` after ``timeout``.
+* ``aclose`` is idempotent and never raises. A FramedStream is used by one task at a time
+  for receiving and one for sending.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar, overload
+
+import trio
+
+from p2pserve.errors import ConnectionBroken, PeerTimeout, RemoteProtocolError
+from p2pserve.transport import Stream
+from p2pserve.wire.codec import Message, decode, encode
+from p2pserve.wire.framing import FrameDecoder, encode_frame
+from p2pserve.wire.limits import DEFAULT_LIMITS
+
+__all__ = ["RECEIVE_CHUNK", "FramedStream"]
+
+M = TypeVar("M", bound=Message)
+
+RECEIVE_CHUNK = 64 * 1024
+"""Most bytes asked of the stream per ``receive_some`` call."""
+
+
+class FramedStream:
+    """One message per frame over ``stream``; see the module docstring for the contract."""
+
+    __slots__ = ("_decoder", "_error", "_eof", "max_frame", "stream")
+
+    def __init__(self, stream: Stream, max_frame: int = DEFAULT_LIMITS.max_frame) -> None:
+        self.stream = stream
+        self.max_frame = max_frame
+        self._decoder = FrameDecoder(max_frame)
+        self._error: RemoteProtocolError | None = None
+        self._eof = False
+
+    @property
+    def remote_peer(self) -> str:
+        return self.stream.remote_peer
+
+    async def send(self, msg: Message, *, timeout: float | None = None) -> None:
+        """Write ``msg`` as one frame (see the module docstring for errors)."""
+        frame = encode_frame(encode(msg), self.max_frame)
+        if timeout is None:
+            await self.stream.send_all(frame)
+            return
+        with trio.move_on_after(timeout) as scope:
+            await self.stream.send_all(frame)
+        if scope.cancelled_caught:
+            raise PeerTimeout(f"sending {type(msg).__name__} to {self.remote_peer} took over {timeout}s")
+
+    async def send_eof(self) -> None:
+        """Half-close: the peer's next read after our frames sees the end of stream."""
+        await self.stream.send_eof()
+
+    @overload
+    async def recv(self, expect: type[M], *, timeout: float | None = None) -> M: ...
+
+    @overload
+    async def recv(self, expect: tuple[type[M], ...], *, timeout: float | None = None) -> M: ...
+
+    @overload
+    async def recv(self, expect: None = None, *, timeout: float | None = None) -> Message: ...
+
+    async def recv(
+        self, expect: type[Message] | tuple[type[Message], ...] | None = None, *, timeout: float | None = None
+    ) -> Message:
+        """The next message, which must be one of ``expect`` (any registered class if None)."""
+        msg = await self._recv(expect, timeout)
+        if msg is None:
+            raise ConnectionBroken(f"stream from {self.remote_peer} ended while a message was expected")
+        return msg
+
+    @overload
+    async def recv_or_eof(self, expect: type[M], *, timeout: float | None = None) -> M | None: ...
+
+    @overload
+    async def recv_or_eof(self, expect: tuple[type[M], ...], *, timeout: float | None = None) -> M | None: ...
+
+    @overload
+    async def recv_or_eof(self, expect: None = None, *, timeout: float | None = None) -> Message | None: ...
+
+    async def recv_or_eof(
+        self, expect: type[Message] | tuple[type[Message], ...] | None = None, *, timeout: float | None = None
+    ) -> Message | None:
+        """Like ``recv``, but a clean end of stream at a frame boundary returns None."""
+        return await self._recv(expect, timeout)
+
+    async def _recv(
+        self, expect: type[Message] | tuple[type[Message], ...] | None, timeout: float | None
+    ) -> Message | None:
+        if timeout is None:
+            frame = await self._next_frame()
+        else:
+            frame = None
+            with trio.move_on_after(timeout) as scope:
+                frame = await self._next_frame()
+            if scope.cancelled_caught:
+                raise PeerTimeout(f"no message from {self.remote_peer} within {timeout}s")
+        if frame is None:
+            return None
+        try:
+            return decode(frame, expect)
+        except RemoteProtocolError as exc:
+            self._error = exc
+            raise
+
+    async def _next_frame(self) -> bytes | None:
+        """The next frame, or None for an end of stream at a frame boundary."""
+        if self._error is not None:
+            raise type(self._error)(f"stream already failed: {self._error}")
+        while True:
+            try:
+                frame = self._decoder.next_frame()
+            except RemoteProtocolError as exc:
+                self._error = exc
+                raise
+            if frame is not None:
+                return frame
+            if self._eof:
+                return self._at_eof()
+            data = await self.stream.receive_some(RECEIVE_CHUNK)
+            if not data:
+                self._eof = True
+                return self._at_eof()
+            self._decoder.feed(data)
+
+    def _at_eof(self) -> None:
+        if self._decoder.buffered:
+            raise ConnectionBroken(
+                f"stream from {self.remote_peer} ended inside a frame ({self._decoder.buffered} bytes buffered)"
+            )
+        return None
+
+    async def aclose(self) -> None:
+        """Close the underlying stream. Idempotent; never raises."""
+        await self.stream.aclose()
