@@ -43,7 +43,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -448,8 +448,9 @@ class ServeService:
     async def _serve(self, kind: Kind, model: str, body: dict[str, Any]) -> AsyncGenerator[ServeEvent, None]:
         self.counters.requests += 1
         try:
-            async for ev in self._serve_inner(kind, model, body):
-                yield ev
+            async with aclosing(self._serve_inner(kind, model, body)) as sub:
+                async for ev in sub:
+                    yield ev
         except BaseException:
             self.counters.failures += 1
             raise
@@ -492,8 +493,9 @@ class ServeService:
                 if isinstance(decision, (RunLocal, Queue)):
                     if decision.model not in self.backends or decision.model != model:
                         raise RequestFailed(f"policy chose local model {decision.model!r} for {model!r}")
-                    async for ev in self._run_local(decision.model, kind, body, progress, attempt):
-                        yield ev
+                    async with aclosing(self._run_local(decision.model, kind, body, progress, attempt)) as sub:
+                        async for ev in sub:
+                            yield ev
                     if attempt.outcome == "refused":
                         local_failed = True
                 else:
@@ -501,8 +503,9 @@ class ServeService:
                     order = choose_candidates(candidates, self.rng, self.params.offer_fanout, self.params.newcomer_share)
                     for peer in order:
                         attempt = _Attempt()
-                        async for ev in self._run_remote(peer, kind, model, body_bytes, progress, attempt):
-                            yield ev
+                        async with aclosing(self._run_remote(peer, kind, model, body_bytes, progress, attempt)) as sub:
+                            async for ev in sub:
+                                yield ev
                         if attempt.outcome != "refused":
                             break
                         self.counters.failovers += 1
@@ -512,8 +515,9 @@ class ServeService:
                     yield attempt.completed
                     return
                 if attempt.outcome == "failed":
-                    async for ev in self._continue(kind, model, body_bytes, body, progress):
-                        yield ev
+                    async with aclosing(self._continue(kind, model, body_bytes, body, progress)) as sub:
+                        async for ev in sub:
+                            yield ev
                     return
                 self._waiting[model] += 1
                 waiting = True
@@ -554,15 +558,17 @@ class ServeService:
                 order = choose_candidates(candidates, self.rng, self.params.offer_fanout, self.params.newcomer_share)
                 for peer in order:
                     attempt = _Attempt()
-                    async for ev in self._run_remote(peer, kind, model, body_bytes, progress, attempt):
-                        yield ev
+                    async with aclosing(self._run_remote(peer, kind, model, body_bytes, progress, attempt)) as sub:
+                        async for ev in sub:
+                            yield ev
                     if attempt.outcome != "refused":
                         break
             if attempt.outcome == "refused":
                 backend = self.backends.get(model)
                 if backend is not None and backend.supports_continuation and self.peer_id not in progress.excluded:
-                    async for ev in self._run_local(model, kind, body, progress, attempt):
-                        yield ev
+                    async with aclosing(self._run_local(model, kind, body, progress, attempt)) as sub:
+                        async for ev in sub:
+                            yield ev
             if attempt.outcome == "completed":
                 assert attempt.completed is not None
                 yield attempt.completed

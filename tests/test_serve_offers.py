@@ -1,0 +1,87 @@
+"""The executor's checks on offers: replay, tampering, staleness, wrong executor/network, price."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import trio
+import trio.testing
+
+from p2pserve.framed import FramedStream
+from p2pserve.serve import INFER_PROTOCOL, ReplayGuard
+from p2pserve.wire.messages import Accept, Done, InferRequest, Reject
+from tests.serve_harness import NETWORK, MiniNet, ScriptedBackend, signer, start_node, wall_clock
+
+
+def offer(executor: str, **changes: object) -> InferRequest:
+    req = InferRequest(
+        request_id=bytes(16), network_id=NETWORK, requester=signer(1).peer_id, executor=executor, model="m",
+        kind="chat", body=b'{"messages":[]}', created_ms=int(wall_clock() * 1000), continuation="",
+        max_price_per_1k=1000, signature=b"",
+    )
+    signed = dataclasses.replace(req, **changes).signed(signer(1))  # type: ignore[arg-type]
+    return signed
+
+
+async def send_offer(t: object, peer: str, req: InferRequest) -> object:
+    stream = await t.open_stream(peer, INFER_PROTOCOL)  # type: ignore[attr-defined]
+    fs = FramedStream(stream)
+    try:
+        await fs.send(req)
+        reply = await fs.recv((Accept, Reject), timeout=5)
+        if isinstance(reply, Accept):
+            while not isinstance(reply, Done):
+                reply = await fs.recv(timeout=5)
+        return reply
+    finally:
+        await fs.aclose()
+
+
+async def test_offer_checks(autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        net = MiniNet(nursery)
+        requester = net.add(signer(1))
+        ex = await start_node(nursery, net, 2, {"m": ScriptedBackend()}, prices={"m": 500})
+        me = ex.signer.peer_id
+        good = offer(me)
+        assert isinstance(await send_offer(requester, me, good), Done)
+        reply = await send_offer(requester, me, good)
+        assert reply == Reject(good.request_id, "replay")
+        tampered = dataclasses.replace(offer(me, request_id=b"\x01" * 16), body=b'{"messages":[1]}')
+        assert await send_offer(requester, me, tampered) == Reject(tampered.request_id, "bad-signature")
+        cases = {
+            "stale": offer(me, request_id=b"\x02" * 16, created_ms=int(wall_clock() * 1000) - 600_000),
+            "wrong-executor": offer(signer(9).peer_id, request_id=b"\x03" * 16),
+            "wrong-network": offer(me, request_id=b"\x04" * 16, network_id="other"),
+            "unknown-model": offer(me, request_id=b"\x05" * 16, model="nope"),
+            "price": offer(me, request_id=b"\x06" * 16, max_price_per_1k=499),
+            "no-continuation": offer(me, request_id=b"\x07" * 16, continuation="abc"),
+            "bad-body": offer(me, request_id=b"\x08" * 16, body=b"[1, 2]"),
+        }
+        for reason, req in cases.items():
+            assert await send_offer(requester, me, req) == Reject(req.request_id, reason), reason
+        assert ex.serve.counters.offers_rejected == 1 + 1 + len(cases)
+        assert ex.serve.counters.served_for_peers == 1
+        nursery.cancel_scope.cancel()
+
+
+def test_replay_guard_window_and_bound() -> None:
+    g = ReplayGuard(window_ms=1000, max_entries=2)
+    assert g.check("a", b"1", 5000, 5000) is None
+    assert g.check("a", b"1", 5000, 5100) == "replay"
+    assert g.check("b", b"1", 5000, 5100) is None  # per requester
+    assert g.check("c", b"1", 5000, 5100) == "busy"  # bounded, never forgets early
+    assert g.check("c", b"1", 3000, 5100) == "stale"
+    assert g.check("c", b"1", 7000, 5100) == "stale"  # from the future too
+    assert g.check("c", b"2", 6500, 6500) is None  # the old entries left the window
+    assert len(g) == 1
+    assert g.check("a", b"1", 5000, 6500) == "stale"
+
+
+@pytest.mark.parametrize("n", [0, 1, 999, 1000, 1001])
+def test_price_rounds_up(n: int) -> None:
+    from p2pserve.serve import price_for
+
+    assert price_for(n, 1000) == n
+    assert price_for(n, 1) == (n + 999) // 1000
