@@ -1,0 +1,355 @@
+"""Audit: replay every stored block from its raw bytes and report every problem.
+
+Owns the replay used by ``p2pserve audit``. Unlike the store (which trusts what it
+wrote), the audit trusts nothing: each block is re-decoded from its raw bytes (canonical
+encoding required), re-hashed and compared with the stored hash, account and height
+columns, its signature and every receipt it cites are verified, and the whole history is
+replayed through :mod:`p2pserve.ledger.rules` (links, heights, timestamps, claims,
+balances), then the supply invariants are re-checked and stored equivocation proofs
+verified. It does not stop at the first problem: each problem is one
+:class:`Problem` (account, height, block hash, reason), and blocks that follow an invalid
+one on the same chain are reported as ``unreachable``.
+
+One flipped byte anywhere in a stored block is always caught: in the raw bytes it breaks
+the canonical decode, a signature, or the hash match against the stored hash column; in
+a column it breaks the match against the raw bytes.
+
+Sources: a data dir / SQLite file (read-only), or a node's HTTP API
+(``GET {api}/p2pserve/ledger/blocks``, ``application/octet-stream``: uvarint-length-prefixed
+frames, the first a NetworkParams message, then Block and EquivocationProof messages).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from p2pserve.crypto import sha256
+from p2pserve.errors import BadSignature, InvalidBlock, MalformedMessage, StoreError
+from p2pserve.ledger import rules
+from p2pserve.ledger.blocks import ClaimBody, EquivocationProof, NetworkParams, VerdictBody, decode_block
+from p2pserve.ledger.rules import DEPENDENCY_REASONS, LedgerState, Prepared
+from p2pserve.wire.codec import Message, decode
+from p2pserve.wire.framing import FrameDecoder
+
+__all__ = [
+    "AUDIT_REASONS",
+    "AuditReport",
+    "AuditSource",
+    "Problem",
+    "Record",
+    "audit",
+    "load_api",
+    "load_db",
+    "run",
+]
+
+BLOCKS_PATH = "/p2pserve/ledger/blocks"
+AUDIT_REASONS: dict[str, str] = {
+    "hash-mismatch": "the stored hash column differs from the hash of the stored bytes",
+    "row-mismatch": "the stored account/height columns differ from the block's",
+    "unreachable": "the block follows an invalid or missing block on its chain",
+    "invariant": "a ledger invariant (supply, balances) fails after replay",
+}
+"""Reasons only the audit reports, in addition to ``rules.REASONS``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong, located as precisely as the data allows."""
+
+    account: str
+    height: int | None
+    block_hash: bytes | None
+    reason: str
+    detail: str = ""
+
+    def line(self) -> str:
+        h = "-" if self.height is None else str(self.height)
+        bh = self.block_hash.hex() if self.block_hash is not None else "-"
+        return f"{self.account} {h} {bh} {self.reason}" + (f": {self.detail}" if self.detail else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "account": self.account,
+            "height": self.height,
+            "hash": None if self.block_hash is None else self.block_hash.hex(),
+            "reason": self.reason,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One stored block: raw bytes plus whatever index columns the source keeps."""
+
+    raw: bytes
+    account: str | None = None
+    height: int | None = None
+    hash: bytes | None = None
+
+
+@dataclass(slots=True)
+class AuditSource:
+    """Everything an audit replays."""
+
+    params: NetworkParams
+    records: Iterable[Record]
+    proofs: list[bytes] = field(default_factory=list)
+    label: str = ""
+
+
+@dataclass(slots=True)
+class AuditReport:
+    """The outcome: problems (empty when valid) and the replayed state's summary."""
+
+    params: NetworkParams
+    blocks: int
+    state: LedgerState
+    problems: list[Problem]
+    label: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def balances(self) -> list[dict[str, Any]]:
+        out = []
+        for acct in self.state.accounts():
+            v = self.state.account(acct)
+            assert v is not None
+            owed = sum(c.amount for c in self.state.unclaimed_for(acct))
+            out.append(
+                {
+                    "account": acct,
+                    "height": v.height,
+                    "free": v.free,
+                    "staked": v.staked,
+                    "unbonding": v.unbonding_total,
+                    "unclaimed": owed,
+                    "frozen": v.frozen,
+                }
+            )
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "source": self.label,
+            "network_id": self.params.network_id,
+            "blocks": self.blocks,
+            "accounts": len(self.state.accounts()),
+            "totals": self.state.totals(),
+            "fingerprint": rules.fingerprint(self.state).hex(),
+            "balances": self.balances(),
+            "problems": [p.to_json() for p in self.problems],
+        }
+
+
+def _dependency(p: Prepared, reason: str) -> tuple[str, str, Any]:
+    b = p.block
+    if reason == "height-gap":
+        return ("h", b.account, b.height - 1)
+    body = p.body
+    if reason == "unknown-pay" and isinstance(body, ClaimBody):
+        return ("p", "", body.source_hash)
+    assert isinstance(body, VerdictBody)
+    return ("a", body.loser, 0)
+
+
+def audit(source: AuditSource) -> AuditReport:
+    """Replay ``source`` and report every problem (pure: no I/O)."""
+    params = source.params
+    state = LedgerState.genesis(params)
+    problems: list[Problem] = []
+    parked: dict[tuple[str, str, Any], list[Prepared]] = {}
+    first_bad: dict[str, int] = {}
+    blocks = 0
+
+    def bad(account: str, height: int | None, h: bytes | None, reason: str, detail: str = "") -> None:
+        problems.append(Problem(account, height, h, reason, detail))
+        if height is not None:
+            first_bad[account] = min(first_bad.get(account, height), height)
+
+    def run_one(p: Prepared) -> None:
+        nonlocal state
+        queue = deque([p])
+        while queue:
+            p = queue.popleft()
+            b = p.block
+            try:
+                pl = rules.plan(p, state)
+            except InvalidBlock as exc:
+                if exc.reason in DEPENDENCY_REASONS:
+                    parked.setdefault(_dependency(p, exc.reason), []).append(p)
+                else:
+                    bad(b.account, b.height, p.hash, exc.reason, exc.detail)
+                continue
+            state = rules.commit(pl, state)
+            queue.extend(parked.pop(("h", b.account, b.height), ()))
+            queue.extend(parked.pop(("p", "", p.hash), ()))
+            if b.height == 0:
+                queue.extend(parked.pop(("a", b.account, 0), ()))
+
+    for rec in source.records:
+        blocks += 1
+        fallback_hash = rec.hash if rec.hash is not None else sha256(rec.raw)
+        try:
+            block = decode_block(rec.raw)
+            p = rules.prepare(block, rec.raw)
+        except (MalformedMessage, InvalidBlock) as exc:
+            bad(rec.account or "?", rec.height, fallback_hash, "malformed", str(exc))
+            continue
+        if rec.hash is not None and rec.hash != p.hash:
+            bad(block.account, block.height, rec.hash, "hash-mismatch", f"bytes hash to {p.hash.hex()}")
+            continue
+        if (rec.account is not None and rec.account != block.account) or (rec.height is not None and rec.height != block.height):
+            bad(block.account, block.height, p.hash, "row-mismatch", f"stored as {rec.account} height {rec.height}")
+            continue
+        run_one(p)
+
+    for key, waiting in parked.items():
+        for p in waiting:
+            b = p.block
+            if key[0] == "h" and b.account in first_bad and first_bad[b.account] < b.height:
+                detail = f"follows the invalid block at height {first_bad[b.account]}"
+                problems.append(Problem(b.account, b.height, p.hash, "unreachable", detail))
+            else:
+                reason = {"h": "height-gap", "p": "unknown-pay", "a": "unknown-account"}[key[0]]
+                problems.append(Problem(b.account, b.height, p.hash, reason, "never resolved"))
+
+    for raw in source.proofs:
+        try:
+            proof = decode(raw, expect=EquivocationProof)
+            proof.verify()
+        except (MalformedMessage, BadSignature) as exc:
+            problems.append(Problem("?", None, sha256(raw), "bad-proof", str(exc)))
+            continue
+        state = rules.apply_proof(proof, state)
+        detail = f"blocks {proof.first.digest().hex()} and {proof.second.digest().hex()}"
+        problems.append(Problem(proof.account, proof.height, proof.second.digest(), "equivocation", detail))
+
+    for sentence in rules.invariant_violations(state):
+        problems.append(Problem("-", None, None, "invariant", sentence))
+    return AuditReport(params, blocks, state, problems, source.label)
+
+
+# --- sources ---------------------------------------------------------------------------------
+
+
+def load_db(path: Path | str) -> AuditSource:
+    """Read a ledger SQLite file read-only. Raises StoreError if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"no ledger file at {path}")
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open {path}: {exc}") from exc
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key='params'").fetchone()
+        if row is None:
+            raise StoreError(f"{path} has no network params")
+        try:
+            params = decode(bytes(row[0]), expect=NetworkParams)
+        except MalformedMessage as exc:
+            raise StoreError(f"{path}: unreadable network params: {exc}") from exc
+        rows = db.execute("SELECT account, height, hash, raw FROM blocks ORDER BY seq").fetchall()
+        proofs = [bytes(r[0]) for r in db.execute("SELECT raw FROM proofs ORDER BY account")]
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: {exc}") from exc
+    finally:
+        db.close()
+    records = [
+        Record(bytes(raw), account if isinstance(account, str) else None, height if isinstance(height, int) else None, _bytes(h))
+        for account, height, h, raw in rows
+    ]
+    return AuditSource(params, records, proofs, str(path))
+
+
+def _bytes(v: object) -> bytes | None:
+    return bytes(v) if isinstance(v, (bytes, bytearray, memoryview)) else None
+
+
+def parse_frames(data: bytes, max_frame: int = 1 << 20) -> AuditSource:
+    """Parse the API's octet stream (see the module doc). Raises MalformedMessage."""
+    dec = FrameDecoder(max_frame)
+    dec.feed(data)
+    frames: list[bytes] = []
+    while (f := dec.next_frame()) is not None:
+        frames.append(f)
+    if dec.buffered:
+        raise MalformedMessage("the block stream ends inside a frame")
+    if not frames:
+        raise MalformedMessage("the block stream is empty (no network params)")
+    params = decode(frames[0], expect=NetworkParams)
+    records: list[Record] = []
+    proofs: list[bytes] = []
+    for f in frames[1:]:
+        if _tag(f) == EquivocationProof.TAG:
+            proofs.append(f)
+        else:
+            records.append(Record(f))
+    return AuditSource(params, records, proofs)
+
+
+def _tag(frame: bytes) -> int | None:
+    try:
+        msg: Message = decode(frame)
+    except MalformedMessage:
+        return None
+    return msg.TAG
+
+
+def load_api(url: str, api_key: str | None = None, timeout: float = 60.0) -> AuditSource:
+    """Fetch every block from a node's API. Raises StoreError on any failure."""
+    import httpx
+
+    headers = {"Accept": "application/octet-stream"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    target = url.rstrip("/") + BLOCKS_PATH
+    try:
+        resp = httpx.get(target, headers=headers, timeout=timeout)
+        resp.raise_for_status()
+        source = parse_frames(resp.content)
+    except httpx.HTTPError as exc:
+        raise StoreError(f"cannot fetch {target}: {exc}") from exc
+    except MalformedMessage as exc:
+        raise StoreError(f"{target}: bad block stream: {exc}") from exc
+    source.label = target
+    return source
+
+
+def encode_stream(params: NetworkParams, raws: Iterable[bytes]) -> Iterator[bytes]:
+    """Frames for the API endpoint: params first, then each block/proof (helper for api.py)."""
+    from p2pserve.wire.framing import encode_frame
+
+    yield encode_frame(params.encode())
+    for raw in raws:
+        yield encode_frame(raw)
+
+
+def run(
+    *,
+    data_dir: Path | str | None = None,
+    db: Path | str | None = None,
+    api: str | None = None,
+    api_key: str | None = None,
+) -> AuditReport:
+    """Load one source (exactly one of the three) and audit it. Raises StoreError."""
+    chosen = [x for x in (data_dir, db, api) if x is not None]
+    if len(chosen) != 1:
+        raise StoreError("give exactly one of --data-dir, --db, --api")
+    if api is not None:
+        source = load_api(api, api_key)
+    else:
+        from p2pserve.ledger.store import DB_NAME
+
+        path = Path(db) if db is not None else Path(str(data_dir)) / DB_NAME
+        source = load_db(path)
+    return audit(source)

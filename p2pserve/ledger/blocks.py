@@ -1,0 +1,367 @@
+"""Ledger blocks and their bodies: the signed records of the block-lattice (tags 30-49).
+
+Every account (a peer ID) has its own hash chain of :class:`Block` s; only that account's key
+signs them. A block's identity is its hash, ``digest()``: SHA-256 of the canonical msgpack of
+every field but the signature, which is also what the signature covers. ``prev`` is the
+hash of the block one height below (32 zero bytes at height 0).
+
+``body`` is the canonical encoding of one body message whose class matches ``kind``
+(:data:`BODY_TYPES`); bodies are bytes inside the block so the block layout never changes
+when a body gains a field, and so a verifier can hash a block without understanding its
+body. Amounts are integer micro-credits (1 credit = 1_000_000).
+
+This module is pure: no I/O, no clock. Values are checked for shape here (``_check``:
+sizes, ranges); ledger rules that need state live in :mod:`p2pserve.ledger.rules`.
+
+Tags: 30 Block, 31-36 bodies, 37 EquivocationProof, 38 NetworkParams, 40-44 sync.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import msgpack
+
+from p2pserve.crypto import SIGNATURE_SIZE, Signer, sha256
+from p2pserve.errors import LocalProtocolError, MalformedMessage
+from p2pserve.wire.codec import Message, SignedMessage, decode, encode, message
+from p2pserve.wire.messages import Receipt
+
+__all__ = [
+    "BODY_TYPES",
+    "Block",
+    "Body",
+    "ClaimBody",
+    "EquivocationProof",
+    "HASH_SIZE",
+    "Kind",
+    "MAX_BODY",
+    "MAX_ORDER",
+    "NetworkParams",
+    "OpenBody",
+    "PayBody",
+    "StakeBody",
+    "UnstakeBody",
+    "VerdictBody",
+    "ZERO_HASH",
+    "decode_block",
+    "decode_body",
+    "make_block",
+    "signing_bytes_of",
+]
+
+HASH_SIZE = 32
+ZERO_HASH = bytes(HASH_SIZE)
+MAX_BODY = 16 * 1024
+"""Largest encoded body (a verdict with two receipts and a duel order fits easily)."""
+MAX_ORDER = 8 * 1024
+"""Largest opaque signed duel order carried in a verdict."""
+_MAX_ID = 128
+_MAX_NETWORK_ID = 64
+
+
+class Kind(enum.IntEnum):
+    """Block kinds (the ``kind`` field)."""
+
+    OPEN = 0
+    STAKE = 1
+    UNSTAKE = 2
+    PAY = 3
+    CLAIM = 4
+    VERDICT = 5
+
+
+def _non_negative(name: str, value: int) -> None:
+    if value < 0:
+        raise MalformedMessage(f"{name} must be >= 0")
+
+
+def _peer_id_shape(name: str, value: str) -> None:
+    if not 1 <= len(value) <= _MAX_ID:
+        raise MalformedMessage(f"{name} must be 1-{_MAX_ID} characters")
+
+
+@message(38)
+class NetworkParams(Message):
+    """A network's genesis: every node of one network must hold exactly these values.
+
+    They come from the shared network config (``ledger_params``); a node refuses blocks of
+    another ``network_id``, and its store refuses to open a file made with other values.
+    Total supply is ``initial_credit`` times the number of opened accounts; nothing else
+    mints.
+    """
+
+    network_id: str
+    initial_credit: int
+    """Micro-credits every account receives in its ``open`` block."""
+    max_initial_staked: int
+    """Upper bound on what an ``open`` may stake at once (also bounded by ``initial_credit``)."""
+    unbonding_delay_ms: int
+    """Unstaked credit becomes free this long after the unstake block's timestamp."""
+    duel_penalty: int
+    """Micro-credits a verdict moves from the loser's stake to the winner."""
+
+    def _check(self) -> None:
+        if not 1 <= len(self.network_id) <= _MAX_NETWORK_ID or "/" in self.network_id:
+            raise MalformedMessage("network_id must be 1-64 characters without '/'")
+        for n in ("initial_credit", "max_initial_staked", "unbonding_delay_ms", "duel_penalty"):
+            _non_negative(n, getattr(self, n))
+
+
+# --- bodies ----------------------------------------------------------------------------------
+
+
+@message(31)
+class OpenBody(Message):
+    """Height 0 of every chain: credits ``initial_credit`` and stakes ``initial_staked`` of it."""
+
+    initial_staked: int
+
+    def _check(self) -> None:
+        _non_negative("initial_staked", self.initial_staked)
+
+
+@message(32)
+class StakeBody(Message):
+    """Move ``amount`` from free to staked credit."""
+
+    amount: int
+
+    def _check(self) -> None:
+        _non_negative("amount", self.amount)
+
+
+@message(33)
+class UnstakeBody(Message):
+    """Move ``amount`` from staked to unbonding; it is free ``unbonding_delay_ms`` later."""
+
+    amount: int
+
+    def _check(self) -> None:
+        _non_negative("amount", self.amount)
+
+
+@message(34)
+class PayBody(Message):
+    """Pay an executor for work it signed for. The full receipt is embedded so anyone can
+    verify it: payer = the block's account = ``receipt.requester``, payee =
+    ``receipt.executor``, amount = ``receipt.price``."""
+
+    receipt: Receipt
+
+
+@message(35)
+class ClaimBody(Message):
+    """Credit the account with a payment (or a verdict award) made to it on another chain.
+
+    Cites the source block by account, height and hash; ``amount`` repeats the credited
+    amount so the claim reads alone.
+    """
+
+    source_account: str
+    source_height: int
+    source_hash: bytes
+    amount: int
+
+    def _check(self) -> None:
+        _peer_id_shape("source_account", self.source_account)
+        _non_negative("source_height", self.source_height)
+        _non_negative("amount", self.amount)
+        if len(self.source_hash) != HASH_SIZE:
+            raise MalformedMessage("source_hash must be 32 bytes")
+
+
+@message(36)
+class VerdictBody(Message):
+    """A judge's duel result, written on the judge's chain.
+
+    Moves ``penalty`` (the network's ``duel_penalty``) from the loser's stake (then its
+    unbonding credit) to a claimable award for the winner. Cites both executors' signed
+    receipts and the requester's signed duel order (opaque bytes until the duel issue
+    defines its message; see docs/ledger.md).
+    """
+
+    order_id: bytes
+    winner: str
+    loser: str
+    penalty: int
+    winner_receipt: Receipt
+    loser_receipt: Receipt
+    order: bytes
+
+    def _check(self) -> None:
+        if not 1 <= len(self.order_id) <= 64:
+            raise MalformedMessage("order_id must be 1-64 bytes")
+        _peer_id_shape("winner", self.winner)
+        _peer_id_shape("loser", self.loser)
+        _non_negative("penalty", self.penalty)
+        if len(self.order) > MAX_ORDER:
+            raise MalformedMessage(f"duel order longer than {MAX_ORDER} bytes")
+
+
+Body = OpenBody | StakeBody | UnstakeBody | PayBody | ClaimBody | VerdictBody
+
+BODY_TYPES: dict[Kind, type[Message]] = {
+    Kind.OPEN: OpenBody,
+    Kind.STAKE: StakeBody,
+    Kind.UNSTAKE: UnstakeBody,
+    Kind.PAY: PayBody,
+    Kind.CLAIM: ClaimBody,
+    Kind.VERDICT: VerdictBody,
+}
+_KIND_OF: dict[type[Message], Kind] = {cls: kind for kind, cls in BODY_TYPES.items()}
+
+
+# --- the block -------------------------------------------------------------------------------
+
+
+@message(30)
+class Block(SignedMessage):
+    """One signed entry on one account's chain. ``digest()`` is the block hash."""
+
+    network_id: str
+    account: str
+    height: int
+    prev: bytes
+    kind: int
+    body: bytes
+    timestamp_ms: int
+    signature: bytes
+
+    SIGNER = "account"
+
+    def _check(self) -> None:
+        if not 1 <= len(self.network_id) <= _MAX_NETWORK_ID:
+            raise MalformedMessage("network_id must be 1-64 characters")
+        _peer_id_shape("account", self.account)
+        _non_negative("height", self.height)
+        _non_negative("timestamp_ms", self.timestamp_ms)
+        if len(self.prev) != HASH_SIZE:
+            raise MalformedMessage("prev must be 32 bytes")
+        if self.kind not in _KINDS:
+            raise MalformedMessage(f"unknown block kind {self.kind}")
+        if len(self.body) > MAX_BODY:
+            raise MalformedMessage(f"body longer than {MAX_BODY} bytes")
+        if len(self.signature) != SIGNATURE_SIZE:
+            raise MalformedMessage(f"signature must be {SIGNATURE_SIZE} bytes")
+
+    def decoded_body(self) -> Body:
+        """The body message; raises MalformedMessage unless it decodes canonically to the
+        class ``kind`` names."""
+        return decode_body(self.kind, self.body)[0]
+
+
+def _unpack(raw: bytes) -> Any:
+    try:
+        return msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises a zoo of errors on garbage; none may escape
+        raise MalformedMessage(f"undecodable msgpack: {type(exc).__name__}") from None
+
+
+def _canonical(raw: bytes) -> list[Any]:
+    """Unpack ``raw`` and insist that re-packing gives the same bytes (done in C: fast)."""
+    lst = _unpack(raw)
+    if not isinstance(lst, list) or msgpack.packb(lst, use_bin_type=True) != raw:
+        raise MalformedMessage("not canonically encoded")
+    return lst
+
+
+def decode_body(kind: int, raw: bytes) -> tuple[Body, tuple[bytes, ...]]:
+    """Decode a canonical body of ``kind``; also the signing bytes of each receipt it embeds
+    (pay: its receipt; verdict: winner's, loser's), taken from the bytes without re-encoding.
+
+    Raises MalformedMessage.
+    """
+    if kind not in _KINDS:
+        raise MalformedMessage(f"unknown block kind {kind}")
+    cls = BODY_TYPES[Kind(kind)]
+    lst = _canonical(raw)
+    body: Body = decode(raw, expect=cls)  # type: ignore[assignment]
+    if isinstance(body, PayBody):
+        receipts: tuple[bytes, ...] = (msgpack.packb(lst[1][:-1], use_bin_type=True),)
+    elif isinstance(body, VerdictBody):
+        receipts = (msgpack.packb(lst[5][:-1], use_bin_type=True), msgpack.packb(lst[6][:-1], use_bin_type=True))
+    else:
+        receipts = ()
+    return body, receipts
+
+
+_KINDS = frozenset(int(k) for k in Kind)
+
+
+def decode_block(raw: bytes) -> Block:
+    """Decode one block from its stored/wire bytes, insisting on the canonical encoding.
+
+    A canonical decode means ``block.encode() == raw``: one byte flipped anywhere either
+    fails here, or changes a signed field (and so the signature check), or changes the
+    signature itself. Raises MalformedMessage.
+    """
+    block: Block = decode(raw, expect=Block)
+    _canonical(raw)
+    return block
+
+
+def signing_bytes_of(raw: bytes) -> bytes:
+    """A canonical block's signing bytes, sliced from its encoding (no re-encoding).
+
+    Layout: ``fixarray(9) tag ...fields... bin8(64) signature`` → ``fixarray(8) tag
+    ...fields...``. Only valid for bytes :func:`decode_block` accepted.
+    """
+    if raw[0] != 0x99 or raw[-66:-64] != b"\xc4\x40":
+        raise MalformedMessage("not a canonical block encoding")
+    return b"\x98" + raw[1:-66]
+
+
+def make_block(
+    signer: Signer,
+    *,
+    network_id: str,
+    height: int,
+    prev: bytes,
+    body: Body,
+    timestamp_ms: int,
+) -> Block:
+    """A block signed by ``signer`` on its own chain; ``kind`` follows from the body's class."""
+    kind = _KIND_OF.get(type(body))
+    if kind is None:
+        raise LocalProtocolError(f"not a block body: {type(body).__name__}")
+    try:
+        unsigned = Block(network_id, signer.peer_id, height, prev, int(kind), encode(body), timestamp_ms, b"")
+    except MalformedMessage as exc:  # pragma: no cover - dataclass init does not run _check
+        raise LocalProtocolError(str(exc)) from exc
+    return unsigned.signed(signer)
+
+
+# --- equivocation ----------------------------------------------------------------------------
+
+
+@message(37)
+class EquivocationProof(Message):
+    """Two validly signed, different blocks at one account and height. Verifiable alone."""
+
+    first: Block
+    second: Block
+
+    def verify(self) -> None:
+        """Raise MalformedMessage or BadSignature unless this proves an equivocation."""
+        a, b = self.first, self.second
+        if (a.network_id, a.account, a.height) != (b.network_id, b.account, b.height):
+            raise MalformedMessage("the two blocks are not at one network, account and height")
+        if a.digest() == b.digest():
+            raise MalformedMessage("the two blocks are the same block")
+        a.verify()
+        b.verify()
+
+    @property
+    def account(self) -> str:
+        return self.first.account
+
+    @property
+    def height(self) -> int:
+        return self.first.height
+
+    def key(self) -> bytes:
+        """Order-independent identity of the proof (the pair of block hashes, sorted)."""
+        x, y = sorted((self.first.digest(), self.second.digest()))
+        return sha256(x + y)
