@@ -9,6 +9,7 @@ import hashlib
 import logging
 import socket
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 import pytest
@@ -24,6 +25,7 @@ from p2pserve.errors import (
     TransportError,
 )
 from p2pserve.transport import PeerEvent, Stream, Transport
+from tests.transport_conformance import OpenTransport, TransportConformance
 from transports.libp2p import Libp2pTransport, open_libp2p_transport
 
 pytestmark = pytest.mark.libp2p
@@ -378,3 +380,21 @@ async def test_shutdown_is_bounded_and_ends_iterators(nodes: Nodes) -> None:
         assert a.connected_peers() == set() and a.listen_addrs() == []
         await stream.aclose()
 
+
+
+# ------------------------------------------------------------------ shared conformance suite
+
+
+class TestLibp2pConformance(TransportConformance):
+    """The suite every transport passes, over real hosts on 127.0.0.1 (real clock)."""
+
+    timeout = 15.0
+    settle = 0.5
+    large_payload = 4 * 1024 * 1024
+
+    @pytest.fixture
+    def open_transport(self) -> OpenTransport:
+        def opener(i: int) -> AbstractAsyncContextManager[Transport]:
+            return open_libp2p_transport(signer_for(100 + i), [LOOPBACK], gossip_heartbeat=0.5)
+
+        return opener

@@ -869,47 +869,88 @@ async def open_libp2p_transport(
         max_pubsub_message=max_pubsub_message,
     )
 
-    # Order matters (research §6): pubsub services OUTSIDE host.run, so the host and its
-    # connections stop first; host.close() before leaving run(), else outbound
-    # connections stay open and remotes never notice we left.
-    primary: list[BaseException] = []  # the body's exception (or our listen failure)
+    stop = trio.Event()
+    stopped = trio.Event()
+    host_scope = trio.CancelScope(shield=True)
+    primary: list[BaseException] = []  # what the body raised
     unwrapped: BaseException | None = None
     try:
-        async with background_trio_service(pubsub), background_trio_service(gossipsub):
-            async with host.run(listen_addrs=listen):
-                try:
-                    _check_listening(host, listen)
-                    await pubsub.wait_until_ready()
-                    async with trio.open_nursery() as nursery:
-                        transport._start(nursery)
-                        try:
-                            yield transport
-                        except BaseException as exc:
-                            primary.append(exc)
-                            raise
-                        finally:
-                            transport._begin_close()
-                            nursery.cancel_scope.cancel()
-                except TransportError as exc:
-                    if not primary:
-                        primary.append(exc)
-                    raise
-                finally:
-                    with trio.CancelScope(shield=True), trio.move_on_after(close_timeout):
-                        try:
-                            await host.close()
-                        except Exception:
-                            log.debug("host.close failed", exc_info=True)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                _run_host, host, pubsub, gossipsub, transport, listen, close_timeout, host_scope, stop, stopped
+            )
+            try:
+                yield transport
+            except BaseException as exc:
+                primary.append(exc)
+                raise
+            finally:
+                stop.set()
+                with trio.CancelScope(shield=True), trio.move_on_after(close_timeout + 1):
+                    await stopped.wait()
+                host_scope.cancel()  # a no-op unless the orderly shutdown overran
     except BaseExceptionGroup as group:
-        # Four libp2p/trio nurseries wrap the body's exception in nested groups; hand
-        # the caller back exactly what the body raised when nothing else went wrong.
+        # The nursery wraps the body's exception in a group; hand the caller back
+        # exactly what the body raised when nothing else went wrong.
         leaves = _leaf_exceptions(group)
-        if primary and all(leaf is primary[0] for leaf in leaves):
-            unwrapped = primary[0]
+        if len(leaves) == 1 and (not primary or leaves[0] is primary[0]):
+            unwrapped = leaves[0]
         else:
             raise
     if unwrapped is not None:
         raise unwrapped
+
+
+async def _run_host(
+    host: IHost,
+    pubsub: Pubsub,
+    gossipsub: GossipSub,
+    transport: Libp2pTransport,
+    listen: list[multiaddr.Multiaddr],
+    close_timeout: float,
+    host_scope: trio.CancelScope,
+    stop: trio.Event,
+    stopped: trio.Event,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the host in its own task, shielded from the caller's cancellation.
+
+    A cancelled caller must still get an orderly shutdown: cancelling libp2p's service
+    nurseries directly kills the tasks that would close connections, leaving sockets
+    open and remotes unaware we left. So the caller only sets ``stop``; this task then
+    ends handlers and subscriptions, calls ``host.close()`` (closing inbound *and*
+    outbound connections) and leaves ``host.run`` and the pubsub services, in that order
+    (pubsub services outside ``host.run``: the other order can raise "Nursery is closed
+    to new arrivals" at shutdown). ``host_scope`` is cancelled only if that overruns.
+    """
+    try:
+        with host_scope:
+            async with background_trio_service(pubsub), background_trio_service(gossipsub):
+                async with host.run(listen_addrs=listen):
+                    try:
+                        _check_listening(host, listen)
+                        await pubsub.wait_until_ready()
+                        async with trio.open_nursery() as work:  # handlers, pubsub drains
+                            transport._start(work)
+                            task_status.started()
+                            await stop.wait()
+                            transport._begin_close()
+                            work.cancel_scope.cancel()
+                    finally:
+                        with trio.move_on_after(close_timeout):
+                            try:
+                                await host.close()
+                            except Exception:
+                                log.debug("host.close failed", exc_info=True)
+    except Exception as exc:  # also ExceptionGroups from libp2p's nurseries
+        leaves = _leaf_exceptions(exc)
+        if len(leaves) == 1 and isinstance(leaves[0], TransportError):
+            error = leaves[0]
+            raise error from error.__cause__
+        raise TransportError(f"the libp2p host failed: {leaves[0]!r}") from exc
+    finally:
+        transport._begin_close()
+        stopped.set()
 
 
 def _disable_auto_connector(host: IHost) -> None:
