@@ -1,0 +1,288 @@
+"""OpenAI-compatible HTTP routes on every node: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``.
+
+Shapes follow OpenAI's API so the official ``openai`` package works unchanged:
+
+* non-streamed answers are ``chat.completion`` / ``text_completion`` objects with
+  ``choices`` and ``usage``, plus a top-level ``"p2pserve": {"executor", "receipt",
+  "local"}`` (``receipt`` is the hex of the executor's signed receipt, null when it ran
+  locally);
+* streamed answers are server-sent events ``data: {chunk}`` ending with ``data: [DONE]``;
+  the first chat chunk carries ``delta.role``; the last carries ``finish_reason`` (and the
+  ``p2pserve`` object); ``stream_options.include_usage`` adds a usage chunk;
+* every answer carries the header ``X-P2PServe-Executor`` (the peer that answered first);
+* errors are ``{"error": {"message", "type", "param", "code"}}`` with the status of the
+  :class:`~p2pserve.errors.ServingError` (unknown model 404, bad body 400, no capacity
+  503, failed 502; a missing or wrong bearer key 401). A failure after a stream started
+  ends it with one ``data: {"error": ...}`` event, then ``data: [DONE]``.
+
+Nothing is answered until the first token (or the error) is known, so a request that fails
+before any token gets a real HTTP status, not a 200 with an error inside.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from p2pserve.api import check_bearer
+from p2pserve.backends.base import Kind, TextDelta
+from p2pserve.errors import BadRequest, ServingError
+from p2pserve.serve import Completed, ServeService, Started
+
+__all__ = ["EXECUTOR_HEADER", "error_body", "openai_routes", "validate_body"]
+
+EXECUTOR_HEADER = "X-P2PServe-Executor"
+_ROLES = ("system", "user", "assistant", "tool", "developer")
+_STRIP = ("stream", "stream_options")
+
+
+def error_body(exc: ServingError) -> dict[str, Any]:
+    """OpenAI's error object for ``exc``."""
+    param = "model" if exc.status_code == 404 else None
+    return {"error": {"message": str(exc), "type": exc.error_type, "param": param, "code": exc.error_type}}
+
+
+def _error_response(exc: ServingError) -> JSONResponse:
+    return JSONResponse(error_body(exc), status_code=exc.status_code)
+
+
+def _number(body: dict[str, Any], key: str, lo: float, hi: float) -> None:
+    v = body.get(key)
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+        raise BadRequest(f"'{key}' must be a number between {lo} and {hi}")
+
+
+def _check_content(i: int, content: Any) -> None:
+    if isinstance(content, str):
+        return
+    if isinstance(content, list) and all(
+        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+    ):
+        return
+    raise BadRequest(f"'messages[{i}].content' must be a string or a list of text parts")
+
+
+def validate_body(kind: Kind, body: Any) -> tuple[str, bool, dict[str, Any]]:
+    """``(model, stream, body for the backend)``; raises BadRequest naming the bad field."""
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("'model' is required and must be a string")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequest("'stream' must be a boolean")
+    if kind == "chat":
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise BadRequest("'messages' must be a non-empty list")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or m.get("role") not in _ROLES:
+                raise BadRequest(f"'messages[{i}]' must be an object with a role in {_ROLES}")
+            content = m.get("content")
+            if content is None and m.get("role") == "assistant":
+                continue
+            _check_content(i, content)
+    else:
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            body = {**body, "prompt": prompt[0]}
+        elif not isinstance(prompt, str):
+            raise BadRequest("'prompt' must be a string")
+    for key in ("max_tokens", "max_completion_tokens"):
+        v = body.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+            raise BadRequest(f"'{key}' must be a positive integer")
+    _number(body, "temperature", 0.0, 2.0)
+    _number(body, "top_p", 0.0, 1.0)
+    n = body.get("n")
+    if n is not None and n != 1:
+        raise BadRequest("'n' must be 1")
+    stop = body.get("stop")
+    if stop is not None and not isinstance(stop, str) and not (
+        isinstance(stop, list) and all(isinstance(s, str) for s in stop)
+    ):
+        raise BadRequest("'stop' must be a string or a list of strings")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise BadRequest("'stream_options' must be an object")
+    return model, stream, {k: v for k, v in body.items() if k not in _STRIP}
+
+
+def _usage(done: Completed) -> dict[str, int]:
+    return {
+        "prompt_tokens": done.prompt_tokens,
+        "completion_tokens": done.completion_tokens,
+        "total_tokens": done.prompt_tokens + done.completion_tokens,
+    }
+
+
+def _p2pserve(done: Completed) -> dict[str, Any]:
+    return {
+        "executor": done.executor,
+        "receipt": done.receipt.encode().hex() if done.receipt is not None else None,
+        "local": done.local,
+    }
+
+
+class _Answer(Response):
+    """Runs one request through the serving service and writes the OpenAI answer."""
+
+    def __init__(self, serve: ServeService, kind: Kind, model: str, stream: bool, body: dict[str, Any],
+                 include_usage: bool, created: int) -> None:
+        super().__init__()
+        self.serve = serve
+        self.kind = kind
+        self.model = model
+        self.stream = stream
+        self.req_body = body
+        self.include_usage = include_usage
+        self.created = created
+        prefix = "chatcmpl-" if kind == "chat" else "cmpl-"
+        self.id = prefix + uuid.uuid4().hex
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.stream:
+            await self._streamed(scope, receive, send)
+        else:
+            await self._whole(scope, receive, send)
+
+    async def _whole(self, scope: Scope, receive: Receive, send: Send) -> None:
+        parts: list[str] = []
+        done: Completed | None = None
+        try:
+            async with self.serve.submit(self.kind, self.model, self.req_body) as events:
+                async for ev in events:
+                    if isinstance(ev, TextDelta):
+                        parts.append(ev.text)
+                    elif isinstance(ev, Completed):
+                        done = ev
+        except ServingError as exc:
+            await _error_response(exc)(scope, receive, send)
+            return
+        assert done is not None
+        text = "".join(parts)
+        if self.kind == "chat":
+            choice: dict[str, Any] = {
+                "index": 0, "message": {"role": "assistant", "content": text},
+                "finish_reason": done.finish_reason, "logprobs": None,
+            }
+            obj = "chat.completion"
+        else:
+            choice = {"index": 0, "text": text, "finish_reason": done.finish_reason, "logprobs": None}
+            obj = "text_completion"
+        payload = {
+            "id": self.id, "object": obj, "created": self.created, "model": self.model,
+            "choices": [choice], "usage": _usage(done), "p2pserve": _p2pserve(done),
+        }
+        response = JSONResponse(payload, headers={EXECUTOR_HEADER: done.executor})
+        await response(scope, receive, send)
+
+    def _chunk(self, *, text: str | None = None, role: bool = False, finish: str | None = None) -> dict[str, Any]:
+        if self.kind == "chat":
+            delta: dict[str, Any] = {}
+            if role:
+                delta["role"] = "assistant"
+            if text is not None:
+                delta["content"] = text
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+            obj = "chat.completion.chunk"
+        else:
+            choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+            obj = "text_completion"
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": [choice]}
+
+    async def _streamed(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def event(data: dict[str, Any] | str) -> None:
+            raw = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+            await send({"type": "http.response.body", "body": f"data: {raw}\n\n".encode(), "more_body": True})
+
+        try:
+            async with self.serve.submit(self.kind, self.model, self.req_body) as events:
+                async for ev in events:
+                    if isinstance(ev, Started):
+                        if not started:
+                            started = True
+                            await send({
+                                "type": "http.response.start",
+                                "status": 200,
+                                "headers": [
+                                    (b"content-type", b"text/event-stream; charset=utf-8"),
+                                    (b"cache-control", b"no-cache"),
+                                    (EXECUTOR_HEADER.lower().encode(), ev.executor.encode()),
+                                ],
+                            })
+                            if self.kind == "chat":
+                                await event(self._chunk(text="", role=True))
+                    elif isinstance(ev, TextDelta):
+                        await event(self._chunk(text=ev.text))
+                    else:
+                        last = self._chunk(finish=ev.finish_reason, text=None if self.kind == "chat" else "")
+                        last["p2pserve"] = _p2pserve(ev)
+                        await event(last)
+                        if self.include_usage:
+                            await event({**self._chunk(), "choices": [], "usage": _usage(ev)})
+        except ServingError as exc:
+            if not started:
+                await _error_response(exc)(scope, receive, send)
+                return
+            await event(error_body(exc))
+        await event("[DONE]")
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def openai_routes(
+    serve: ServeService,
+    *,
+    api_key: str | None = None,
+    known_models: Callable[[], set[str]] | None = None,
+    wall_clock: Callable[[], float] = time.time,
+) -> list[Route]:
+    """The ``/v1`` routes for ``serve``. ``known_models`` lists ``/v1/models`` (default: local
+    models and every model a known peer serves). ``api_key``: require ``Bearer <key>``."""
+    models = known_models or serve.known_models
+
+    def endpoint(kind: Kind) -> Callable[[Request], Any]:
+        async def handle(request: Request) -> Response:
+            denied = check_bearer(request, api_key)
+            if denied is not None:
+                return denied
+            try:
+                raw = await request.body()
+                try:
+                    body = json.loads(raw)
+                except ValueError as exc:
+                    raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
+                model, stream, backend_body = validate_body(kind, body)
+            except ServingError as exc:
+                return _error_response(exc)
+            options = body.get("stream_options") or {}
+            include_usage = bool(options.get("include_usage")) if stream else False
+            return _Answer(serve, kind, model, stream, backend_body, include_usage, int(wall_clock()))
+
+        return handle
+
+    async def list_models(request: Request) -> Response:
+        denied = check_bearer(request, api_key)
+        if denied is not None:
+            return denied
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "p2pserve"} for m in sorted(models())]
+        return JSONResponse({"object": "list", "data": data})
+
+    return [
+        Route("/v1/chat/completions", endpoint("chat"), methods=["POST"]),
+        Route("/v1/completions", endpoint("completion"), methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+    ]
