@@ -23,6 +23,7 @@ from p2pserve.peers import PeerEntry, PeerTable
 from p2pserve.policies import PolicyParams, load_policy
 from p2pserve.serve import Deadlines, ServeService
 from p2pserve.wire.messages import ModelStatus, Receipt, Status
+from transports.memory import MemoryNetwork
 
 __all__ = [
     "Fail",
@@ -33,6 +34,7 @@ __all__ = [
     "ScriptedBackend",
     "Sleep",
     "collect",
+    "connect_all",
     "introduce",
     "make_entry",
     "make_status",
@@ -269,17 +271,30 @@ def wall_clock() -> float:
     return WALL0 + trio.current_time()
 
 
+async def _host(net: MemoryNetwork, s: Signer, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+    async with net.open_transport(s) as t:
+        task_status.started(t)
+        await trio.sleep_forever()
+
+
+async def connect_all(node: Node, others: Sequence[Node]) -> None:
+    """Connect ``node`` to each of ``others`` (memory transport) and introduce them."""
+    for o in others:
+        await node.transport.connect(o.transport.listen_addrs()[0])
+    introduce(node, others)
+
+
 @dataclass
 class Node:
     signer: Signer
-    transport: MiniTransport
+    transport: Any
     serve: ServeService
     receipts: list[Receipt] = field(default_factory=list)
 
 
 async def start_node(
     nursery: trio.Nursery,
-    net: MiniNet,
+    net: MiniNet | MemoryNetwork,
     i: int,
     backends: Mapping[str, Backend] | None = None,
     *,
@@ -291,7 +306,11 @@ async def start_node(
 ) -> Node:
     """A started ServeService for test node ``i`` (its peer table starts empty: see ``introduce``)."""
     s = signer(i)
-    t = net.add(s)
+    t: Any
+    if isinstance(net, MemoryNetwork):
+        t = await nursery.start(_host, net, s)
+    else:
+        t = net.add(s)
     p = params or PolicyParams(accept_frequency=1.0)
     receipts: list[Receipt] = []
 
