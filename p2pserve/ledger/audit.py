@@ -204,11 +204,15 @@ def audit(source: AuditSource) -> AuditReport:
         except (MalformedMessage, InvalidBlock) as exc:
             bad(rec.account or "?", rec.height, fallback_hash, "malformed", str(exc))
             continue
+        # locate problems by the stored columns when there are any: they name the row
+        where_account = rec.account if rec.account is not None else block.account
+        where_height = rec.height if rec.height is not None else block.height
         if rec.hash is not None and rec.hash != p.hash:
-            bad(block.account, block.height, rec.hash, "hash-mismatch", f"bytes hash to {p.hash.hex()}")
+            bad(where_account, where_height, rec.hash, "hash-mismatch", f"bytes hash to {p.hash.hex()}")
             continue
-        if (rec.account is not None and rec.account != block.account) or (rec.height is not None and rec.height != block.height):
-            bad(block.account, block.height, p.hash, "row-mismatch", f"stored as {rec.account} height {rec.height}")
+        if (where_account, where_height) != (block.account, block.height):
+            detail = f"the block says {block.account} height {block.height}"
+            bad(where_account, where_height, p.hash, "row-mismatch", detail)
             continue
         run_one(p)
 

@@ -483,9 +483,9 @@ def _plan_verdict(
     loser = c.accounts.get(body.loser)
     if loser is None:
         raise _fail("unknown-account", body.loser)
-    for r in (wr, lr):
+    for r, sb in zip((wr, lr), p.receipt_signing_bytes):
         try:
-            _verify_receipt(r, p.receipt_signing_bytes[0], verify)
+            _verify_receipt(r, sb, verify)
         except InvalidBlock as exc:
             raise _fail("bad-verdict", exc.detail) from exc
     # the penalty comes out of the loser's stake, then its unbonding credit (newest first)

@@ -1,0 +1,106 @@
+"""``p2pserve audit``: replay a ledger and report every problem (thin CLI over ``audit.run``).
+
+Exit 0 and a summary table (accounts, blocks, balances, supply) when everything is valid;
+exit 1 and one line per problem (account, height, block hash, reason) otherwise; exit 2 when
+the source cannot be read at all. ``--json`` prints the full report as one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from p2pserve.errors import StoreError
+from p2pserve.ledger import audit as audit_mod
+from p2pserve.ledger.rules import fingerprint
+
+__all__ = ["audit", "render", "run_audit"]
+
+_CREDIT = 1_000_000
+
+
+def _credits(micro: int) -> str:
+    return f"{micro / _CREDIT:,.6f}".rstrip("0").rstrip(".")
+
+
+def render(report: audit_mod.AuditReport, console: Console) -> None:
+    """The human summary of a valid ledger."""
+    table = Table(title=f"ledger {report.params.network_id}: {report.blocks} blocks, {len(report.state.accounts())} accounts")
+    for col in ("account", "height", "free", "staked", "unbonding", "unclaimed", "frozen"):
+        table.add_column(col, justify="left" if col == "account" else "right")
+    for row in report.balances():
+        table.add_row(
+            str(row["account"]),
+            str(row["height"]),
+            _credits(row["free"]),
+            _credits(row["staked"]),
+            _credits(row["unbonding"]),
+            _credits(row["unclaimed"]),
+            "yes" if row["frozen"] else "",
+        )
+    console.print(table)
+    t = report.state.totals()
+    console.print(
+        f"supply {_credits(t['supply'])} = free {_credits(t['free'])} + staked {_credits(t['staked'])} "
+        f"+ unbonding {_credits(t['unbonding'])} + unclaimed {_credits(t['owed'])}"
+    )
+    console.print(f"fingerprint {fingerprint(report.state).hex()}")
+
+
+def run_audit(
+    data_dir: Path | None = None,
+    db: Path | None = None,
+    api: str | None = None,
+    json_out: bool = False,
+    api_key: str | None = None,
+    console: Console | None = None,
+) -> int:
+    """Run the audit and print its outcome; the exit code (0 valid, 1 problems, 2 unreadable)."""
+    console = console or Console()
+    if data_dir is None and db is None and api is None:
+        data_dir = Path(os.environ.get("P2PSERVE_HOME") or "~/.p2pserve").expanduser()
+    try:
+        report = audit_mod.run(data_dir=data_dir, db=db, api=api, api_key=api_key)
+    except StoreError as exc:
+        if json_out:
+            print(json.dumps({"ok": False, "error": str(exc)}))
+        else:
+            print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if json_out:
+        print(json.dumps(report.to_json()))
+    elif report.ok:
+        render(report, console)
+    else:
+        for p in report.problems:
+            print(p.line())
+        print(f"{len(report.problems)} problem(s) in {report.blocks} blocks", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def audit(
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="Node data dir (reads DIR/ledger.sqlite3); default $P2PSERVE_HOME or ~/.p2pserve."),
+    ] = None,
+    db: Annotated[Path | None, typer.Option("--db", help="A ledger SQLite file.")] = None,
+    api: Annotated[
+        str | None, typer.Option("--api", help="A node's HTTP API root, e.g. http://127.0.0.1:5778.")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    api_key: Annotated[
+        str | None, typer.Option("--api-key", help="Bearer key for --api.", envvar="P2PSERVE_API_KEY")
+    ] = None,
+) -> int:
+    """Replay every block: signatures, hash links, heights, claims, balances, supply, forks."""
+    code = run_audit(data_dir, db, api, json_out, api_key)
+    if code:
+        raise typer.Exit(code)
+    return 0

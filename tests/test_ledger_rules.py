@@ -1,0 +1,313 @@
+"""Ledger rules: every rejection has its reason; random valid histories keep every invariant;
+every single-field mutation and every flipped byte of a valid block is rejected."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from p2pserve.errors import InvalidBlock, LedgerError, LocalProtocolError, MalformedMessage
+from p2pserve.ledger import rules
+from p2pserve.ledger.blocks import (
+    ZERO_HASH,
+    Block,
+    ClaimBody,
+    EquivocationProof,
+    NetworkParams,
+    OpenBody,
+    PayBody,
+    StakeBody,
+    UnstakeBody,
+    decode_block,
+    make_block,
+)
+from p2pserve.ledger.rules import LedgerState, apply, apply_proof, check, fingerprint, invariant_violations
+from p2pserve.ledger.testing import CREDIT, TEST_PARAMS, World
+from p2pserve.wire.codec import decode
+
+
+def world(seed: int = 1) -> World:
+    w = World(random.Random(seed))
+    w.open("alice", staked=10 * CREDIT)
+    w.open("bob")
+    return w
+
+
+def rejects(reason: str, block: Block, state: LedgerState, **kw: int) -> None:
+    before = fingerprint(state)
+    with pytest.raises(InvalidBlock) as info:
+        check(block, state, **kw)
+    assert info.value.reason == reason, info.value
+    assert reason in rules.REASONS
+    assert fingerprint(state) == before  # check changes nothing
+
+
+def test_happy_path_balances_and_supply() -> None:
+    w = world()
+    pay = w.pay("alice", "bob", 7 * CREDIT)
+    w.claim("bob", pay, 7 * CREDIT)
+    w.stake("bob", 3 * CREDIT)
+    a, b = w.state.account(w.id("alice")), w.state.account(w.id("bob"))
+    assert a is not None and b is not None
+    assert (a.free, a.staked) == (983 * CREDIT, 10 * CREDIT)
+    assert (b.free, b.staked) == (1004 * CREDIT, 3 * CREDIT)
+    assert w.state.minted == 2 * TEST_PARAMS.initial_credit
+    assert invariant_violations(w.state) == []
+    assert w.state.stake_of(w.id("bob")) == 3 * CREDIT
+
+
+def test_forged_claim_without_pay_is_rejected() -> None:
+    w = world()
+    fake = ClaimBody(w.id("alice"), 1, b"\x07" * 32, 5 * CREDIT)
+    rejects("unknown-pay", w.block("bob", fake), w.state)
+
+
+def test_double_claim_is_rejected() -> None:
+    w = world()
+    pay = w.pay("alice", "bob", CREDIT)
+    w.claim("bob", pay, CREDIT)
+    rejects("double-claim", w.block("bob", w.claim_body(pay, CREDIT)), w.state)
+
+
+def test_replayed_block_is_rejected() -> None:
+    w = world()
+    pay = w.pay("alice", "bob", CREDIT)
+    rejects("duplicate", pay, w.state)
+
+
+def test_block_signed_by_wrong_key_is_rejected() -> None:
+    w = world()
+    good = w.block("alice", StakeBody(CREDIT))
+    forged = dataclasses.replace(good, signature=w.signer("bob").sign(good.signing_bytes()))
+    rejects("bad-signature", forged, w.state)
+    w.signer("mallory")
+    with pytest.raises(LocalProtocolError):  # signing another account's block is refused locally
+        good.signed(w.signer("mallory"))
+
+
+def test_equivocating_pair_is_rejected_proven_and_frozen() -> None:
+    w = world()
+    fork_point = w.state.copy()
+    first = w.stake("alice", CREDIT)
+    second = rules.next_block(w.signer("alice"), fork_point, UnstakeBody(CREDIT), w.now_ms + 5)
+    assert (second.height, second.prev) == (first.height, first.prev)
+    rejects("equivocation", second, w.state)
+    proof = EquivocationProof(first, second)
+    proof.verify()
+    assert decode(proof.encode(), expect=EquivocationProof) == proof
+    w.state = apply_proof(proof, w.state)
+    assert w.state.is_frozen(w.id("alice")) and w.state.stake_of(w.id("alice")) == 0
+    rejects("frozen", w.block("alice", StakeBody(CREDIT)), w.state)
+    with pytest.raises(MalformedMessage):
+        EquivocationProof(first, first).verify()
+    with pytest.raises(InvalidBlock) as info:
+        apply_proof(EquivocationProof(first, first), w.state)
+    assert info.value.reason == "bad-proof"
+
+
+def test_what_a_frozen_account_paid_stays_claimable() -> None:
+    w = world()
+    pay = w.pay("alice", "bob", CREDIT)
+    fork = rules.next_block(w.signer("alice"), LedgerState.genesis(TEST_PARAMS), OpenBody(0), 5)
+    w.state = apply_proof(EquivocationProof(w.log[0], fork), w.state)
+    w.claim("bob", pay, CREDIT)
+
+
+def test_structural_rejections() -> None:
+    w = world()
+    alice = w.signer("alice")
+    head = w.state.account(alice.peer_id)
+    assert head is not None
+    other = dataclasses.replace(TEST_PARAMS, network_id="othernet")
+    s2 = LedgerState.genesis(other)
+    rejects("wrong-network", w.block("alice", StakeBody(1)), s2)
+    mk = lambda **kw: make_block(  # noqa: E731
+        alice, **{"network_id": "testnet", "height": head.height + 1, "prev": head.head,
+                  "body": StakeBody(1), "timestamp_ms": w.now_ms + 1, **kw}
+    )
+    rejects("height-gap", mk(height=head.height + 2), w.state)
+    rejects("bad-prev", mk(prev=b"\x01" * 32), w.state)
+    rejects("bad-timestamp", mk(timestamp_ms=head.timestamp_ms - 1), w.state)
+    rejects("bad-timestamp", mk(timestamp_ms=10**12), w.state, now_ms=w.now_ms)
+    check(mk(), w.state, now_ms=w.now_ms)
+    rejects("bad-open", mk(body=OpenBody(0)), w.state)
+    rejects("bad-open", make_block(w.signer("carol"), network_id="testnet", height=0, prev=ZERO_HASH,
+                                   body=StakeBody(1), timestamp_ms=1), w.state)
+    rejects("bad-open", w.block("carol", OpenBody(TEST_PARAMS.max_initial_staked + 1)), w.state)
+    rejects("malformed", dataclasses.replace(mk(), body=b"\x91\x20").signed(alice), w.state)
+
+
+def test_amount_rules_and_unbonding_delay() -> None:
+    w = world()
+    rejects("bad-amount", w.block("alice", StakeBody(0)), w.state)
+    rejects("bad-amount", w.block("alice", UnstakeBody(0)), w.state)
+    rejects("insufficient-funds", w.block("alice", StakeBody(991 * CREDIT)), w.state)
+    rejects("insufficient-stake", w.block("alice", UnstakeBody(11 * CREDIT)), w.state)
+    w.unstake("alice", 10 * CREDIT)
+    big = PayBody(w.receipt("alice", "bob", 995 * CREDIT))
+    rejects("unbonding", w.block("alice", big), w.state)
+    rejects("unbonding", w.block("alice", big, dt_ms=TEST_PARAMS.unbonding_delay_ms - 10), w.state)
+    w.add(w.block("alice", big, dt_ms=TEST_PARAMS.unbonding_delay_ms))
+    a = w.state.account(w.id("alice"))
+    assert a is not None and (a.free, a.staked, a.unbonding) == (5 * CREDIT, 0, ())
+    assert invariant_violations(w.state) == []
+
+
+def test_pay_rules() -> None:
+    w = world()
+    w.open("carol")
+    # a receipt signed by someone other than its executor
+    r = w.receipt("alice", "bob", CREDIT)
+    forged = dataclasses.replace(r, signature=w.signer("carol").sign(r.signing_bytes()))
+    rejects("bad-receipt", w.block("alice", PayBody(forged)), w.state)
+    rejects("bad-receipt", w.block("alice", PayBody(w.receipt("carol", "bob", CREDIT))), w.state)
+    rejects("bad-receipt", w.block("alice", PayBody(w.receipt("alice", "alice", CREDIT))), w.state)
+    rejects("bad-amount", w.block("alice", PayBody(w.receipt("alice", "bob", 0))), w.state)
+    w.add(w.block("alice", PayBody(r)))
+    rejects("duplicate-pay", w.block("alice", PayBody(r)), w.state)
+    pay = w.log[-1]
+    rejects("wrong-payee", w.block("carol", w.claim_body(pay, CREDIT)), w.state)
+    rejects("bad-claim", w.block("bob", w.claim_body(pay, CREDIT + 1)), w.state)
+    rejects("bad-claim", w.block("bob", ClaimBody(w.id("carol"), pay.height, pay.digest(), CREDIT)), w.state)
+
+
+def test_verdict_moves_penalty_from_loser_stake_to_winner() -> None:
+    w = world()
+    w.open("judge")
+    body = w.verdict_body(winner="bob", loser="alice")
+    v = w.add(w.block("judge", body))
+    a = w.state.account(w.id("alice"))
+    assert a is not None and a.staked == 10 * CREDIT - TEST_PARAMS.duel_penalty
+    w.claim("bob", v, TEST_PARAMS.duel_penalty)
+    assert invariant_violations(w.state) == []
+    rejects("duplicate-verdict", w.block("judge", w.verdict_body("bob", "alice", order_id=body.order_id)), w.state)
+    rejects("bad-verdict", w.block("judge", w.verdict_body("judge", "alice")), w.state)
+    rejects("bad-verdict", w.block("judge", dataclasses.replace(w.verdict_body("bob", "alice"), penalty=1)), w.state)
+    rejects("unknown-account", w.block("judge", w.verdict_body("bob", "nobody")), w.state)
+
+
+def test_apply_retires_the_old_state_and_copy_keeps_it() -> None:
+    w = world()
+    old = w.state
+    kept = old.copy()
+    w.stake("alice", CREDIT)
+    with pytest.raises(LedgerError):
+        old.account(w.id("alice"))
+    k = kept.account(w.id("alice"))
+    assert k is not None and k.staked == 10 * CREDIT
+
+
+def test_fingerprint_does_not_depend_on_interleaving() -> None:
+    w = world(3)
+    for _ in range(60):
+        w.random_step(["alice", "bob"])
+    by_account = sorted(w.log, key=lambda b: (b.account, b.height))
+    # replay with each chain whole before the next: claims may wait for their pays
+    state, waiting = LedgerState.genesis(TEST_PARAMS), list(by_account)
+    while waiting:
+        rest = []
+        for b in waiting:
+            try:
+                state = apply(b, state)
+            except InvalidBlock as exc:
+                assert exc.reason in rules.DEPENDENCY_REASONS
+                rest.append(b)
+        assert len(rest) < len(waiting)
+        waiting = rest
+    assert fingerprint(state) == fingerprint(w.state)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), n_accounts=st.integers(2, 5), steps=st.integers(1, 80))
+def test_random_valid_histories_keep_every_invariant(seed: int, n_accounts: int, steps: int) -> None:
+    w = World(random.Random(seed))
+    names = [f"n{i}" for i in range(n_accounts)]
+    for n in names:
+        w.open(n, staked=w.rng.randrange(0, 5 * CREDIT))
+    for _ in range(steps):
+        w.random_step(names)
+        assert invariant_violations(w.state) == []
+    t = w.state.totals()
+    assert t["free"] + t["staked"] + t["unbonding"] + t["owed"] == t["supply"] == n_accounts * TEST_PARAMS.initial_credit
+    assert t["claimed"] <= t["paid"]
+    for n in names:
+        v = w.state.account(w.id(n))
+        assert v is not None and v.free >= 0 and v.staked >= 0
+    # replaying the log from genesis gives the same state
+    state = LedgerState.genesis(TEST_PARAMS)
+    for b in w.log:
+        state = apply(b, state)
+    assert fingerprint(state) == fingerprint(w.state)
+
+
+def _valid_blocks() -> tuple[World, list[tuple[Block, LedgerState]]]:
+    """(block, state it extends) for one block of each kind."""
+    w = world(7)
+    w.open("judge")
+    out = []
+    for make in (
+        lambda: w.block("carol", OpenBody(CREDIT)),
+        lambda: w.block("alice", StakeBody(CREDIT)),
+        lambda: w.block("alice", UnstakeBody(CREDIT)),
+        lambda: w.block("alice", PayBody(w.receipt("alice", "bob", CREDIT))),
+        lambda: w.block("bob", w.claim_body(w.log[-1], CREDIT)),
+        lambda: w.block("judge", w.verdict_body("bob", "alice")),
+    ):
+        b = make()
+        out.append((b, w.state.copy()))
+        w.add(b)
+    return w, out
+
+
+_W, _VALID = _valid_blocks()
+_FIELDS = [f.name for f in dataclasses.fields(Block)]
+
+
+def _different(field: str, value: object) -> st.SearchStrategy[object]:
+    if isinstance(value, bool):
+        base: st.SearchStrategy[object] = st.booleans()
+    elif isinstance(value, int):
+        base = st.integers(0, 2**63)
+    elif isinstance(value, bytes):
+        base = st.one_of(st.binary(max_size=80), st.binary(min_size=len(value), max_size=len(value)))
+    else:
+        base = st.one_of(st.text(max_size=60), st.just(_W.id("bob")), st.just("devnet"))
+    return base.filter(lambda v: v != value)
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_every_single_field_mutation_of_a_valid_block_is_rejected(data: st.DataObject) -> None:
+    block, state = data.draw(st.sampled_from(_VALID))
+    check(block, state)
+    field = data.draw(st.sampled_from(_FIELDS))
+    value = data.draw(_different(field, getattr(block, field)))
+    mutated = dataclasses.replace(block, **{field: value})
+    with pytest.raises(InvalidBlock):
+        check(mutated, state)
+
+
+@pytest.mark.parametrize("index", range(len(_VALID)))
+def test_every_flipped_byte_of_a_valid_block_is_rejected(index: int) -> None:
+    block, state = _VALID[index]
+    raw = block.encode()
+    rng = random.Random(index)
+    for pos in range(len(raw)):
+        flipped = bytearray(raw)
+        flipped[pos] ^= 1 << rng.randrange(8)
+        try:
+            mutated = decode_block(bytes(flipped))
+        except MalformedMessage:
+            continue
+        with pytest.raises(InvalidBlock):
+            rules.plan(rules.prepare(mutated, bytes(flipped)), state)
+
+
+def test_params_and_reason_table_are_consistent() -> None:
+    assert rules.DEPENDENCY_REASONS <= set(rules.REASONS)
+    with pytest.raises(MalformedMessage):
+        decode(dataclasses.replace(TEST_PARAMS, network_id="a/b").encode(), expect=NetworkParams)
