@@ -28,9 +28,9 @@ PROTO = "/p2pserve/test/mem/1"
 
 
 class TestMemoryConformance(TransportConformance):
-    @pytest.fixture(autouse=True)
-    def _virtual_time(self, autojump_clock: trio.testing.MockClock) -> None:
-        return None
+    @pytest.fixture
+    def transport_clock(self, autojump_clock: trio.testing.MockClock) -> trio.abc.Clock:
+        return autojump_clock
 
     @pytest.fixture
     def open_transport(self) -> OpenTransport:
@@ -50,9 +50,9 @@ class TestMemoryConformance(TransportConformance):
 class TestMemoryConformanceGracefulClose(TransportConformance):
     """The same suite where a vanishing peer leaves its context instead of calling kill()."""
 
-    @pytest.fixture(autouse=True)
-    def _virtual_time(self, autojump_clock: trio.testing.MockClock) -> None:
-        return None
+    @pytest.fixture
+    def transport_clock(self, autojump_clock: trio.testing.MockClock) -> trio.abc.Clock:
+        return autojump_clock
 
     @pytest.fixture
     def open_transport(self) -> OpenTransport:

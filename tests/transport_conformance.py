@@ -24,6 +24,10 @@ Optional overrides:
 * ``kill_transport`` fixture: ``async (pool, transport) -> None`` making the peer vanish
   abruptly. The default leaves its context (a clean shutdown, which the remote also has to
   see as a vanished peer). The memory transport overrides it with ``MemoryTransport.kill``.
+* ``transport_clock`` fixture: a ``trio.abc.Clock`` to run every test under, or None (the
+  default: trio's real clock). The memory transport returns ``autojump_clock``; libp2p must
+  not (it reads the wall clock). Every suite test takes it as a direct argument because
+  pytest-trio only uses a clock that is a test's own argument.
 * class attributes ``timeout`` (bound on each step, seconds), ``settle`` (how long to wait
   before asserting that something did NOT happen), ``retry_interval`` (re-publish period
   while a pubsub mesh forms), ``large_payload`` (bytes for the large transfer test).
@@ -140,6 +144,10 @@ class TransportConformance:
     # -- fixtures (override ``open_transport``; optionally ``kill_transport``) -------------
 
     @pytest.fixture
+    def transport_clock(self) -> trio.abc.Clock | None:
+        return None
+
+    @pytest.fixture
     def open_transport(self) -> OpenTransport:
         raise NotImplementedError("a TransportConformance subclass must provide open_transport")
 
@@ -176,14 +184,14 @@ class TransportConformance:
 
     # -- identity and connections -------------------------------------------------------------
 
-    async def test_listen_addrs_end_with_peer_id(self, make_transports: Any) -> None:
+    async def test_listen_addrs_end_with_peer_id(self, transport_clock: Any, make_transports: Any) -> None:
         (a,) = await make_transports(1)
         assert isinstance(a, Transport)
         addrs = a.listen_addrs()
         assert addrs
         assert all(addr.endswith(f"/p2p/{a.peer_id}") for addr in addrs)
 
-    async def test_connect_is_idempotent_and_symmetric(self, make_transports: Any) -> None:
+    async def test_connect_is_idempotent_and_symmetric(self, transport_clock: Any, make_transports: Any) -> None:
         a, b = await make_transports(2)
         with trio.fail_after(self.timeout):
             await connect(a, b)
@@ -191,20 +199,20 @@ class TransportConformance:
             assert b.peer_id in a.connected_peers()
             await wait_until(lambda: a.peer_id in b.connected_peers())
 
-    async def test_connect_with_wrong_peer_id_fails(self, make_transports: Any) -> None:
+    async def test_connect_with_wrong_peer_id_fails(self, transport_clock: Any, make_transports: Any) -> None:
         a, b = await make_transports(2)
         stranger = Signer(hashlib.sha256(b"stranger").digest()).peer_id
         addr = b.listen_addrs()[0].rsplit("/p2p/", 1)[0] + f"/p2p/{stranger}"
         with trio.fail_after(self.timeout), pytest.raises(DialError):
             await a.connect(addr)
 
-    async def test_connect_without_peer_id_fails(self, make_transports: Any) -> None:
+    async def test_connect_without_peer_id_fails(self, transport_clock: Any, make_transports: Any) -> None:
         a, b = await make_transports(2)
         addr = b.listen_addrs()[0].rsplit("/p2p/", 1)[0]
         with trio.fail_after(self.timeout), pytest.raises(DialError):
             await a.connect(addr)
 
-    async def test_peer_events_connect_and_disconnect(self, make_transports: Any, kill_transport: Any) -> None:
+    async def test_peer_events_connect_and_disconnect(self, transport_clock: Any, make_transports: Any, kill_transport: Any) -> None:
         a, b = await make_transports(2)
         events: list[PeerEvent] = []
 
@@ -228,7 +236,7 @@ class TransportConformance:
 
     # -- streams ------------------------------------------------------------------------------
 
-    async def test_stream_both_directions(self, make_transports: Any) -> None:
+    async def test_stream_both_directions(self, transport_clock: Any, make_transports: Any) -> None:
         a, b = await make_transports(2)
         got: list[bytes] = []
 
@@ -256,7 +264,7 @@ class TransportConformance:
             await s.aclose()
         assert got == [b"ping"]
 
-    async def test_large_payload_both_ways(self, make_transports: Any) -> None:
+    async def test_large_payload_both_ways(self, transport_clock: Any, make_transports: Any) -> None:
         a, b = await make_transports(2)
         b.set_handler(PROTO, echo_handler)
         payload = bytes(range(256)) * (self.large_payload // 256)
@@ -278,7 +286,7 @@ class TransportConformance:
         assert len(echoed[0]) == len(payload)
         assert hashlib.sha256(echoed[0]).digest() == hashlib.sha256(payload).digest()
 
-    async def test_concurrent_streams(self, make_transports: Any) -> None:
+    async def test_concurrent_streams(self, transport_clock: Any, make_transports: Any) -> None:
         a, b = await make_transports(2)
         b.set_handler(PROTO, echo_handler)
         results: dict[int, bytes] = {}
@@ -299,7 +307,7 @@ class TransportConformance:
                     nursery.start_soon(one, i)
         assert sorted(results) == list(range(50))
 
-    async def test_handler_exception_does_not_kill_transport(self, make_transports: Any) -> None:
+    async def test_handler_exception_does_not_kill_transport(self, transport_clock: Any, make_transports: Any) -> None:
         a, b = await make_transports(2)
 
         async def bad(stream: Stream) -> None:
@@ -347,7 +355,7 @@ class TransportConformance:
         await kill_transport(b)
         return a, s
 
-    async def test_peer_vanishes_mid_stream_raw(self, make_transports: Any, kill_transport: Any) -> None:
+    async def test_peer_vanishes_mid_stream_raw(self, transport_clock: Any, make_transports: Any, kill_transport: Any) -> None:
         with trio.fail_after(self.timeout):
             a, s = await self._vanishing_stream(make_transports, kill_transport)
             try:
@@ -358,7 +366,7 @@ class TransportConformance:
             await s.aclose()
             await s.aclose()
 
-    async def test_peer_vanishes_mid_stream_framed(self, make_transports: Any, kill_transport: Any) -> None:
+    async def test_peer_vanishes_mid_stream_framed(self, transport_clock: Any, make_transports: Any, kill_transport: Any) -> None:
         with trio.fail_after(self.timeout):
             a, s = await self._vanishing_stream(make_transports, kill_transport)
             f = FramedStream(s)
@@ -366,7 +374,7 @@ class TransportConformance:
                 await f.recv()
             await f.aclose()
 
-    async def test_send_to_vanished_peer_eventually_breaks(self, make_transports: Any, kill_transport: Any) -> None:
+    async def test_send_to_vanished_peer_eventually_breaks(self, transport_clock: Any, make_transports: Any, kill_transport: Any) -> None:
         with trio.fail_after(self.timeout):
             a, s = await self._vanishing_stream(make_transports, kill_transport)
             with pytest.raises(ConnectionBroken):
@@ -375,13 +383,13 @@ class TransportConformance:
                     await trio.sleep(0.01)
             await s.aclose()
 
-    async def test_open_stream_to_unknown_peer_fails(self, make_transports: Any) -> None:
+    async def test_open_stream_to_unknown_peer_fails(self, transport_clock: Any, make_transports: Any) -> None:
         (a,) = await make_transports(1)
         stranger = Signer(hashlib.sha256(b"nobody").digest()).peer_id
         with trio.fail_after(self.timeout), pytest.raises(DialError):
             await a.open_stream(stranger, PROTO)
 
-    async def test_open_stream_to_vanished_peer_fails(self, make_transports: Any, kill_transport: Any) -> None:
+    async def test_open_stream_to_vanished_peer_fails(self, transport_clock: Any, make_transports: Any, kill_transport: Any) -> None:
         a, b = await make_transports(2)
         b.set_handler(PROTO, echo_handler)
         with trio.fail_after(self.timeout):
@@ -391,7 +399,7 @@ class TransportConformance:
             with pytest.raises(DialError):
                 await a.open_stream(b.peer_id, PROTO)
 
-    async def test_use_after_aclose_raises_stream_closed(self, make_transports: Any) -> None:
+    async def test_use_after_aclose_raises_stream_closed(self, transport_clock: Any, make_transports: Any) -> None:
         a, b = await make_transports(2)
         b.set_handler(PROTO, echo_handler)
         with trio.fail_after(self.timeout):
@@ -404,7 +412,7 @@ class TransportConformance:
             with pytest.raises(StreamClosed):
                 await s.receive_some()
 
-    async def test_only_p2pserve_errors_escape(self, make_transports: Any) -> None:
+    async def test_only_p2pserve_errors_escape(self, transport_clock: Any, make_transports: Any) -> None:
         a, b = await make_transports(2)
         b.set_handler(PROTO, echo_handler)
         with trio.fail_after(self.timeout):
@@ -431,7 +439,7 @@ class TransportConformance:
             boxes.append(box)
         return boxes
 
-    async def test_publish_reaches_all_subscribers(self, make_transports: Any) -> None:
+    async def test_publish_reaches_all_subscribers(self, transport_clock: Any, make_transports: Any) -> None:
         a, b, c = await make_transports(3)
         topic = "/p2pserve/test/all/1"
         async with trio.open_nursery() as nursery:
@@ -449,7 +457,7 @@ class TransportConformance:
             assert msg.topic == topic
             assert msg.from_peer == a.peer_id
 
-    async def test_publish_multi_hop(self, make_transports: Any) -> None:
+    async def test_publish_multi_hop(self, transport_clock: Any, make_transports: Any) -> None:
         a, b, c = await make_transports(3)
         topic = "/p2pserve/test/line/1"
         async with trio.open_nursery() as nursery:
@@ -463,7 +471,7 @@ class TransportConformance:
         assert next(m for m in rc if m.data == b"far").from_peer == a.peer_id
         assert c.peer_id not in a.connected_peers()
 
-    async def test_validator_rejection_stops_delivery_and_relay(self, make_transports: Any) -> None:
+    async def test_validator_rejection_stops_delivery_and_relay(self, transport_clock: Any, make_transports: Any) -> None:
         a, b, c = await make_transports(3)
         topic = "/p2pserve/test/validate/1"
         seen_by_validator: list[bytes] = []
@@ -488,7 +496,7 @@ class TransportConformance:
         assert not any(m.data.startswith(b"bad") for m in rb)
         assert not any(m.data.startswith(b"bad") for m in rc)
 
-    async def test_subscription_aclose_stops_delivery(self, make_transports: Any) -> None:
+    async def test_subscription_aclose_stops_delivery(self, transport_clock: Any, make_transports: Any) -> None:
         a, b = await make_transports(2)
         topic = "/p2pserve/test/close/1"
         box: list[PubsubMessage] = []
@@ -509,7 +517,7 @@ class TransportConformance:
                 assert len(box) == n
                 nursery.cancel_scope.cancel()
 
-    async def test_pubsub_stops_reaching_vanished_peer(self, make_transports: Any, kill_transport: Any) -> None:
+    async def test_pubsub_stops_reaching_vanished_peer(self, transport_clock: Any, make_transports: Any, kill_transport: Any) -> None:
         a, b, c = await make_transports(3)
         topic = "/p2pserve/test/vanish/1"
         async with trio.open_nursery() as nursery:

@@ -53,6 +53,7 @@ import hashlib
 import heapq
 import itertools
 import logging
+import math
 import random
 import re
 import weakref
@@ -106,7 +107,9 @@ class MemoryNetwork:
     stream direction. ``dial_timeout`` is how long a dial or stream open across a partition
     waits for a heal before raising DialError. ``seen_ttl`` is how long pubsub message ids
     are remembered for dedupe. ``subscription_buffer`` bounds each subscription's queue
-    (further messages are dropped, as gossipsub does for slow consumers).
+    (further messages are dropped, as gossipsub does for slow consumers). Pubsub arrival
+    times are rounded up to a multiple of ``pubsub_tick`` seconds (0 disables) so that a
+    gossip wave is processed in a few scheduler batches instead of one per hop.
     """
 
     def __init__(
@@ -122,6 +125,7 @@ class MemoryNetwork:
         dial_timeout: float = 10.0,
         seen_ttl: float = 120.0,
         subscription_buffer: int = 4096,
+        pubsub_tick: float = 0.001,
     ) -> None:
         self.seed = seed
         self.default_link = LinkSpec(default_latency, default_jitter, default_loss)
@@ -131,6 +135,7 @@ class MemoryNetwork:
         self.dial_timeout = dial_timeout
         self.seen_ttl = seen_ttl
         self.subscription_buffer = subscription_buffer
+        self.pubsub_tick = pubsub_tick
         self.rng = random.Random(seed)
         """A seeded RNG for callers that want one tied to the network (e.g. topology)."""
         self._links: dict[tuple[str, str], LinkSpec] = {}
@@ -566,6 +571,7 @@ class MemoryTransport:
         self._inbox: list[_Msg] = []
         self._inbox_counter = itertools.count()
         self._inbox_lot = trio.lowlevel.ParkingLot()
+        self._pending: dict[tuple[str, int], float] = {}
         self._seen: set[tuple[str, int]] = set()
         self._seen_order: deque[tuple[float, tuple[str, int]]] = deque()
 
@@ -745,21 +751,33 @@ class MemoryTransport:
     def _forward(self, mid: tuple[str, int], msg: PubsubMessage, exclude: str | None) -> None:
         network = self.network
         now = trio.current_time()
+        relay_all = network.relay_unsubscribed
+        tick = network.pubsub_tick
         for peer in self._peers:
             if peer == exclude:
                 continue
             target = network._alive.get(peer)
-            if target is None:
+            if target is None or mid in target._seen or mid in target._pending:
+                continue  # it has the message or a copy on its way (first sent, first kept)
+            if not relay_all and msg.topic not in target._subs:
+                continue  # gossipsub only sends a topic to peers subscribed to it
+            if network._cuts and network.blocked(self._peer_id, peer):
                 continue
             spec = network.link(self._peer_id, peer)
             u_loss, u_jitter = _unit_draws(network.seed, mid[0], mid[1], self._peer_id, peer)
             if u_loss < spec.loss:
                 continue
-            target._enqueue(now + spec.latency + u_jitter * spec.jitter, mid, msg, self._peer_id)
+            at = now + spec.latency + u_jitter * spec.jitter
+            if tick:
+                at = math.ceil(at / tick - 1e-9) * tick
+            target._enqueue(at, mid, msg, self._peer_id)
 
     def _enqueue(self, at: float, mid: tuple[str, int], msg: PubsubMessage, src: str) -> None:
-        heapq.heappush(self._inbox, (at, next(self._inbox_counter), mid, msg, src))
-        self._inbox_lot.unpark_all()
+        self._pending[mid] = at
+        item = (at, next(self._inbox_counter), mid, msg, src)
+        heapq.heappush(self._inbox, item)
+        if self._inbox[0] is item:
+            self._inbox_lot.unpark_all()
 
     def _mark_seen(self, mid: tuple[str, int]) -> None:
         now = trio.current_time()
@@ -784,9 +802,9 @@ class MemoryTransport:
             while inbox and inbox[0][0] <= now:
                 _, _, mid, msg, src = heapq.heappop(inbox)
                 self._receive(mid, msg, src)
-            await trio.lowlevel.checkpoint()
 
     def _receive(self, mid: tuple[str, int], msg: PubsubMessage, src: str) -> None:
+        self._pending.pop(mid, None)
         if self._closed or mid in self._seen:
             return
         if src not in self._peers or self.network.blocked(src, self._peer_id):
@@ -820,6 +838,7 @@ class MemoryTransport:
         for it in list(self._events):
             it._end()
         self._inbox.clear()
+        self._pending.clear()
         self._nursery.cancel_scope.cancel()
 
     def __repr__(self) -> str:
