@@ -22,13 +22,16 @@ from typing import Any, TypeVar
 import yaml
 
 from p2pserve.errors import ConfigError
+from p2pserve.policies import DispatchParams, PolicyParams
 
 __all__ = [
     "DispatchParams",
+    "EMBEDDED_MODEL",
     "GenParams",
     "LedgerParams",
     "ModelConfig",
     "NodeConfig",
+    "PolicyParams",
     "ServerParams",
     "load_config",
     "parse_config",
@@ -73,6 +76,22 @@ class ServerParams:
     """Dial learned peers until this many are connected."""
     request_timeout: float = 300.0
     """Overall bound on one user request (seconds)."""
+    max_wait_s: float = 30.0
+    """Seconds a request may wait for an executor before the user gets 503 (no capacity)."""
+    retry_interval_s: float = 0.5
+    """Seconds a waiting request sleeps before the policy decides again."""
+
+    def policy_params(self) -> PolicyParams:
+        """The routing policy's knobs, taken from these server params."""
+        return PolicyParams(
+            offload_frequency=self.offload_frequency,
+            queue_frequency=self.queue_frequency,
+            accept_frequency=self.accept_frequency,
+            newcomer_share=self.newcomer_share,
+            offer_fanout=self.offer_fanout,
+            retry_interval_s=self.retry_interval_s,
+            max_wait_s=self.max_wait_s,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,16 +115,6 @@ class GenParams:
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class DispatchParams:
-    """When a model counts as idle."""
-
-    target_token_usage: float = 0.6
-    """KV-cache usage under which the model is idle (backends with metrics). -1: never idle."""
-    max_concurrency: int = 1
-    """Requests the backend runs at once; idle means fewer in flight (backends without metrics)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +179,9 @@ _RULES: dict[tuple[str, str], typing.Callable[[Any], str | None]] = {
     ("LedgerParams", "unbonding_delay_s"): lambda v: None if v >= 0 else "must be >= 0",
     ("GenParams", "max_tokens"): lambda v: None if v is None or v > 0 else "must be > 0",
     ("DispatchParams", "target_token_usage"): lambda v: None if v == -1 or 0 <= v <= 1 else "must be between 0 and 1, or -1",
-    ("DispatchParams", "max_concurrency"): lambda v: None if v >= 1 else "must be at least 1",
+    ("DispatchParams", "max_concurrency"): lambda v: None if v >= 1 else "must be at least 1 (or null: the backend's own)",
+    ("ServerParams", "max_wait_s"): lambda v: None if v >= 0 else "must be >= 0",
+    ("ServerParams", "retry_interval_s"): lambda v: None if v > 0 else "must be > 0",
     ("ModelConfig", "backend"): lambda v: None if v in ("openai", "embedded", "fake") else "must be openai, embedded or fake",
     ("ModelConfig", "price_per_1k"): lambda v: None if v >= 0 else "must be >= 0",
     ("ModelConfig", "timeout"): lambda v: None if v > 0 else "must be > 0",

@@ -7,6 +7,7 @@ and over the memory transport (tests and the simulator).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -15,13 +16,44 @@ from typing import Any
 
 import trio
 
+from p2pserve.backends.base import Backend
+from p2pserve.backends.registry import BackendSpec, build_backend
 from p2pserve.config import NodeConfig
 from p2pserve.crypto import Signer
 from p2pserve.gossip import GossipService, LocalState
+from p2pserve.openai_api import openai_routes
 from p2pserve.peers import PeerTable
+from p2pserve.policies import load_policy
+from p2pserve.serve import Deadlines, ServeService
 from p2pserve.transport import Transport
 
-__all__ = ["Node"]
+__all__ = ["Node", "backend_specs", "run_libp2p_node"]
+
+MICRO = 1_000_000
+
+
+def backend_specs(config: NodeConfig) -> tuple[BackendSpec, ...]:
+    """The backend of every local model in ``config`` (``models`` absent: the embedded one)."""
+    out = []
+    for m in config.effective_models():
+        gen = {k: v for k, v in (("max_tokens", m.gen_params.max_tokens), ("temperature", m.gen_params.temperature),
+                                 ("top_p", m.gen_params.top_p)) if v is not None}
+        out.append(
+            BackendSpec(
+                model_path=m.model_path,
+                kind=m.backend,  # type: ignore[arg-type]
+                base_url=m.base_url,
+                api_key=m.api_key,
+                served_model=m.backend_model,
+                gen_params=gen,
+                max_concurrency=m.dispatch_params.max_concurrency or 1,
+                context_length=m.context_length,
+                first_byte_timeout=m.timeout,
+                read_timeout=m.timeout,
+                metrics=m.metrics,  # type: ignore[arg-type]
+            )
+        )
+    return tuple(out)
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +67,11 @@ class Node:
         signer: Signer,
         transport: Transport,
         *,
+        backends: dict[str, Backend] | None = None,
         rng: random.Random | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        """``backends`` replaces the ones ``config.models`` describes (tests, simulator)."""
         if transport.peer_id != signer.peer_id:
             raise ValueError("transport and signer disagree on the peer id")
         self.config = config
@@ -59,6 +93,24 @@ class Node:
             rng=random.Random(self.rng.random()),
             wall_clock=wall_clock,
         )
+        if backends is None:
+            backends = {spec.model_path: build_backend(spec) for spec in backend_specs(config)}
+        self.backends = backends
+        models = {m.model_path: m for m in config.effective_models()}
+        self.serve = ServeService(
+            transport,
+            signer,
+            self.network_id,
+            self.peers,
+            backends,
+            load_policy(sp.policy, sp.policy_params()),
+            sp.policy_params(),
+            random.Random(self.rng.random()),
+            dispatch={name: m.dispatch_params for name, m in models.items()},
+            prices={name: round(m.price_per_1k * MICRO) for name, m in models.items()},
+            deadlines=Deadlines(request_s=sp.request_timeout),
+            wall_clock=wall_clock,
+        )
         self.started_at = 0.0
 
     @property
@@ -66,18 +118,31 @@ class Node:
         return self.signer.peer_id
 
     def local_state(self) -> LocalState:
-        return LocalState()
+        """What our next gossiped status says: models with load, accepting, backlog."""
+        models = self.serve.model_status()
+        return LocalState(
+            models=models,
+            accepting=any(m.accepting for m in models),
+            running=sum(m.running for m in models),
+            queued=sum(m.queued for m in models) if models else self.serve.backlog(),
+        )
 
     def api_routes(self) -> list[Any]:
-        """Extra HTTP routes (the OpenAI-compatible ``/v1`` API) for :func:`p2pserve.api.build_app`."""
-        return []
+        """The OpenAI-compatible ``/v1`` routes for :func:`p2pserve.api.build_app`."""
+        return openai_routes(self.serve, api_key=self.config.server_params.api_key, wall_clock=self.wall_clock)
 
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every service until cancelled."""
         self.started_at = trio.current_time()
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.gossip.run)
-            task_status.started(self)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.serve.run)
+                await nursery.start(self.gossip.run)
+                task_status.started(self)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                for backend in self.backends.values():
+                    await backend.aclose()
 
     # -- views -----------------------------------------------------------------------------
 
@@ -108,6 +173,12 @@ class Node:
             "peer_id": self.peer_id,
             "network_id": self.network_id,
             "addrs": self.transport.listen_addrs(),
+            "models": [
+                {"name": m.name, "running": m.running, "queued": m.queued, "token_usage": m.token_usage,
+                 "accepting": m.accepting, "price_per_1k": m.price_per_1k / MICRO}
+                for m in self.serve.model_status()
+            ],
+            "served": dataclasses.asdict(self.serve.counters),
             "uptime_s": round(now - self.started_at, 3),
             "connected_peers": sorted(self.transport.connected_peers()),
             "peers": peers,
@@ -130,6 +201,8 @@ class Node:
             "# TYPE p2pserve_status_received_total counter",
             f"p2pserve_status_received_total {self.gossip.received}",
         ]
+        for name, value in dataclasses.asdict(self.serve.counters).items():
+            lines += [f"# TYPE p2pserve_{name}_total counter", f"p2pserve_{name}_total {value}"]
         return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,118 @@
+"""A cluster of real :class:`~p2pserve.node.Node` s on one :class:`~transports.memory.MemoryNetwork`.
+
+Used by the tests and the simulator: the node code is the product's, only the transport is
+in-process. Node 0 starts first; every other node gets node 0's address as its only
+bootstrap, as a provider running ``p2pserve join --bootstrap`` would. Each node runs in its
+own task (its transport is entered and left there), so :meth:`Cluster.kill` makes one node
+vanish abruptly while the others go on.
+
+Identities are derived from ``seed`` and the node index, wall clocks are virtual
+(``epoch + trio.current_time()``), and every RNG is seeded: the same seed gives the same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+
+import trio
+
+from p2pserve.backends.base import Backend
+from p2pserve.config import NodeConfig
+from p2pserve.crypto import Signer, sha256
+from p2pserve.node import Node
+from transports.memory import MemoryNetwork
+
+__all__ = ["Cluster", "open_cluster", "signer_for"]
+
+EPOCH = 1_767_225_600.0  # 2026-01-01, the virtual wall clock's zero
+
+
+def signer_for(seed: int, index: int) -> Signer:
+    """The deterministic identity of node ``index`` in a cluster seeded with ``seed``."""
+    return Signer(sha256(f"p2pserve-sim/{seed}/{index}".encode()))
+
+
+class Cluster:
+    """Running nodes, addressable by index."""
+
+    def __init__(self, network: MemoryNetwork, nursery: trio.Nursery, seed: int) -> None:
+        self.network = network
+        self.seed = seed
+        self.nodes: list[Node] = []
+        self._scopes: list[trio.CancelScope] = []
+        self._nursery = nursery
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def __getitem__(self, i: int) -> Node:
+        return self.nodes[i]
+
+    def alive(self) -> list[Node]:
+        return [n for n, s in zip(self.nodes, self._scopes) if not s.cancel_called]
+
+    async def add(self, config: NodeConfig, backends: dict[str, Backend] | None = None) -> Node:
+        """Start one more node (bootstrapping from node 0 if it exists); return it once running."""
+        index = len(self.nodes)
+        signer = signer_for(self.seed, index)
+        if self.nodes and not config.server_params.bootstrap:
+            boot = tuple(self.nodes[0].transport.listen_addrs())
+            config = dataclasses.replace(config, server_params=dataclasses.replace(config.server_params, bootstrap=boot))
+        node: Node = await self._nursery.start(self._run_node, config, signer, backends, index)
+        return node
+
+    async def _run_node(
+        self,
+        config: NodeConfig,
+        signer: Signer,
+        backends: dict[str, Backend] | None,
+        index: int,
+        *,
+        task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        with trio.CancelScope() as scope:
+            async with self.network.open_transport(signer) as transport:
+                node = Node(
+                    config,
+                    signer,
+                    transport,
+                    backends=backends if backends is not None else {},
+                    rng=random.Random(f"{self.seed}/{index}"),
+                    wall_clock=lambda: EPOCH + trio.current_time(),
+                )
+                self.nodes.append(node)
+                self._scopes.append(scope)
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(node.run)
+                    task_status.started(node)
+
+    def kill(self, i: int) -> None:
+        """Node ``i`` vanishes at once (its transport is torn down; peers see it gone)."""
+        self._scopes[i].cancel()
+
+    def stop(self) -> None:
+        for s in self._scopes:
+            s.cancel()
+
+
+@asynccontextmanager
+async def open_cluster(
+    configs: Sequence[NodeConfig],
+    *,
+    network: MemoryNetwork | None = None,
+    backends: Callable[[int], dict[str, Backend]] | None = None,
+    seed: int = 0,
+) -> AsyncIterator[Cluster]:
+    """Start one node per config (node 0 first, the rest bootstrapping from it)."""
+    network = network or MemoryNetwork(seed=seed)
+    async with trio.open_nursery() as nursery:
+        cluster = Cluster(network, nursery, seed)
+        for i, cfg in enumerate(configs):
+            await cluster.add(cfg, backends(i) if backends else None)
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
