@@ -27,6 +27,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import threading
+from contextlib import aclosing
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
@@ -238,8 +239,9 @@ class EmbeddedBackend(Backend):
                 waiting = False
                 self._running += 1
                 try:
-                    async for event in self._generate(kind, body, continuation):
-                        yield event
+                    async with aclosing(self._generate(kind, body, continuation)) as events:
+                        async for event in events:
+                            yield event
                 finally:
                     self._running -= 1
                     if self._closed and self._running == 0:

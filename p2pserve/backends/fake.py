@@ -21,7 +21,9 @@ has ``8 + h[0] % 24`` words taken from :data:`WORDS` by ``h[1:]``, cut to ``max_
 message (or prompt) starting with ``echo:`` is answered with its own text instead.
 ``max_tokens`` is not hashed, so a shorter request gives a prefix of a longer one, and a
 continuation (chat: a final assistant message; completions: the prompt followed by the
-start of its own answer) yields exactly the rest of the original answer. That makes
+first words of its own word answer) yields exactly the rest of the original answer. (A
+completions prompt that happens to end in words of :data:`WORDS` is read as a
+continuation when they match its base's answer: about 1 chance in 64 per such word.) That makes
 mid-stream fail-over testable end to end.
 
 Faults (:data:`FAULTS`) come from an explicit per-request schedule (request index, counted
@@ -270,14 +272,11 @@ def _continued(kind: Kind, model: str, source: object, seed: int) -> list[str] |
     return None
 
 
-_ECHO_SCAN_LIMIT = 4096
-
-
 def _splits(prompt: str) -> list[tuple[str, str]]:
     """Candidate (base, tail) splits of a completions prompt, shortest tail first.
 
-    Word answers: the tail is 1..31 whole `` word`` pieces from :data:`WORDS`. Echo answers
-    (short prompts only): any split point after the ``echo:`` marker.
+    The tail is 1..31 whole `` word`` pieces from :data:`WORDS` (echo answers are not
+    continued for completions: where an echoed prompt ends is ambiguous).
     """
     out: list[tuple[str, str]] = []
     pieces = _PIECE_RE.findall(prompt[-32 * 16 :])
@@ -287,9 +286,6 @@ def _splits(prompt: str) -> list[tuple[str, str]]:
             break
         tail = piece + tail
         out.append((prompt[: len(prompt) - len(tail)], tail))
-    start = prompt.find(_ECHO)
-    if 0 <= start and not prompt[:start].strip() and len(prompt) <= _ECHO_SCAN_LIMIT:
-        out += [(prompt[:cut], prompt[cut:]) for cut in range(len(prompt) - 1, start + len(_ECHO), -1)]
     return out
 
 
@@ -631,16 +627,23 @@ class FakeBackend:
 
 
 class _CutAsHttpx(httpx.AsyncByteStream):
-    """A streamed body for MockTransport that reports a cut as httpx does, and closes early."""
+    """A streamed body for MockTransport that reports a cut as httpx does, and closes early.
+
+    An iterator object rather than an async generator, so an early close leaves no
+    suspended generator behind for trio to warn about.
+    """
 
     def __init__(self, chunks: AsyncIterator[bytes]) -> None:
         self._chunks = chunks
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
         try:
-            async for chunk in self._chunks:
-                yield chunk
+            return await self._chunks.__anext__()
         except _Cut:
+            await self.aclose()
             raise httpx.RemoteProtocolError("peer closed connection without sending complete message body") from None
 
     async def aclose(self) -> None:

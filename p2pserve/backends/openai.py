@@ -21,6 +21,7 @@ from __future__ import annotations
 import codecs
 import json
 import math
+from contextlib import aclosing
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -40,6 +41,8 @@ MAX_SSE_EVENT_BYTES = 4 * 1024 * 1024
 """Limit on one SSE event (a line, or the data lines of one event) from a backend."""
 
 _CLOSE_GRACE_S = 2.0
+_DRAIN_S = 1.0
+_DRAIN_BYTES = 64 * 1024
 _SSE_FIELDS = frozenset({"event", "id", "retry"})
 
 
@@ -263,8 +266,9 @@ class OpenAIBackend(Backend):
         try:
             response = await self._open(path, sent, deadline)
             try:
-                async for event in self._events(kind, response, sent, deadline):
-                    yield event
+                async with aclosing(self._events(kind, response, sent, deadline)) as events:
+                    async for event in events:
+                        yield event
             finally:
                 with trio.CancelScope(shield=True, deadline=trio.current_time() + _CLOSE_GRACE_S):
                     await response.aclose()
@@ -299,53 +303,54 @@ class OpenAIBackend(Backend):
     async def _events(
         self, kind: Kind, response: httpx.Response, sent: dict[str, Any], deadline: float
     ) -> AsyncIterator[GenerationEvent]:
+        status = response.status_code
         decoder = SSEDecoder()
-        chunks = response.aiter_raw().__aiter__()
         finish: str | None = None
         usage: tuple[int, int] | None = None
         pieces = 0
-        text_len = 0
         done = False
-        while not done:
-            limit = _deadline_in(self.timeouts.read, deadline)
-            try:
-                with trio.fail_after(max(limit, 0.0)):
-                    raw = await chunks.__anext__()
-            except StopAsyncIteration:
-                payloads = decoder.close()
-                raw = None
-            except trio.TooSlowError as exc:
-                raise BackendTimeout(f"backend stalled for {limit:.1f} s mid-stream") from exc
-            except httpx.TimeoutException as exc:
-                raise BackendTimeout(f"backend timed out mid-stream: {exc!r}") from exc
-            except httpx.HTTPError as exc:
-                raise BackendResponseError(f"backend stream broke: {exc!r}", status_code=response.status_code) from exc
-            if raw is not None:
+        # Iterate response.stream itself, not aiter_raw(): one async generator fewer, and the
+        # one left (httpx's BoundAsyncStream) is closed here explicitly on early exit.
+        stream = response.stream
+        assert isinstance(stream, httpx.AsyncByteStream)
+        async with aclosing(stream.__aiter__()) as chunks:  # type: ignore[type-var]
+            while not done:
+                limit = _deadline_in(self.timeouts.read, deadline)
+                raw: bytes | None
                 try:
-                    payloads = decoder.feed(raw)
+                    with trio.fail_after(max(limit, 0.0)):
+                        raw = await chunks.__anext__()
+                except StopAsyncIteration:
+                    raw = None
+                except trio.TooSlowError as exc:
+                    raise BackendTimeout(f"backend stalled for {limit:.1f} s mid-stream") from exc
+                except httpx.TimeoutException as exc:
+                    raise BackendTimeout(f"backend timed out mid-stream: {exc!r}") from exc
+                except httpx.HTTPError as exc:
+                    raise BackendResponseError(f"backend stream broke: {exc!r}", status_code=status) from exc
+                try:
+                    payloads = decoder.close() if raw is None else decoder.feed(raw)
                 except BackendResponseError as exc:
-                    raise BackendResponseError(str(exc), status_code=response.status_code) from exc
-            for payload in payloads:
-                if payload.strip() == "[DONE]":
-                    done = True
-                    break
-                chunk = self._parse_chunk(payload, response.status_code)
-                delta, chunk_finish, chunk_usage = _read_chunk(kind, chunk, response.status_code)
-                if chunk_usage is not None:
-                    usage = chunk_usage
-                if chunk_finish is not None:
-                    finish = chunk_finish
-                if delta:
-                    pieces += 1
-                    text_len += len(delta)
-                    yield TextDelta(delta)
-            if raw is None and not done:
-                if finish is None:
-                    raise BackendResponseError("backend stream ended before the answer finished",
-                                               status_code=response.status_code)
-                done = True  # finished, usage may be missing: tolerate a missing [DONE]
+                    raise BackendResponseError(str(exc), status_code=status) from exc
+                for payload in payloads:
+                    if payload.strip() == "[DONE]":
+                        done = True
+                        break
+                    delta, chunk_finish, chunk_usage = _read_chunk(kind, self._parse_chunk(payload, status), status)
+                    usage = chunk_usage or usage
+                    finish = chunk_finish or finish
+                    if delta:
+                        pieces += 1
+                        yield TextDelta(delta)
+                if raw is None and not done:
+                    if finish is None:
+                        raise BackendResponseError("backend stream ended before the answer finished",
+                                                   status_code=status)
+                    done = True  # finished; tolerate a missing [DONE]
+                elif raw is not None and done:
+                    await _drain(chunks)
         if finish is None:
-            raise BackendResponseError("backend stream ended without a finish_reason", status_code=response.status_code)
+            raise BackendResponseError("backend stream ended without a finish_reason", status_code=status)
         if usage is None:
             usage = (_prompt_tokens(kind, sent), pieces)
         yield Finished(finish_reason=finish, prompt_tokens=usage[0], completion_tokens=usage[1])
@@ -417,6 +422,20 @@ class OpenAIBackend(Backend):
         if not self._closed:
             self._closed = True
             await self._client.aclose()
+
+
+async def _drain(chunks: AsyncIterator[bytes]) -> None:
+    """Read to the end of a body after ``[DONE]`` (briefly, boundedly), so the stream ends
+    cleanly instead of being abandoned mid-iteration; servers close right after ``[DONE]``."""
+    extra = 0
+    with trio.move_on_after(_DRAIN_S):
+        try:
+            async for rest in chunks:
+                extra += len(rest)
+                if extra > _DRAIN_BYTES:
+                    return
+        except httpx.HTTPError:
+            return
 
 
 def _read_chunk(kind: Kind, chunk: dict[str, Any], status: int) -> tuple[str, str | None, tuple[int, int] | None]:
