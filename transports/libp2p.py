@@ -46,10 +46,12 @@ What this module owns, and its invariants:
 from __future__ import annotations
 
 import contextlib
+import importlib
 import ipaddress
 import logging
 import os
 import socket
+import sys
 import weakref
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -124,6 +126,25 @@ class _ForwardHandler(logging.Handler):
             self._target.handle(record)
 
 
+class _ModuleLogging:
+    """Stands in for the ``logging`` module inside libp2p modules that log through the
+    root logger: ``logging.debug(...)`` on a handler-less root calls ``basicConfig()``,
+    which would install a stderr handler for the whole application. Log calls go to the
+    module's own (``libp2p.*``) logger instead; everything else is the real module."""
+
+    _CALLS = frozenset({"debug", "info", "warning", "error", "exception", "critical", "log"})
+
+    def __init__(self, name: str) -> None:
+        self._logger = logging.getLogger(name)
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr in self._CALLS:
+            return getattr(self._logger, attr)
+        return getattr(logging, attr)
+
+
+_ROOT_LOGGING_MODULES = ("libp2p.network.connection.swarm_connection", "libp2p.tools.utils")
+
 _configured = False
 
 
@@ -144,6 +165,10 @@ def _configure_process() -> None:
     library_log = logging.getLogger(f"{__name__}.library")
     library_log.addHandler(logging.NullHandler())
     logging.getLogger("libp2p").addHandler(_ForwardHandler(library_log))
+    for name in _ROOT_LOGGING_MODULES:
+        module = sys.modules.get(name) or importlib.import_module(name)
+        if getattr(module, "logging", None) is logging:
+            module.logging = _ModuleLogging(name)  # type: ignore[attr-defined]
     # multiaddr logs every parse at DEBUG; keep it out of an application's debug log
     multiaddr_log = logging.getLogger("multiaddr")
     if multiaddr_log.level == logging.NOTSET:
