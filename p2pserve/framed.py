@@ -141,20 +141,17 @@ class FramedStream:
                 raise
             if frame is not None:
                 return frame
-            if self._eof:
-                return self._at_eof()
-            data = await self.stream.receive_some(RECEIVE_CHUNK)
-            if not data:
+            if not self._eof:
+                data = await self.stream.receive_some(RECEIVE_CHUNK)
+                if data:
+                    self._decoder.feed(data)
+                    continue
                 self._eof = True
-                return self._at_eof()
-            self._decoder.feed(data)
-
-    def _at_eof(self) -> None:
-        if self._decoder.buffered:
-            raise ConnectionBroken(
-                f"stream from {self.remote_peer} ended inside a frame ({self._decoder.buffered} bytes buffered)"
-            )
-        return None
+            if self._decoder.buffered:
+                raise ConnectionBroken(
+                    f"stream from {self.remote_peer} ended inside a frame ({self._decoder.buffered} bytes buffered)"
+                )
+            return None
 
     async def aclose(self) -> None:
         """Close the underlying stream. Idempotent; never raises."""

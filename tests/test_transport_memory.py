@@ -4,7 +4,7 @@ memory transport has (latency, jitter, partitions, seeded loss, scale)."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -14,9 +14,9 @@ from p2pserve.errors import ConnectionBroken, DialError, StreamClosed, Transport
 from p2pserve.transport import PeerEvent, PubsubMessage, Stream, Transport
 from tests.conftest import signer_for
 from tests.transport_conformance import (
+    KillFn,
     OpenTransport,
     TransportConformance,
-    TransportPool,
     collect,
     echo_handler,
     read_all,
@@ -38,13 +38,16 @@ class TestMemoryConformance(TransportConformance):
         return lambda i: network.open_transport(signer_for(i))
 
     @pytest.fixture
-    def kill_transport(self, transport_pool: TransportPool) -> Callable[[Transport], Awaitable[None]]:
+    def kill_transport(self) -> KillFn:
         async def kill(t: Transport) -> None:
             assert isinstance(t, MemoryTransport)
             t.kill()
             await trio.lowlevel.checkpoint()
 
         return kill
+
+    async def test_suite_runs_in_virtual_time(self, transport_clock: trio.abc.Clock) -> None:
+        assert isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
 
 
 class TestMemoryConformanceGracefulClose(TransportConformance):

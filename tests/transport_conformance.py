@@ -21,13 +21,17 @@ the right task, and "peer vanishes" means leaving that context::
 
 Optional overrides:
 
-* ``kill_transport`` fixture: ``async (pool, transport) -> None`` making the peer vanish
-  abruptly. The default leaves its context (a clean shutdown, which the remote also has to
-  see as a vanished peer). The memory transport overrides it with ``MemoryTransport.kill``.
+* ``kill_transport`` fixture returning a :data:`KillFn`, ``async (transport) -> None``, that
+  makes the peer vanish. The default (``transport_pool.close``) leaves its context: a clean
+  shutdown, which its peers must also see as a vanished peer. The memory transport's file
+  runs the suite twice, with that default and with the abrupt ``MemoryTransport.kill``.
 * ``transport_clock`` fixture: a ``trio.abc.Clock`` to run every test under, or None (the
   default: trio's real clock). The memory transport returns ``autojump_clock``; libp2p must
   not (it reads the wall clock). Every suite test takes it as a direct argument because
   pytest-trio only uses a clock that is a test's own argument.
+* ``make_transports`` fixture (rarely needed): ``async (n) -> list[Transport]`` returning
+  ``n`` more started, unconnected transports; replaces the pool (then override
+  ``kill_transport`` too, since the default one closes through the pool).
 * class attributes ``timeout`` (bound on each step, seconds), ``settle`` (how long to wait
   before asserting that something did NOT happen), ``retry_interval`` (re-publish period
   while a pubsub mesh forms), ``large_payload`` (bytes for the large transfer test).
@@ -59,7 +63,7 @@ from p2pserve.wire.messages import Failure
 __all__ = ["KillFn", "OpenTransport", "TransportConformance", "TransportPool"]
 
 OpenTransport = Callable[[int], AbstractAsyncContextManager[Transport]]
-KillFn = Callable[["TransportPool", Transport], Awaitable[None]]
+KillFn = Callable[[Transport], Awaitable[None]]
 
 PROTO = "/p2pserve/test/echo/1"
 
@@ -162,7 +166,7 @@ class TransportConformance:
         return transport_pool.make
 
     @pytest.fixture
-    def kill_transport(self, transport_pool: TransportPool) -> Callable[[Transport], Awaitable[None]]:
+    def kill_transport(self, transport_pool: TransportPool) -> KillFn:
         async def kill(t: Transport) -> None:
             await transport_pool.close(t)
 

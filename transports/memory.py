@@ -32,7 +32,10 @@ Model and invariants:
   (b) runs the validators of all its subscriptions on the topic: a rejection means neither
   delivered nor relayed, (c) delivers it to its subscriptions and forwards it to its other
   connected peers. Each hop is lost with the link's ``loss`` probability. ``from_peer`` is
-  always the origin.
+  always the origin. For speed, (a) is checked when sending, not on arrival: a copy is not
+  sent to a peer that already has the message or a copy on its way (first sent, first
+  kept), that is not subscribed, or that is across a partition; arrival times are rounded
+  up to ``pubsub_tick``.
 * **Determinism.** Loss and jitter draws are hashes of ``(seed, message or stream id,
   link)``, not draws from a shared RNG, so they do not depend on trio's task scheduling
   order: the same seed and the same sends give the same drops and delays.
