@@ -57,6 +57,8 @@ class BackendSpec:
     total_timeout: float | None = 600.0
     metrics: Literal["auto", "off"] = "auto"
     """``auto``: read load from ``/metrics`` when the server has it; ``off``: in-flight counts."""
+    metrics_ttl: float = 0.5
+    """How long one ``/metrics`` scrape is reused, in seconds."""
     continue_final_message: bool = True
     """Send vLLM/SGLang's ``continue_final_message`` when continuing a chat answer."""
     check_model: bool = True
@@ -88,6 +90,8 @@ class BackendSpec:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"model {self.model_path!r}: {name} must be positive")
+        if self.metrics_ttl < 0:
+            raise ConfigError(f"model {self.model_path!r}: metrics_ttl must be >= 0")
         if not isinstance(self.gen_params, Mapping) or not isinstance(self.fake, Mapping):
             raise ConfigError(f"model {self.model_path!r}: gen_params and fake must be mappings")
         object.__setattr__(self, "gen_params", MappingProxyType(dict(self.gen_params)))
@@ -137,6 +141,7 @@ def build_backend(spec: BackendSpec, *, transport: httpx.AsyncBaseTransport | No
         max_concurrency=spec.max_concurrency,
         context_length=spec.context_length or 8192,
         metrics=spec.metrics,
+        metrics_ttl=spec.metrics_ttl,
         continue_final_message=spec.continue_final_message,
         check_model=spec.check_model,
         transport=transport,
