@@ -47,7 +47,7 @@ class Nodes:
     nursery: trio.Nursery
 
     async def start(self, i: int, listen: str = LOOPBACK, **kw: object) -> Libp2pTransport:
-        return await self.nursery.start(self._run, signer_for(i), listen, kw)  # type: ignore[no-any-return]
+        return await self.nursery.start(self._run, signer_for(i), listen, kw)
 
     async def _run(
         self, signer: Signer, listen: str, kw: dict[str, object], task_status: trio.TaskStatus[Libp2pTransport]

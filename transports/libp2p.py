@@ -46,6 +46,7 @@ What this module owns, and its invariants:
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import ipaddress
 import logging
@@ -155,7 +156,7 @@ def _configure_process() -> None:
         return
     _configured = True
     # connect() otherwise always waits 250 ms before the first dial, even with one address
-    _libp2p_swarm._HAPPY_EYEBALLS_DELAY = 0.0  # type: ignore[attr-defined]
+    _libp2p_swarm._HAPPY_EYEBALLS_DELAY = 0.0
     # yamux sends ~3 WINDOW_UPDATEs per DATA frame by default; read at call time
     os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
     # libp2p's import leaves its logger handler-less with propagate=False, so its
@@ -319,7 +320,7 @@ class Libp2pStream:
             return
         self._eof_sent = True
         try:
-            await self._raw.close_write()
+            await self._raw.close_write()  # type: ignore[attr-defined]  # NetStream has it
         except Exception as exc:
             raise ConnectionBroken(f"stream to {self._remote_peer} broke on send_eof: {exc!r}") from exc
 
@@ -876,7 +877,8 @@ async def open_libp2p_transport(
             degree=degree,
             degree_low=degree_low,
             degree_high=degree_high,
-            heartbeat_interval=gossip_heartbeat,  # library default 120 s never repairs a mesh
+            # the library default heartbeat (120 s) never repairs a mesh
+            heartbeat_interval=gossip_heartbeat,  # type: ignore[arg-type]  # typed int; floats work
             prune_back_off=5,  # default 60 s starves small meshes after a prune
             unsubscribe_back_off=5,
             adaptive_gossip_enabled=False,  # would stretch the heartbeat to 30-60 s
@@ -901,9 +903,10 @@ async def open_libp2p_transport(
     unwrapped: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
-            await nursery.start(
+            run_host = functools.partial(
                 _run_host, host, pubsub, gossipsub, transport, listen, close_timeout, host_scope, stop, stopped
             )
+            await nursery.start(run_host)
             try:
                 yield transport
             except BaseException as exc:
@@ -986,7 +989,7 @@ def _disable_auto_connector(host: IHost) -> None:
     async def do_nothing() -> None:
         await trio.lowlevel.checkpoint()
 
-    host.get_network().auto_connector.maybe_connect = do_nothing  # type: ignore[attr-defined,method-assign]
+    host.get_network().auto_connector.maybe_connect = do_nothing  # type: ignore[attr-defined]
 
 
 def _leaf_exceptions(exc: BaseException) -> list[BaseException]:
