@@ -28,8 +28,8 @@ import importlib.util
 import os
 import threading
 from contextlib import aclosing
-from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from typing import Any, cast
 
 import trio
 
@@ -154,11 +154,12 @@ class EmbeddedBackend(Backend):
         import time
 
         import llama_cpp
-        import llama_cpp.llama as llama_module
 
+        # llama_cpp.llama reads llama_model_default_params from this module at call time.
+        lib: Any = importlib.import_module("llama_cpp.llama_cpp")
         started = time.perf_counter()
         with _construct_lock:
-            defaults = llama_module.llama_cpp.llama_model_default_params
+            defaults = lib.llama_model_default_params
             if not self.extra_buffer_types:
 
                 def no_extra_bufts() -> Any:
@@ -166,12 +167,12 @@ class EmbeddedBackend(Backend):
                     params.use_extra_bufts = False
                     return params
 
-                llama_module.llama_cpp.llama_model_default_params = no_extra_bufts
+                lib.llama_model_default_params = no_extra_bufts
             try:
                 llm = llama_cpp.Llama(model_path=path, n_ctx=self.context_length, n_threads=self.n_threads,
                                       seed=self.seed, verbose=False)
             finally:
-                llama_module.llama_cpp.llama_model_default_params = defaults
+                lib.llama_model_default_params = defaults
         self.load_seconds = time.perf_counter() - started
         return llm
 
@@ -218,7 +219,7 @@ class EmbeddedBackend(Backend):
 
         formatter = Jinja2ChatFormatter(
             template=llm.metadata["tokenizer.chat_template"], eos_token="<|im_end|>", bos_token="<|im_start|>")
-        rendered = formatter(messages=messages)
+        rendered = formatter(messages=cast(Any, messages))
         prompt_tokens = len(llm.tokenize((rendered.prompt + continuation).encode(), add_bos=False, special=True))
         if not continuation:
             return prompt_tokens, iter(llm.create_chat_completion(messages=messages, stream=True, **params))
@@ -250,7 +251,9 @@ class EmbeddedBackend(Backend):
             if waiting:
                 self._queued -= 1
 
-    async def _generate(self, kind: Kind, body: dict[str, Any], continuation: str) -> AsyncIterator[GenerationEvent]:
+    async def _generate(
+        self, kind: Kind, body: dict[str, Any], continuation: str
+    ) -> AsyncGenerator[GenerationEvent, None]:
         llm = await self._ensure_loaded()
         try:
             prompt_tokens, chunks = await trio.to_thread.run_sync(self._start, llm, kind, body, continuation)

@@ -362,7 +362,7 @@ def stream_chunks(plan: Plan, *, created: int = 0, model: str | None = None) -> 
             return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         return {"index": 0, "text": content or "", "logprobs": None, "finish_reason": finish}
 
-    chunks = [{**head, "choices": [choice(None, None, role=True)]}] if chat else []
+    chunks: list[dict[str, Any]] = [{**head, "choices": [choice(None, None, role=True)]}] if chat else []
     chunks += [{**head, "choices": [choice(p, None)]} for p in plan.pieces]
     chunks.append({**head, "choices": [choice(None, plan.finish_reason)]})
     if plan.include_usage:
@@ -709,7 +709,7 @@ async def serve_fake_backend(
     hconfig.graceful_timeout = 0.5
     hconfig.keep_alive_timeout = 60.0
     async with trio.open_nursery() as nursery:
-        binds: list[str] = await nursery.start(serve, create_app(fake), hconfig)  # type: ignore[arg-type]
+        binds: list[str] = await nursery.start(serve, create_app(fake), hconfig)
         bound_port = int(binds[0].rsplit(":", 1)[1])
         base_url = f"http://{'[' + host + ']' if ':' in host else host}:{bound_port}"
         task_status.started(FakeServer(base_url, bound_port, fake))
@@ -721,7 +721,7 @@ def _parse_schedule(text: str) -> dict[int, Fault]:
         index, _, fault = item.partition("=")
         if fault not in FAULTS:
             raise argparse.ArgumentTypeError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
-        out[int(index)] = fault  # type: ignore[assignment]
+        out[int(index)] = fault
     return out
 
 

@@ -22,7 +22,7 @@ import codecs
 import json
 import math
 from contextlib import aclosing
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -302,7 +302,7 @@ class OpenAIBackend(Backend):
 
     async def _events(
         self, kind: Kind, response: httpx.Response, sent: dict[str, Any], deadline: float
-    ) -> AsyncIterator[GenerationEvent]:
+    ) -> AsyncGenerator[GenerationEvent, None]:
         status = response.status_code
         decoder = SSEDecoder()
         finish: str | None = None
