@@ -37,10 +37,10 @@ from p2pserve.backends.base import Backend, Finished, GenerationEvent, Kind, Loa
 from p2pserve.errors import BackendResponseError, BackendUnavailable
 
 __all__ = [
+    "EmbeddedBackend",
     "GGUF_FILE",
     "INSTALL_HINT",
     "MODEL_NAME",
-    "EmbeddedBackend",
     "find_gguf",
     "missing_reason",
 ]

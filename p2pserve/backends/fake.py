@@ -50,9 +50,8 @@ from p2pserve.backends.base import Kind
 
 __all__ = [
     "DIALECTS",
-    "FAULTS",
-    "WORDS",
     "Dialect",
+    "FAULTS",
     "FakeBackend",
     "FakeConfig",
     "FakeRequestError",
@@ -62,6 +61,7 @@ __all__ = [
     "Plan",
     "Snapshot",
     "StreamReply",
+    "WORDS",
     "create_app",
     "main",
     "plan_request",
