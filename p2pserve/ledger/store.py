@@ -260,7 +260,7 @@ class LedgerStore:
         self.state = state
         return True
 
-    def ingest(self, blocks: Sequence[Block], *, now_ms: int, received_ms: int | None = None) -> IngestResult:
+    def ingest(self, blocks: Sequence[Block], *, now_ms: int | None, received_ms: int | None = None) -> IngestResult:
         """Take blocks from the network (gossip or sync), in any order.
 
         Each block is appended if valid; one whose predecessor or cited payment is missing
@@ -270,14 +270,14 @@ class LedgerStore:
         res = IngestResult()
         progressed = False
         for block in blocks:
-            progressed |= self._ingest_one(block, now_ms, received_ms if received_ms is not None else now_ms, res, True)
+            progressed |= self._ingest_one(block, now_ms, received_ms if received_ms is not None else now_ms or 0, res, True)
         while progressed:
             progressed = False
             for block in self.pending_blocks():
-                progressed |= self._ingest_one(block, now_ms, now_ms, res, False)
+                progressed |= self._ingest_one(block, now_ms, 0, res, False)
         return res
 
-    def _ingest_one(self, block: Block, now_ms: int, received_ms: int, res: IngestResult, fresh: bool) -> bool:
+    def _ingest_one(self, block: Block, now_ms: int | None, received_ms: int, res: IngestResult, fresh: bool) -> bool:
         try:
             self.append(block, now_ms=now_ms)
         except InvalidBlock as exc:
@@ -378,6 +378,13 @@ class LedgerStore:
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: {exc}") from exc
         return [self._decode(bytes(r[0])) for r in rows]
+
+    def raw_blocks_missing(self, heads: dict[str, int]) -> Iterator[bytes]:
+        """Raw blocks above ``heads`` (``account -> height held``; absent: none held), in
+        acceptance order, so every block comes after what it depends on."""
+        for row in self.rows():
+            if row.height > heads.get(row.account, -1):
+                yield row.raw
 
     def rows(self) -> Iterator[StoredRow]:
         """Every stored block row in acceptance order (raw bytes, unchecked)."""

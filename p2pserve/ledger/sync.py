@@ -1,0 +1,273 @@
+"""Ledger sync service: gossip new blocks, pull what is missing (trio, over the transport contract).
+
+* Gossip: every block this node appends (and every new equivocation proof) is published on
+  ``/p2pserve/<network_id>/blocks/1`` as its canonical encoding. The topic validator drops
+  anything that is not a Block/EquivocationProof of this network, or too large, so it is
+  neither delivered nor relayed. Received blocks go through ``LedgerStore.ingest``: valid
+  ones are appended, ones with unknown predecessors wait in ``pending`` and trigger a pull
+  from the peer that published them.
+* Pull, ``/p2pserve/sync/1``: the requester sends :class:`SyncHeads` (its height per
+  account); the responder streams the blocks the requester lacks in its acceptance order
+  (so payments arrive before their claims), in :class:`SyncBatch` es of at most
+  ``max_blocks_per_batch``, then :class:`SyncDone` (``more=True`` when it stopped at
+  ``max_blocks_per_session``; the requester then asks again, up to ``max_rounds``). A node
+  pulls from every peer that connects, so one that joins late or was offline catches up.
+
+Every count from a peer is bounded (heads per request, blocks per batch and per session,
+frame size) and every wait has a timeout; a misbehaving peer only breaks its own stream.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import trio
+
+from p2pserve.errors import MalformedMessage, P2PServeError, ProtocolError, RemoteProtocolError, TransportError
+from p2pserve.framed import FramedStream
+from p2pserve.ledger.blocks import Block, EquivocationProof, decode_block
+from p2pserve.ledger.store import LedgerStore
+from p2pserve.transport import PubsubMessage, Stream, Transport
+from p2pserve.wire.codec import MAX_ITEMS, Message, decode, message
+from p2pserve.wire.limits import DEFAULT_LIMITS, Limits
+
+__all__ = [
+    "SYNC_PROTOCOL",
+    "LedgerSync",
+    "SyncBatch",
+    "SyncDone",
+    "SyncHead",
+    "SyncHeads",
+    "blocks_topic",
+]
+
+log = logging.getLogger(__name__)
+
+SYNC_PROTOCOL = "/p2pserve/sync/1"
+
+
+def blocks_topic(network_id: str) -> str:
+    return f"/p2pserve/{network_id}/blocks/1"
+
+
+@message(40)
+class SyncHead(Message):
+    """The requester holds ``account``'s chain up to ``height`` (inclusive)."""
+
+    account: str
+    height: int
+
+
+@message(41)
+class SyncHeads(Message):
+    """Sync request: the requester's heads (at most MAX_ITEMS accounts)."""
+
+    network_id: str
+    heads: tuple[SyncHead, ...]
+
+
+@message(42)
+class SyncBatch(Message):
+    """Blocks the requester lacks, canonical encodings, in an order the rules accept."""
+
+    blocks: tuple[bytes, ...]
+
+    def _check(self) -> None:
+        if len(self.blocks) > DEFAULT_LIMITS.max_blocks_per_batch:
+            raise MalformedMessage(f"more than {DEFAULT_LIMITS.max_blocks_per_batch} blocks in a batch")
+
+
+@message(43)
+class SyncDone(Message):
+    """End of a sync answer; ``more`` says the responder stopped at its session limit."""
+
+    more: bool
+    proofs: tuple[bytes, ...]
+    """Equivocation proofs the responder keeps (so frozen accounts propagate too)."""
+
+
+class LedgerSync:
+    """Gossip + pull for one node's :class:`LedgerStore`. Run it with ``nursery.start``."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        store: LedgerStore,
+        *,
+        now_ms: Callable[[], int | None] = lambda: None,
+        limits: Limits = DEFAULT_LIMITS,
+        timeout: float = 10.0,
+        max_blocks_per_session: int = 20_000,
+        max_rounds: int = 100,
+    ) -> None:
+        """``now_ms`` is the wall clock in ms used to refuse blocks from the future (None: no
+        such check). ``timeout`` bounds every wait on a peer."""
+        self.transport = transport
+        self.store = store
+        self.now_ms = now_ms
+        self.limits = limits
+        self.timeout = timeout
+        self.max_blocks_per_session = max_blocks_per_session
+        self.max_rounds = max_rounds
+        self.topic = blocks_topic(store.params.network_id)
+        self._nursery: trio.Nursery | None = None
+        self._syncing: set[str] = set()
+
+    # --- service -----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve sync requests, take gossiped blocks, pull from every peer that connects."""
+        self.transport.set_handler(SYNC_PROTOCOL, self._handle)
+        sub = await self.transport.subscribe(self.topic, self._validate)
+        events = self.transport.peer_events()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._watch_peers, events)
+            for peer in self.transport.connected_peers():
+                self.request_sync(peer)
+            task_status.started()
+            try:
+                async for msg in sub:
+                    self._on_gossip(msg)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await sub.aclose()
+                nursery.cancel_scope.cancel()
+
+    async def _watch_peers(self, events: object) -> None:
+        async for ev in events:  # type: ignore[attr-defined]
+            if ev.connected:
+                self.request_sync(ev.peer_id)
+
+    def request_sync(self, peer_id: str) -> None:
+        """Pull from ``peer_id`` in the background (once at a time per peer)."""
+        if self._nursery is None or peer_id in self._syncing:
+            return
+        self._syncing.add(peer_id)
+        self._nursery.start_soon(self._background_sync, peer_id)
+
+    async def _background_sync(self, peer_id: str) -> None:
+        try:
+            await self.sync_with(peer_id)
+        except (TransportError, ProtocolError) as exc:
+            log.info("ledger sync with %s failed: %s", peer_id, exc)
+        finally:
+            self._syncing.discard(peer_id)
+
+    async def publish(self, block: Block) -> bytes:
+        """Append our own block to the store and gossip it; its hash. Raises InvalidBlock."""
+        h = self.store.append(block, now_ms=self.now_ms())
+        await self.transport.publish(self.topic, block.encode())
+        return h
+
+    # --- gossip ------------------------------------------------------------------------------
+
+    def _validate(self, msg: PubsubMessage) -> bool:
+        if len(msg.data) > self.limits.max_pubsub_message:
+            return False
+        try:
+            obj: Message = decode(msg.data, expect=(Block, EquivocationProof))
+        except MalformedMessage:
+            return False
+        block = obj if isinstance(obj, Block) else obj.first  # type: ignore[attr-defined]
+        return bool(block.network_id == self.store.params.network_id)
+
+    def _on_gossip(self, msg: PubsubMessage) -> None:
+        try:
+            obj: Message = decode(msg.data, expect=(Block, EquivocationProof))
+            if isinstance(obj, EquivocationProof):
+                if self.store.add_proof(obj):
+                    self._spawn_publish(obj.encode())
+                return
+            block = decode_block(msg.data)
+        except (MalformedMessage, P2PServeError) as exc:
+            log.info("dropping gossip from %s: %s", msg.from_peer, exc)
+            return
+        res = self.store.ingest([block], now_ms=self.now_ms())
+        for proof in res.proofs:
+            self._spawn_publish(proof.encode())
+        if res.pending and msg.from_peer != self.transport.peer_id:
+            self.request_sync(msg.from_peer)
+
+    def _spawn_publish(self, data: bytes) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(self.transport.publish, self.topic, data)
+
+    # --- pull --------------------------------------------------------------------------------
+
+    async def sync_with(self, peer_id: str) -> int:
+        """Pull everything ``peer_id`` has that we lack; the number of blocks applied.
+
+        Raises TransportError / RemoteProtocolError if the peer fails or misbehaves.
+        """
+        applied = 0
+        for _ in range(self.max_rounds):
+            n, more = await self._one_round(peer_id)
+            applied += n
+            if not more or n == 0:
+                break
+        return applied
+
+    async def _one_round(self, peer_id: str) -> tuple[int, bool]:
+        stream = await self.transport.open_stream(peer_id, SYNC_PROTOCOL)
+        fs = FramedStream(stream, self.limits.max_frame)
+        applied = 0
+        try:
+            heads = sorted(self.store.heads().items())
+            if len(heads) > MAX_ITEMS:  # only the first MAX_ITEMS; the rest come as "new"
+                heads = heads[:MAX_ITEMS]
+            req = SyncHeads(self.store.params.network_id, tuple(SyncHead(a, h) for a, (h, _) in heads))
+            await fs.send(req, timeout=self.timeout)
+            received = 0
+            while True:
+                msg = await fs.recv((SyncBatch, SyncDone), timeout=self.timeout)
+                if isinstance(msg, SyncDone):
+                    for raw in msg.proofs[:64]:
+                        try:
+                            self.store.add_proof(decode(raw, expect=EquivocationProof))
+                        except (MalformedMessage, P2PServeError):
+                            continue
+                    return applied, msg.more
+                assert isinstance(msg, SyncBatch)
+                received += len(msg.blocks)
+                if received > self.max_blocks_per_session:
+                    raise RemoteProtocolError(f"{peer_id} sent more than {self.max_blocks_per_session} blocks")
+                blocks = []
+                for raw in msg.blocks:
+                    try:
+                        blocks.append(decode_block(raw))
+                    except MalformedMessage:
+                        continue
+                res = self.store.ingest(blocks, now_ms=self.now_ms())
+                applied += len(res.applied)
+        finally:
+            await fs.aclose()
+
+    async def _handle(self, stream: Stream) -> None:
+        fs = FramedStream(stream, self.limits.max_frame)
+        try:
+            req = await fs.recv(SyncHeads, timeout=self.timeout)
+            if req.network_id != self.store.params.network_id:
+                await fs.send(SyncDone(False, ()), timeout=self.timeout)
+                return
+            theirs = {h.account: h.height for h in req.heads}
+            batch: list[bytes] = []
+            sent = 0
+            more = False
+            for raw in self.store.raw_blocks_missing(theirs):
+                if sent >= self.max_blocks_per_session:
+                    more = True
+                    break
+                batch.append(raw)
+                sent += 1
+                if len(batch) >= self.limits.max_blocks_per_batch or sum(map(len, batch)) > self.limits.max_frame // 2:
+                    await fs.send(SyncBatch(tuple(batch)), timeout=self.timeout)
+                    batch = []
+            if batch:
+                await fs.send(SyncBatch(tuple(batch)), timeout=self.timeout)
+            await fs.send(SyncDone(more, tuple(self.store.proof_rows()[:64])), timeout=self.timeout)
+        except (TransportError, ProtocolError) as exc:
+            log.info("sync request from %s failed: %s", stream.remote_peer, exc)
+        finally:
+            await fs.aclose()
