@@ -225,7 +225,8 @@ class EmbeddedBackend(Backend):
             return prompt_tokens, iter(llm.create_chat_completion(messages=messages, stream=True, **params))
         # Continue a partial assistant message: the template's generation prompt, then the
         # text already delivered, completed as plain text up to the end-of-turn marker.
-        stops = [*params.pop("stop"), *(rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else [])]
+        end_of_turn = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []
+        stops = [*params.pop("stop"), *end_of_turn]
         prompt = rendered.prompt + continuation
         return prompt_tokens, iter(llm.create_completion(prompt, stream=True, stop=stops, **params))
 

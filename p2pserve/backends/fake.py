@@ -667,11 +667,23 @@ def create_app(fake: FakeBackend) -> Any:
     from starlette.responses import Response, StreamingResponse
     from starlette.routing import Route
 
+    class ClosingStreamingResponse(StreamingResponse):
+        """Closes the body generator even when the client goes away mid-stream."""
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                aclose = getattr(self.body_iterator, "aclose", None)
+                if aclose is not None:
+                    with trio.CancelScope(shield=True):
+                        await aclose()
+
     async def endpoint(request: Request) -> Response:
         reply = await fake.handle(request.method, request.url.path, await request.body())
         if isinstance(reply, FullReply):
             return Response(reply.body, status_code=reply.status, headers=dict(reply.headers))
-        return StreamingResponse(reply.chunks, status_code=reply.status, headers=dict(reply.headers))
+        return ClosingStreamingResponse(reply.chunks, status_code=reply.status, headers=dict(reply.headers))
 
     return Starlette(routes=[Route("/{path:path}", endpoint, methods=["GET", "POST"])])
 

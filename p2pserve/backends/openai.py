@@ -173,6 +173,12 @@ class OpenAIBackend(Backend):
     as a final assistant message and, when ``continue_final_message`` (vLLM, SGLang), asks
     the server to continue it (``continue_final_message: true, add_generation_prompt:
     false``). llama-server and Ollama continue a final assistant message without the flag.
+    Only the new text is yielded and counted; ``max_tokens`` bounds the new text, so a
+    caller continuing a stream lowers it by the tokens already delivered.
+
+    Early exit: close the iteration (``async with aclosing(...)``); the HTTP request is then
+    closed, which aborts it on vLLM/SGLang. httpx's own stream generators are left for
+    trio to finalise, which warns (ResourceWarning) on real sockets.
     """
 
     supports_continuation = True
