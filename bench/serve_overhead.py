@@ -16,6 +16,7 @@ concurrent clients. Run: ``.venv/bin/python bench/serve_overhead.py [--requests 
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import signal
 import socket
@@ -54,12 +55,19 @@ async def one(client: httpx.AsyncClient, url: str) -> tuple[float, float]:
     return (ttft if ttft is not None else total), total
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by process ``pid`` (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(p * len(xs)))]
 
 
-async def measure(direct: str, via: str, n: int, concurrency: int, seconds: float) -> dict[str, float]:
+async def measure(direct: str, via: str, n: int, concurrency: int, seconds: float,
+                  spy: list[tuple[str, int]] | None = None, pids: dict[str, int] | None = None) -> dict[str, float]:
     limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
         for _ in range(20):  # warm up both paths (connections, libp2p stream setup)
@@ -82,11 +90,19 @@ async def measure(direct: str, via: str, n: int, concurrency: int, seconds: floa
                 await one(client, via)
                 done += 1
 
+        spies = [subprocess.Popen(["py-spy", "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "200",
+                                   "-f", "raw", "-o", out],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for out, pid in spy or []]
+        cpu0 = {name: cpu_seconds(pid) for name, pid in (pids or {}).items()}
         t0 = time.perf_counter()
         async with trio.open_nursery() as nursery:
             for _ in range(concurrency):
                 nursery.start_soon(worker)
         rps = done / (time.perf_counter() - t0)
+        cpu = {f"cpu_ms_per_req_{name}": (cpu_seconds(pid) - cpu0[name]) * 1000 / max(done, 1)
+               for name, pid in (pids or {}).items()}
+        for p in spies:
+            p.wait(timeout=60)
     ms = 1000.0
     return {
         "direct_ttft_p50_ms": statistics.median(d_ttft) * ms,
@@ -97,6 +113,7 @@ async def measure(direct: str, via: str, n: int, concurrency: int, seconds: floa
         "added_total_p50_ms": (statistics.median(v_total) - statistics.median(d_total)) * ms,
         "added_total_p90_ms": (pct(v_total, 0.9) - pct(d_total, 0.9)) * ms,
         "routed_rps": rps,
+        **cpu,
     }
 
 
@@ -105,6 +122,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--spy", metavar="DIR", help="py-spy (on PATH) records nodes A and B during the req/s phase into DIR")
     opts = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="p2pserve-serve-bench-"))
     port = free_port()
@@ -137,8 +155,10 @@ def main() -> None:
             if MODEL in {m["id"] for m in httpx.get(f"{api}/v1/models").json()["data"]}:
                 break
             time.sleep(0.1)
+        spy = [(f"{opts.spy}/node_a.txt", procs[2].pid), (f"{opts.spy}/node_b.txt", procs[1].pid)] if opts.spy else None
         r = trio.run(measure, f"{backend}/v1/chat/completions", f"{api}/v1/chat/completions",
-                     opts.requests, opts.concurrency, opts.seconds)
+                     opts.requests, opts.concurrency, opts.seconds, spy,
+                     {"backend": procs[0].pid, "node_b": procs[1].pid, "node_a": procs[2].pid})
         print(f"{'':24}{'direct':>10}{'via p2pserve':>14}{'added':>10}{'ratio':>8}")
         print(f"{'TTFT p50 (ms)':24}{r['direct_ttft_p50_ms']:>10.2f}{r['via_ttft_p50_ms']:>14.2f}"
               f"{r['added_ttft_p50_ms']:>10.2f}{r['via_ttft_p50_ms'] / r['direct_ttft_p50_ms']:>8.2f}")
@@ -146,6 +166,8 @@ def main() -> None:
               f"{r['added_total_p50_ms']:>10.2f}{r['via_total_p50_ms'] / r['direct_total_p50_ms']:>8.2f}")
         print(f"{'added total p90 (ms)':24}{r['added_total_p90_ms']:>34.2f}")
         print(f"routed requests/s through one gateway node ({opts.concurrency} concurrent clients): {r['routed_rps']:.0f}")
+        print("CPU ms per routed request: " + ", ".join(
+            f"{k.removeprefix('cpu_ms_per_req_')} {v:.2f}" for k, v in r.items() if k.startswith("cpu_ms_per_req_")))
     finally:
         for p in procs:
             if p.poll() is None:

@@ -54,12 +54,14 @@ from p2pserve.crypto import Signer, sha256
 from p2pserve.errors import (
     BackendError,
     BadRequest,
+    ConnectionBroken,
     NoCapacity,
     P2PServeError,
     PeerTimeout,
     ProtocolError,
     RemoteProtocolError,
     RequestFailed,
+    StreamClosed,
     TransportError,
     UnknownModel,
 )
@@ -128,6 +130,10 @@ class Deadlines:
     """Overall bound on receiving one remote answer (``server_params.request_timeout``)."""
     replay_window_s: float = 120.0
     """An executor refuses offers created further than this from its wall clock."""
+    session_idle_s: float = 60.0
+    """An executor ends an offer session (stream) that carried no new offer for this long."""
+    pool_idle_s: float = 30.0
+    """A requester reuses an idle session stream only this long (below ``session_idle_s``)."""
 
 
 # --- events a request produces ------------------------------------------------------------
@@ -303,6 +309,76 @@ class _Attempt:
     completed: Completed | None = None
 
 
+@dataclass(slots=True)
+class _Session:
+    """State of one executor-side offer session (one stream, offers one after another)."""
+
+    busy: bool = False
+    """An offer was received and its final message not yet queued."""
+    gone: bool = False
+    """The requester ended the stream (or it broke): no more offers, stop the running one."""
+    running: trio.CancelScope | None = None
+    """The running request's scope, cancelled when the requester goes."""
+
+
+class _Outbox:
+    """Messages one task queues and :meth:`run` writes: everything queued while a write is
+    in flight goes out together in the next one (one muxer frame, one encryption, one
+    syscall for a burst of chunks, with no added delay). A failed or timed-out write is
+    kept in ``error`` and cancels ``scope``; later messages are dropped."""
+
+    MAX_QUEUED = 1 << 20
+    """Bytes queued before ``put`` waits for the writer."""
+
+    def __init__(self, fs: FramedStream, send_s: float) -> None:
+        self.fs = fs
+        self.send_s = send_s
+        self.error: TransportError | None = None
+        self._frames: list[bytes] = []
+        self._queued = 0
+        self._writing = False
+        self._wake = trio.Event()
+        self._drained = trio.Event()
+
+    async def put(self, msg: Any) -> None:
+        """Queue ``msg``; waits only while over ``MAX_QUEUED`` bytes are queued."""
+        if self.error is not None:
+            return
+        frame = self.fs.frame(msg)
+        self._frames.append(frame)
+        self._queued += len(frame)
+        self._wake.set()
+        if self._queued > self.MAX_QUEUED:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Wait until everything queued was written (or the writer failed)."""
+        while (self._frames or self._writing) and self.error is None:
+            self._drained = trio.Event()
+            await self._drained.wait()
+
+    async def run(self, scope: trio.CancelScope) -> None:
+        """The writer; runs until cancelled."""
+        while True:
+            while not self._frames:
+                self._drained.set()
+                self._wake = trio.Event()
+                await self._wake.wait()
+            data = b"".join(self._frames)
+            self._frames.clear()
+            self._queued = 0
+            self._writing = True
+            try:
+                await self.fs.send_frames(data, timeout=self.send_s)
+            except TransportError as exc:
+                self.error = exc
+                self._drained.set()
+                scope.cancel()
+                return
+            finally:
+                self._writing = False
+
+
 class ServeService:
     """Request forwarding and local execution for one node. Start with ``nursery.start(run)``.
 
@@ -357,6 +433,9 @@ class ServeService:
         """Requests running on each local model, ours and peers'."""
         self._waiting: Counter[str] = Counter()
         """Our own users' requests per model not yet placed on an executor (our backlog)."""
+        self._idle: dict[str, list[tuple[float, FramedStream]]] = {}
+        """Per executor, session streams whose last request ended cleanly: (since, stream),
+        reused newest first (a new stream costs a multistream negotiation)."""
 
     @property
     def peer_id(self) -> str:
@@ -367,15 +446,67 @@ class ServeService:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve peers' offers and keep local loads fresh until cancelled."""
         self.transport.set_handler(INFER_PROTOCOL, self._handle_offer)
-        async with trio.open_nursery() as nursery:
-            await self._refresh_loads()
-            nursery.start_soon(self._load_loop)
-            task_status.started()
+        try:
+            async with trio.open_nursery() as nursery:
+                await self._refresh_loads()
+                nursery.start_soon(self._load_loop)
+                task_status.started()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._close_idle(math.inf)
 
     async def _load_loop(self) -> None:
         while True:
             await trio.sleep(self.load_interval)
             await self._refresh_loads()
+            await self._close_idle(self.deadlines.pool_idle_s)
+
+    # --- session streams to executors -----------------------------------------------------
+
+    MAX_IDLE_PER_PEER = 64
+    """Idle session streams kept per executor (yamux allows 256 streams per connection)."""
+
+    async def _checkout(self, peer: str) -> tuple[FramedStream, bool]:
+        """A session stream to ``peer``: an idle one if fresh enough, else a new one.
+        ``(stream, reused)``; raises PeerTimeout or DialError when none can be opened."""
+        idle = self._idle.get(peer)
+        now = trio.current_time()
+        while idle:
+            since, fs = idle.pop()
+            if now - since < self.deadlines.pool_idle_s:
+                return fs, True
+            with trio.CancelScope(shield=True):
+                await fs.aclose()
+        d = self.deadlines
+        stream: Stream | None = None
+        with trio.move_on_after(d.connect_s):
+            stream = await self.transport.open_stream(peer, INFER_PROTOCOL)
+        if stream is None:
+            raise PeerTimeout(f"could not open a stream within {d.connect_s}s")
+        return FramedStream(stream), False
+
+    async def _checkin(self, peer: str, fs: FramedStream) -> None:
+        """Keep ``fs`` (its last request ended cleanly, nothing unread) for the next request to ``peer``."""
+        idle = self._idle.setdefault(peer, [])
+        if fs.buffered or len(idle) >= self.MAX_IDLE_PER_PEER:
+            with trio.CancelScope(shield=True):
+                await fs.aclose()
+            return
+        idle.append((trio.current_time(), fs))
+
+    async def _close_idle(self, older_than: float, peer: str | None = None) -> None:
+        """Close idle session streams older than ``older_than`` seconds (of ``peer``, or all)."""
+        now = trio.current_time()
+        for p in [peer] if peer is not None else list(self._idle):
+            idle = self._idle.get(p, [])
+            keep = [(t, fs) for t, fs in idle if now - t < older_than]
+            drop = [fs for t, fs in idle if now - t >= older_than]
+            if keep:
+                self._idle[p] = keep
+            else:
+                self._idle.pop(p, None)
+            for fs in drop:
+                await fs.aclose()
 
     async def _refresh_loads(self) -> None:
         for name in self.backends:
@@ -643,32 +774,42 @@ class ServeService:
             progress.reasons.append(f"{peer[-8:]}: gone")
             return
         d = self.deadlines
-        request = InferRequest(
-            request_id=self.rng.randbytes(REQUEST_ID_SIZE),
-            network_id=self.network_id,
-            requester=self.peer_id,
-            executor=peer,
-            model=model,
-            kind=kind,
-            body=body_bytes,
-            created_ms=int(self.wall_clock() * 1000),
-            continuation=progress.text,
-            max_price_per_1k=advertised.price_per_1k,
-            signature=b"",
-        ).signed(self.signer)
         hard_deadline = trio.current_time() + d.request_s
         fs: FramedStream | None = None
+        reusable = False
         chunks_seen = 0
         try:
-            stream: Stream | None = None
-            with trio.move_on_after(d.connect_s):
-                stream = await self.transport.open_stream(peer, INFER_PROTOCOL)
-            if stream is None:
-                raise PeerTimeout(f"could not open a stream within {d.connect_s}s")
-            fs = FramedStream(stream)
-            await fs.send(request, timeout=d.send_s)
-            reply = await fs.recv((Accept, Reject), timeout=d.accept_s)
+            while True:
+                fs, reused = await self._checkout(peer)
+                request = InferRequest(
+                    request_id=self.rng.randbytes(REQUEST_ID_SIZE),
+                    network_id=self.network_id,
+                    requester=self.peer_id,
+                    executor=peer,
+                    model=model,
+                    kind=kind,
+                    body=body_bytes,
+                    created_ms=int(self.wall_clock() * 1000),
+                    continuation=progress.text,
+                    max_price_per_1k=advertised.price_per_1k,
+                    signature=b"",
+                ).signed(self.signer)
+                try:
+                    await fs.send(request, timeout=d.send_s)
+                    reply = await fs.recv((Accept, Reject), timeout=d.accept_s)
+                except (ConnectionBroken, StreamClosed):
+                    if not reused:
+                        raise
+                    # the executor ended this idle session (or its connection died): the
+                    # other idle ones are as stale; retry once on a new stream (new request id)
+                    with trio.CancelScope(shield=True):
+                        await fs.aclose()
+                        await self._close_idle(0.0, peer)
+                    fs = None
+                    continue
+                break
             if isinstance(reply, Reject):
+                reusable = True
                 progress.reasons.append(f"{peer[-8:]}: rejected ({reply.reason})")
                 if reply.reason not in ("busy", "no-continuation"):
                     progress.excluded.add(peer)
@@ -678,20 +819,29 @@ class ServeService:
             timeout = d.first_token_s
             while True:
                 remaining = hard_deadline - trio.current_time()
+                msg: Chunk | Done | Failure | None
                 msg = await fs.recv((Chunk, Done, Failure), timeout=max(0.0, min(timeout, remaining)))
-                if isinstance(msg, Chunk):
+                # chunks that arrived together leave as one TextDelta (one SSE event, one task switch)
+                texts: list[str] = []
+                while isinstance(msg, Chunk):
                     if msg.index != chunks_seen:
                         raise RemoteProtocolError(f"chunk {msg.index} out of order (expected {chunks_seen})")
                     chunks_seen += 1
                     timeout = d.idle_s
-                    if not msg.text:
-                        continue
+                    if msg.text:
+                        texts.append(msg.text)
+                    msg = fs.recv_buffered((Chunk, Done, Failure))
+                if not isinstance(msg, Chunk | None):
+                    reusable = True  # the executor's last message: the session may carry another offer
+                if texts:
                     if not attempt.sent_text:
                         yield Started(peer, local=False, resumed=bool(progress.delivered))
-                    attempt.sent_text.append(msg.text)
-                    progress.delivered.append(msg.text)
-                    yield TextDelta(msg.text)
-                elif isinstance(msg, Done):
+                    attempt.sent_text.extend(texts)
+                    progress.delivered.extend(texts)
+                    yield TextDelta("".join(texts))
+                if msg is None:
+                    continue
+                if isinstance(msg, Done):
                     receipt = await self._accept_receipt(msg.receipt, request, attempt, partial=False)
                     if not attempt.sent_text:
                         yield Started(peer, local=False, resumed=bool(progress.delivered))
@@ -735,7 +885,10 @@ class ServeService:
         finally:
             if fs is not None:
                 with trio.CancelScope(shield=True):
-                    await fs.aclose()
+                    if reusable:
+                        await self._checkin(peer, fs)
+                    else:
+                        await fs.aclose()
 
     async def _accept_receipt(
         self, receipt: Receipt, request: InferRequest, attempt: _Attempt, *, partial: bool
@@ -776,85 +929,140 @@ class ServeService:
         return self.replay.check(req.requester, req.request_id, req.created_ms, int(self.wall_clock() * 1000))
 
     async def _handle_offer(self, stream: Stream) -> None:
-        """Executor side of ``/p2pserve/infer/1``: one offer per stream."""
+        """Executor side of ``/p2pserve/infer/1``: a session of offers, one after another.
+
+        The requester sends its next InferRequest only after the previous one's final
+        message (Reject, Done or Failure); an offer while a request runs is a protocol
+        error and ends the session. An end of stream (or a reset) while a request runs
+        means the requester left: generation stops at once. The session ends quietly at an
+        end of stream between requests, or when no offer comes within ``accept_s`` (the
+        first) or ``session_idle_s`` (later ones)."""
         fs = FramedStream(stream)
         d = self.deadlines
+        session = _Session()
+        send_offer, offers = trio.open_memory_channel[InferRequest](1)
         try:
-            req = await fs.recv(InferRequest, timeout=d.accept_s)
-            reason = self._check_offer(req)
-            body: Any = None
-            if reason is None:
-                try:
-                    body = json.loads(req.body)
-                except ValueError:
-                    body = None
-                if not isinstance(body, dict):
-                    reason = "bad-body"
-            if reason is None:
-                await self._read_load(req.model)
-                offer = OfferContext(req.model, req.requester, bool(req.continuation))
-                if not self.policy.accept(offer, [self._local_model(req.model)], self.backlog(), self.rng):
-                    reason = "busy"
-            if reason is not None:
-                self.counters.offers_rejected += 1
-                await fs.send(Reject(req.request_id, reason), timeout=d.send_s)
-                return
-            await fs.send(Accept(req.request_id), timeout=d.send_s)
-            await self._execute(fs, req, body)
-        except (TransportError, ProtocolError) as exc:
-            log.debug("offer from %s dropped: %s", stream.remote_peer, exc)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read_offers, fs, session, send_offer)
+                timeout = d.accept_s
+                while True:
+                    req: InferRequest | None = None
+                    with trio.move_on_after(timeout):
+                        try:
+                            req = await offers.receive()
+                        except trio.EndOfChannel:
+                            pass
+                    if req is None or not await self._serve_offer(fs, session, req):
+                        break
+                    timeout = d.session_idle_s
+                nursery.cancel_scope.cancel()
+        except* (TransportError, ProtocolError) as group:
+            log.debug("offer session from %s failed: %s", fs.remote_peer, group.exceptions)
         finally:
             with trio.CancelScope(shield=True):
                 await fs.aclose()
 
-    async def _execute(self, fs: FramedStream, req: InferRequest, body: dict[str, Any]) -> None:
+    @staticmethod
+    async def _read_offers(fs: FramedStream, session: _Session, out: trio.MemorySendChannel[InferRequest]) -> None:
+        """The session's only reader: passes offers on; an end of stream, a broken stream or
+        an offer while one runs cancels the running request and ends the session."""
+        async with out:
+            try:
+                while True:
+                    msg = await fs.recv_or_eof(InferRequest)
+                    if msg is None:
+                        break
+                    if session.busy:
+                        raise RemoteProtocolError("an offer arrived while a request was running")
+                    session.busy = True
+                    await out.send(msg)
+            except (TransportError, ProtocolError) as exc:
+                log.debug("offer session from %s ended: %s", fs.remote_peer, exc)
+            finally:
+                session.gone = True
+                if session.running is not None:
+                    session.running.cancel()
+
+    async def _serve_offer(self, fs: FramedStream, session: _Session, req: InferRequest) -> bool:
+        """Answer one offer on a session; True when the session may carry another."""
+        d = self.deadlines
+        reason = self._check_offer(req)
+        body: Any = None
+        if reason is None:
+            try:
+                body = json.loads(req.body)
+            except ValueError:
+                body = None
+            if not isinstance(body, dict):
+                reason = "bad-body"
+        if reason is None:
+            await self._read_load(req.model)
+            offer = OfferContext(req.model, req.requester, bool(req.continuation))
+            if not self.policy.accept(offer, [self._local_model(req.model)], self.backlog(), self.rng):
+                reason = "busy"
+        if reason is not None:
+            self.counters.offers_rejected += 1
+            session.busy = False
+            try:
+                await fs.send(Reject(req.request_id, reason), timeout=d.send_s)
+            except TransportError as exc:
+                log.debug("reject to %s not sent: %s", fs.remote_peer, exc)
+                return False
+            return True
+        return await self._execute(fs, session, req, body)
+
+    async def _execute(self, fs: FramedStream, session: _Session, req: InferRequest, body: dict[str, Any]) -> bool:
+        """Accept, run and answer ``req``; True when its final message went out."""
         backend = self.backends[req.model]
+        outbox = _Outbox(fs, self.deadlines.send_s)
         sent: list[str] = []
         self._inflight[req.model] += 1
         gen = backend.generate(req.kind, body, continuation=req.continuation)  # type: ignore[arg-type]
         try:
-            async with trio.open_nursery() as nursery:
-                # the requester never half-closes: an end of stream or an error means it left,
-                # so stop generating at once instead of at the next chunk we fail to send
-                nursery.start_soon(self._watch_requester, fs, nursery.cancel_scope)
-                await self._generate(fs, req, gen, sent)
-                nursery.cancel_scope.cancel()
+            with trio.CancelScope() as scope:
+                session.running = scope
+                if session.gone:
+                    scope.cancel()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(outbox.run, scope)
+                    await outbox.put(Accept(req.request_id))
+                    await self._generate(outbox, session, req, gen, sent)
+                    await outbox.flush()
+                    nursery.cancel_scope.cancel()
         finally:
+            session.running = None
             self._inflight[req.model] -= 1
             aclose = getattr(gen, "aclose", None)
             if aclose is not None:
                 with trio.CancelScope(shield=True):
                     await aclose()
+        return not scope.cancelled_caught and outbox.error is None and not session.gone
 
-    @staticmethod
-    async def _watch_requester(fs: FramedStream, scope: trio.CancelScope) -> None:
-        try:
-            await fs.stream.receive_some(1)
-        except TransportError:
-            pass
-        scope.cancel()
-
-    async def _generate(self, fs: FramedStream, req: InferRequest, gen: AsyncIterator[Any], sent: list[str]) -> None:
-        d = self.deadlines
+    async def _generate(
+        self, outbox: _Outbox, session: _Session, req: InferRequest, gen: AsyncIterator[Any], sent: list[str]
+    ) -> None:
+        """Queue the answer's chunks and its final message (Done, or Failure on a backend error)."""
         index = 0
         try:
             async for ev in gen:
                 if isinstance(ev, Finished):
                     receipt = self._receipt(req, "".join(sent), ev.prompt_tokens, ev.completion_tokens, False)
-                    await fs.send(Done(ev.finish_reason, receipt), timeout=d.send_s)
+                    session.busy = False
+                    await outbox.put(Done(ev.finish_reason, receipt))
                     self.counters.served_for_peers += 1
                     return
                 text = ev.text
                 limit = DEFAULT_LIMITS.max_text_chunk
                 for start in range(0, len(text), limit):
                     piece = text[start : start + limit]
-                    await fs.send(Chunk(index, piece), timeout=d.send_s)
+                    await outbox.put(Chunk(index, piece))
                     sent.append(piece)
                     index += 1
             raise BackendError("backend ended without a Finished event")
         except BackendError as exc:
             receipt = self._receipt(req, "".join(sent), 0, len(sent), True) if sent else None
-            await fs.send(Failure("backend-error", str(exc)[:4000], receipt), timeout=d.send_s)
+            session.busy = False
+            await outbox.put(Failure("backend-error", str(exc)[:4000], receipt))
 
     def _receipt(self, req: InferRequest, text: str, prompt_tokens: int, completion_tokens: int, partial: bool) -> Receipt:
         return Receipt(
