@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import yaml
 
 from p2pserve.errors import ConfigError
+from p2pserve.ledger.blocks import NetworkParams
 from p2pserve.policies import DispatchParams, PolicyParams
 
 __all__ = [
@@ -40,6 +41,8 @@ __all__ = [
 T = TypeVar("T")
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
+MICRO = 1_000_000
+"""Micro-credits per credit: configs speak credits, the ledger and the wire micro-credits."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +109,20 @@ class LedgerParams:
     """Credits this node stakes at open."""
     unbonding_delay_s: float = 60.0
     """Seconds an unstake waits before the credit is free again. Must match network-wide."""
+    max_initial_staked: float = 1000.0
+    """Most credits an account may stake in its open block. Must match network-wide."""
+    duel_penalty: float = 1.0
+    """Credits a duel verdict moves from the loser's stake to the winner. Must match network-wide."""
+
+    def network_params(self) -> NetworkParams:
+        """The genesis every node of this network shares, in micro-credits."""
+        return NetworkParams(
+            network_id=self.network_id,
+            initial_credit=round(self.initial_credit * MICRO),
+            max_initial_staked=round(self.max_initial_staked * MICRO),
+            unbonding_delay_ms=round(self.unbonding_delay_s * 1000),
+            duel_penalty=round(self.duel_penalty * MICRO),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +194,8 @@ _RULES: dict[tuple[str, str], typing.Callable[[Any], str | None]] = {
     ("LedgerParams", "initial_credit"): lambda v: None if v >= 0 else "must be >= 0",
     ("LedgerParams", "initial_staked"): lambda v: None if v >= 0 else "must be >= 0",
     ("LedgerParams", "unbonding_delay_s"): lambda v: None if v >= 0 else "must be >= 0",
+    ("LedgerParams", "max_initial_staked"): lambda v: None if v >= 0 else "must be >= 0",
+    ("LedgerParams", "duel_penalty"): lambda v: None if v >= 0 else "must be >= 0",
     ("GenParams", "max_tokens"): lambda v: None if v is None or v > 0 else "must be > 0",
     ("DispatchParams", "target_token_usage"): lambda v: None if v == -1 or 0 <= v <= 1 else "must be between 0 and 1, or -1",
     ("DispatchParams", "max_concurrency"): lambda v: None if v >= 1 else "must be at least 1 (or null: the backend's own)",

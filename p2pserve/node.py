@@ -12,6 +12,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -21,6 +22,10 @@ from p2pserve.backends.registry import BackendSpec, build_backend
 from p2pserve.config import NodeConfig
 from p2pserve.crypto import Signer
 from p2pserve.gossip import GossipService, LocalState
+from p2pserve.identity import default_data_dir
+from p2pserve.ledger.http import ledger_routes
+from p2pserve.ledger.service import LedgerService
+from p2pserve.ledger.store import LedgerStore
 from p2pserve.openai_api import openai_routes
 from p2pserve.peers import PeerTable
 from p2pserve.policies import load_policy
@@ -68,10 +73,12 @@ class Node:
         transport: Transport,
         *,
         backends: dict[str, Backend] | None = None,
+        ledger_store: LedgerStore | None = None,
         rng: random.Random | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        """``backends`` replaces the ones ``config.models`` describes (tests, simulator)."""
+        """``backends`` replaces the ones ``config.models`` describes (tests, simulator).
+        ``ledger_store`` is the node's ledger (default: an in-memory one, for tests)."""
         if transport.peer_id != signer.peer_id:
             raise ValueError("transport and signer disagree on the peer id")
         self.config = config
@@ -97,6 +104,16 @@ class Node:
             backends = {spec.model_path: build_backend(spec) for spec in backend_specs(config)}
         self.backends = backends
         models = {m.model_path: m for m in config.effective_models()}
+        lp = config.ledger_params
+        self.ledger = LedgerService(
+            transport,
+            signer,
+            ledger_store if ledger_store is not None else LedgerStore(":memory:", lp.network_params()),
+            initial_staked=round(lp.initial_staked * MICRO),
+            wall_clock=wall_clock,
+            open_delay=sp.status_interval,
+            claim_interval=sp.status_interval,
+        )
         self.serve = ServeService(
             transport,
             signer,
@@ -109,6 +126,8 @@ class Node:
             dispatch={name: m.dispatch_params for name, m in models.items()},
             prices={name: round(m.price_per_1k * MICRO) for name, m in models.items()},
             deadlines=Deadlines(request_s=sp.request_timeout),
+            on_receipt=self.ledger.pay,
+            can_afford=self.ledger.can_afford,
             wall_clock=wall_clock,
         )
         self.started_at = 0.0
@@ -125,17 +144,24 @@ class Node:
             accepting=any(m.accepting for m in models),
             running=sum(m.running for m in models),
             queued=sum(m.queued for m in models) if models else self.serve.backlog(),
+            stake=self.ledger.staked(),
+            ledger_head=self.ledger.head(),
         )
 
     def api_routes(self) -> list[Any]:
         """The OpenAI-compatible ``/v1`` routes for :func:`p2pserve.api.build_app`."""
-        return openai_routes(self.serve, api_key=self.config.server_params.api_key, wall_clock=self.wall_clock)
+        api_key = self.config.server_params.api_key
+        return [
+            *openai_routes(self.serve, api_key=api_key, wall_clock=self.wall_clock),
+            *ledger_routes(self.ledger, api_key=api_key),
+        ]
 
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every service until cancelled."""
         self.started_at = trio.current_time()
         try:
             async with trio.open_nursery() as nursery:
+                await nursery.start(self.ledger.run)
                 await nursery.start(self.serve.run)
                 await nursery.start(self.gossip.run)
                 task_status.started(self)
@@ -179,6 +205,7 @@ class Node:
                 for m in self.serve.model_status()
             ],
             "served": dataclasses.asdict(self.serve.counters),
+            "ledger": self.ledger.summary(),
             "uptime_s": round(now - self.started_at, 3),
             "connected_peers": sorted(self.transport.connected_peers()),
             "peers": peers,
@@ -222,10 +249,12 @@ async def run_libp2p_node(
 
     sp = config.server_params
     host, _, port = sp.api.rpartition(":")
-    async with open_libp2p_transport(signer, list(sp.listen), announce_addrs=list(sp.announce) or None) as transport:
-        node = Node(config, signer, transport)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(node.run)
-            app = build_app(status=node.status, metrics=node.metrics, api_key=sp.api_key, extra_routes=node.api_routes())
-            url = await nursery.start(serve_app, app, host, int(port))
-            task_status.started((node, url))
+    data_dir = Path(config.data_dir) if config.data_dir else default_data_dir()
+    with LedgerStore.in_data_dir(data_dir, config.ledger_params.network_params()) as store:
+        async with open_libp2p_transport(signer, list(sp.listen), announce_addrs=list(sp.announce) or None) as transport:
+            node = Node(config, signer, transport, ledger_store=store)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(node.run)
+                app = build_app(status=node.status, metrics=node.metrics, api_key=sp.api_key, extra_routes=node.api_routes())
+                url = await nursery.start(serve_app, app, host, int(port))
+                task_status.started((node, url))

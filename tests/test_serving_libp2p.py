@@ -5,75 +5,24 @@ verify, streaming works end to end, and every node's status shows the remote exe
 from __future__ import annotations
 
 import json
-import random
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import httpx
 import pytest
 import trio
 
-from p2pserve.api import build_app, serve_app
-from p2pserve.backends.registry import BackendSpec, build_backend
-from p2pserve.config import parse_config
-from p2pserve.crypto import Signer, sha256
-from p2pserve.node import Node
+from p2pserve.crypto import sha256
 from p2pserve.wire.codec import decode
 from p2pserve.wire.messages import Receipt
-from transports.libp2p import open_libp2p_transport
+from tests.libp2p_harness import MODEL, three_nodes, wait_ready
 
 pytestmark = pytest.mark.libp2p
 
-MODEL = "fake-model"
-
-
-def config(i: int, bootstrap: tuple[str, ...]) -> object:
-    sp: dict[str, object] = {"status_interval": 0.5, "peer_ttl": 2.0, "accept_frequency": 1.0, "bootstrap": list(bootstrap),
-                             "listen": ["/ip4/127.0.0.1/tcp/0"], "api": "127.0.0.1:0"}
-    if i == 0:
-        sp.update(policy="always-offload", offload_frequency=1.0)
-    return parse_config({"server_params": sp, "models": [{"model_path": MODEL, "backend": "fake",
-                                                          "dispatch_params": {"max_concurrency": 8}}]})
-
-
-@asynccontextmanager
-async def three_nodes() -> AsyncIterator[tuple[list[Node], str]]:
-    nodes: list[Node] = []
-    urls: list[str] = []
-    stop = trio.Event()
-
-    async def run(i: int, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        signer = Signer(sha256(f"serving-libp2p-{i}".encode()))
-        boot = tuple(nodes[0].transport.listen_addrs()) if nodes else ()
-        cfg = config(i, boot)
-        async with open_libp2p_transport(signer, ["/ip4/127.0.0.1/tcp/0"]) as transport:
-            node = Node(cfg, signer, transport, backends={MODEL: build_backend(BackendSpec(MODEL, kind="fake"))},  # type: ignore[arg-type]
-                        rng=random.Random(i))
-            async with trio.open_nursery() as nursery:
-                await nursery.start(node.run)
-                app = build_app(status=node.status, metrics=node.metrics, extra_routes=node.api_routes())
-                urls.append(await nursery.start(serve_app, app, "127.0.0.1", 0))
-                nodes.append(node)
-                task_status.started()
-                await stop.wait()
-                nursery.cancel_scope.cancel()
-
-    async with trio.open_nursery() as nursery:
-        for i in range(3):
-            await nursery.start(run, i)
-        try:
-            yield nodes, urls[0]
-        finally:
-            stop.set()
-            nursery.cancel_scope.deadline = trio.current_time() + 10
-
-
 async def test_forced_offloading_over_libp2p() -> None:
     with trio.fail_after(60):
-        async with three_nodes() as (nodes, api):
+        async with three_nodes() as (nodes, urls):
+            api = urls[0]
             ids = {n.peer_id for n in nodes}
-            while not all(len(n.peers) == 2 and all(e.status.models for e in n.peers.entries()) for n in nodes):
-                await trio.sleep(0.05)
+            await wait_ready(nodes)
             async with httpx.AsyncClient(base_url=api, timeout=20) as client:
                 executors = set()
                 for i in range(6):

@@ -6,7 +6,8 @@ import sys
 
 import typer
 
-from p2pserve.cli import ask, demo, join, keys, status
+from p2pserve.cli import ask, demo, join, keys, stake, status
+from p2pserve.ledger.audit_cli import audit
 
 __all__ = ["app", "main"]
 
@@ -22,6 +23,9 @@ app.command("join")(join.join)
 app.command("status")(status.status)
 app.command("ask")(ask.ask)
 app.command("demo")(demo.demo)
+app.command("audit")(audit)
+app.command("stake")(stake.stake)
+app.command("unstake")(stake.unstake)
 
 
 def main() -> None:

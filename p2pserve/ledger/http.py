@@ -1,0 +1,72 @@
+"""HTTP routes for the node's ledger: summary, raw blocks for ``p2pserve audit --api``, stake.
+
+* ``GET /p2pserve/ledger``: this node's account summary (JSON);
+* ``GET /p2pserve/ledger/blocks``: every stored block as length-prefixed frames
+  (``application/octet-stream``): the network params first, then blocks in acceptance
+  order, then equivocation proofs (see :func:`p2pserve.ledger.audit.encode_stream`);
+* ``POST /p2pserve/ledger/stake`` and ``/unstake`` with ``{"amount": <credits>}``: write a
+  stake/unstake block on this node's chain; 400 with the rule's reason if it is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from p2pserve.api import check_bearer
+from p2pserve.errors import InvalidBlock, P2PServeError
+from p2pserve.ledger.audit import encode_stream
+from p2pserve.ledger.service import MICRO, LedgerService
+
+__all__ = ["ledger_routes"]
+
+
+def _error(message: str, status: int, code: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}, status_code=status)
+
+
+def ledger_routes(ledger: LedgerService, *, api_key: str | None = None) -> list[Route]:
+    async def summary(request: Request) -> Response:
+        return check_bearer(request, api_key) or JSONResponse(ledger.summary())
+
+    async def blocks(request: Request) -> Response:
+        denied = check_bearer(request, api_key)
+        if denied:
+            return denied
+        store = ledger.store
+        raws = [r.raw for r in store.rows()] + store.proof_rows()
+        return Response(b"".join(encode_stream(store.params, raws)), media_type="application/octet-stream")
+
+    def stake_route(unstake: bool) -> Any:
+        async def endpoint(request: Request) -> Response:
+            denied = check_bearer(request, api_key)
+            if denied:
+                return denied
+            try:
+                body = json.loads(await request.body())
+                amount = body["amount"]
+                if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount <= 0:
+                    raise ValueError
+            except (ValueError, KeyError, TypeError):
+                return _error("body must be {\"amount\": <credits, > 0>}", 400, "invalid_amount")
+            micro = round(amount * MICRO)
+            try:
+                h = await (ledger.unstake(micro) if unstake else ledger.stake(micro))
+            except InvalidBlock as exc:
+                return _error(f"refused by the ledger rules: {exc}", 400, exc.reason)
+            except P2PServeError as exc:
+                return _error(str(exc), 503, "ledger_unavailable")
+            return JSONResponse({"block": h.hex(), **ledger.summary()})
+
+        return endpoint
+
+    return [
+        Route("/p2pserve/ledger", summary, methods=["GET"]),
+        Route("/p2pserve/ledger/blocks", blocks, methods=["GET"]),
+        Route("/p2pserve/ledger/stake", stake_route(False), methods=["POST"]),
+        Route("/p2pserve/ledger/unstake", stake_route(True), methods=["POST"]),
+    ]
