@@ -42,7 +42,7 @@ def test_join_ask_stake_audit(tmp_path: Path) -> None:
         assert answer["object"] == "chat.completion"
         assert answer["model"] == "smollm2-135m-instruct"
         assert answer["p2pserve"]["executor"] == peer_id
-        assert answer["choices"][0]["message"]["content"].strip()
+        assert "Paris" in answer["choices"][0]["message"]["content"]  # greedy, so deterministic
         assert 0 < answer["usage"]["completion_tokens"] <= 24
 
         r = cli("ask", "Say hello.", "--api", api, "--max-tokens", "16")
