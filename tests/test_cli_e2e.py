@@ -50,6 +50,11 @@ def test_join_ask_stake_audit(tmp_path: Path) -> None:
         assert r.stdout.strip()
         assert f"executed by {peer_id}" in r.stderr
 
+        example = Path(__file__).resolve().parent.parent / "examples" / "openai_client.py"
+        r = subprocess.run([sys.executable, str(example), api], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert f"executed by: {peer_id}" in r.stdout and "streamed: " in r.stdout
+
         r = cli("stake", "5", "--api", api)
         assert r.returncode == 0, r.stderr
         assert "staked: 15.000000" in r.stdout
