@@ -122,6 +122,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--price", type=float, default=1.0,
+                    help="B's price in credits per 1k tokens; 0 means no ledger block per request (serving path alone)")
     ap.add_argument("--spy", metavar="DIR", help="py-spy (on PATH) records nodes A and B during the req/s phase into DIR")
     opts = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="p2pserve-serve-bench-"))
@@ -140,7 +142,7 @@ def main() -> None:
                 time.sleep(0.1)
         (tmp / "b.yaml").write_text(json.dumps({
             "server_params": {"accept_frequency": 1.0},
-            "models": [{"model_path": MODEL, "base_url": backend,
+            "models": [{"model_path": MODEL, "base_url": backend, "price_per_1k": opts.price,
                         "dispatch_params": {"max_concurrency": 256, "target_token_usage": 1.0}}],
         }))
         (tmp / "a.yaml").write_text(json.dumps({"server_params": {"offload_frequency": 1.0, "policy": "always-offload"}, "models": []}))
