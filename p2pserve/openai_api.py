@@ -203,11 +203,21 @@ class _Answer(Response):
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": [choice]}
 
     async def _streamed(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Events are queued and written together at the next text delta or at the end: the
+        # role chunk rides with the first text, and the last chunk, usage and [DONE] end the
+        # body in one write (each ASGI body message is a socket write). Nothing waits: the
+        # role chunk is only held until the event that follows Started, which is ready.
         started = False
+        pending: list[bytes] = []
 
-        async def event(data: dict[str, Any] | str) -> None:
+        def event(data: dict[str, Any] | str) -> None:
             raw = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
-            await send({"type": "http.response.body", "body": f"data: {raw}\n\n".encode(), "more_body": True})
+            pending.append(f"data: {raw}\n\n".encode())
+
+        async def flush(*, more: bool = True) -> None:
+            body = b"".join(pending)
+            pending.clear()
+            await send({"type": "http.response.body", "body": body, "more_body": more})
 
         try:
             async with self.serve.submit(self.kind, self.model, self.req_body) as events:
@@ -225,22 +235,23 @@ class _Answer(Response):
                                 ],
                             })
                             if self.kind == "chat":
-                                await event(self._chunk(text="", role=True))
+                                event(self._chunk(text="", role=True))
                     elif isinstance(ev, TextDelta):
-                        await event(self._chunk(text=ev.text))
+                        event(self._chunk(text=ev.text))
+                        await flush()
                     else:
                         last = self._chunk(finish=ev.finish_reason, text=None if self.kind == "chat" else "")
                         last["p2pserve"] = _p2pserve(ev)
-                        await event(last)
+                        event(last)
                         if self.include_usage:
-                            await event({**self._chunk(), "choices": [], "usage": _usage(ev)})
+                            event({**self._chunk(), "choices": [], "usage": _usage(ev)})
         except ServingError as exc:
             if not started:
                 await _error_response(exc)(scope, receive, send)
                 return
-            await event(error_body(exc))
-        await event("[DONE]")
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+            event(error_body(exc))
+        event("[DONE]")
+        await flush(more=False)
 
 
 def openai_routes(
