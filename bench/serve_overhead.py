@@ -10,7 +10,10 @@ Measured side by side in one run, streaming chat completions of the same prompt:
   * direct: client -> backend;
   * via p2pserve: client -> A's /v1 -> libp2p -> B -> backend;
 time to first token and total, p50/p90; then the routed requests/second through A with
-concurrent clients. Run: ``.venv/bin/python bench/serve_overhead.py [--requests N]``.
+concurrent clients, and the CPU milliseconds each process spent per routed request.
+``--price 0`` makes B free, so no ledger block is written per request (the serving path
+alone); ``--spy DIR`` records py-spy profiles of A and B during the req/s phase.
+Run: ``.venv/bin/python bench/serve_overhead.py [--requests N] [--price 0]``.
 """
 
 from __future__ import annotations

@@ -2,12 +2,23 @@
 
 This service owns both sides of the infer protocol and the node's own request queue.
 
-Protocol (one stream per offer, messages in :mod:`p2pserve.wire.messages`)::
+Protocol (messages in :mod:`p2pserve.wire.messages`), per offer::
 
     requester → executor   InferRequest   signed by the requester, fresh 16-byte request_id
     executor  → requester  Accept | Reject(reason)
     executor  → requester  Chunk(0), Chunk(1), ...
     executor  → requester  Done(finish_reason, Receipt) | Failure(code, message, partial Receipt?)
+
+A stream is a *session*: after an offer's last message (Reject, Done, Failure) the requester
+may send the next offer on the same stream (a new stream costs a multistream-select
+negotiation, ~3 ms of the ~5 ms the whole offload used to add). The requester keeps such
+idle streams per executor (``Deadlines.pool_idle_s``, newest first) and closes any stream
+whose exchange did not end cleanly, so abandoning an executor still means closing its
+stream. A reused stream that ends before any reply is stale (the executor ended the idle
+session, or the connection died): it and its idle siblings are dropped and the offer is
+sent once more on a new stream, with a new request_id; that is not a fail-over. Chunks the
+executor produced while a write was in flight go out in one write, and chunks that arrived
+together become one TextDelta.
 
 Deadlines on every step (:class:`Deadlines`). The requester's guarantees:
 
