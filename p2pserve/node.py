@@ -27,7 +27,7 @@ from p2pserve.ledger.http import ledger_routes
 from p2pserve.ledger.service import LedgerService
 from p2pserve.ledger.store import LedgerStore
 from p2pserve.openai_api import openai_routes
-from p2pserve.peers import PeerTable
+from p2pserve.peers import PeerEntry, PeerTable
 from p2pserve.policies import load_policy
 from p2pserve.serve import Deadlines, ServeService
 from p2pserve.transport import Transport
@@ -128,6 +128,7 @@ class Node:
             deadlines=Deadlines(request_s=sp.request_timeout),
             on_receipt=self.ledger.pay,
             can_afford=self.ledger.can_afford,
+            stake_of=self._stake_of,
             wall_clock=wall_clock,
         )
         self.started_at = 0.0
@@ -135,6 +136,11 @@ class Node:
     @property
     def peer_id(self) -> str:
         return self.signer.peer_id
+
+    def _stake_of(self, entry: PeerEntry) -> int:
+        """A peer's stake for PoS: what it claims, but never more than our ledger shows
+        (a peer cannot buy routing by lying in its status; frozen accounts count 0)."""
+        return min(entry.status.stake, self.ledger.stake_of(entry.peer_id))
 
     def local_state(self) -> LocalState:
         """What our next gossiped status says: models with load, accepting, backlog."""

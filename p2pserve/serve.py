@@ -77,7 +77,7 @@ from p2pserve.errors import (
     UnknownModel,
 )
 from p2pserve.framed import FramedStream
-from p2pserve.peers import PeerTable
+from p2pserve.peers import PeerEntry, PeerTable
 from p2pserve.policies import (
     LocalModel,
     OfferContext,
@@ -397,7 +397,8 @@ class ServeService:
     ``prices`` (micro-credits per 1k output tokens, default 0) are per model.
     ``on_receipt`` is awaited with every verified receipt (the ledger pays it; errors it
     raises are logged, never shown to the user). ``can_afford(micro_credits)`` filters
-    candidates the node could not pay. ``wall_clock`` (seconds) stamps offers and checks
+    candidates the node could not pay. ``stake_of`` is a peer's stake for PoS (the node
+    passes its ledger's view; default: the stake the peer claims). ``wall_clock`` (seconds) stamps offers and checks
     their age; everything else uses trio's clock.
     """
 
@@ -417,6 +418,7 @@ class ServeService:
         deadlines: Deadlines = Deadlines(),
         on_receipt: Callable[[Receipt], Awaitable[None]] | None = None,
         can_afford: Callable[[int], bool] | None = None,
+        stake_of: Callable[[PeerEntry], int] | None = None,
         wall_clock: Callable[[], float] = time.time,
         load_interval: float = 1.0,
     ) -> None:
@@ -435,6 +437,7 @@ class ServeService:
         self.deadlines = deadlines
         self.on_receipt = on_receipt
         self.can_afford = can_afford
+        self.stake_of: Callable[[PeerEntry], int] = stake_of or (lambda e: e.status.stake)
         self.wall_clock = wall_clock
         self.load_interval = load_interval
         self.counters = ServeCounters()
@@ -642,7 +645,7 @@ class ServeService:
                         local_failed = True
                 else:
                     last_round = trio.current_time()
-                    order = choose_candidates(candidates, self.rng, self.params.offer_fanout, self.params.newcomer_share)
+                    order = self._choose(candidates)
                     for peer in order:
                         attempt = _Attempt()
                         async with aclosing(self._run_remote(peer, kind, model, body_bytes, progress, attempt)) as sub:
@@ -666,6 +669,12 @@ class ServeService:
         finally:
             if waiting:
                 self._waiting[model] -= 1
+
+    def _choose(self, candidates: list[PeerEntry]) -> list[str]:
+        """The peers to offer a request to, in PoS order."""
+        return choose_candidates(
+            candidates, self.rng, self.params.offer_fanout, self.params.newcomer_share, stake_of=self.stake_of
+        )
 
     def _candidate_entries(self, model: str, body: dict[str, Any], exclude: set[str]) -> list[Any]:
         entries = self.peers.candidates(model, exclude=exclude)
@@ -697,7 +706,7 @@ class ServeService:
             candidates = self._candidate_entries(model, body, progress.excluded)
             attempt = _Attempt()
             if candidates:
-                order = choose_candidates(candidates, self.rng, self.params.offer_fanout, self.params.newcomer_share)
+                order = self._choose(candidates)
                 for peer in order:
                     attempt = _Attempt()
                     async with aclosing(self._run_remote(peer, kind, model, body_bytes, progress, attempt)) as sub:
