@@ -14,7 +14,6 @@ of the share of (node, peer) pairs known over time to bench/results/.
 from __future__ import annotations
 
 import argparse
-import signal
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from p2pserve.cli.demo import read_banner, spawn_join  # noqa: E402
+from p2pserve.cli.demo import read_banner, spawn_join, stop_processes  # noqa: E402
 
 
 def run(n: int, interval: float, timeout: float) -> dict[str, object]:
@@ -80,15 +79,7 @@ def run(n: int, interval: float, timeout: float) -> dict[str, object]:
             "curve": curve,
         }
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.communicate(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.communicate()
+        stop_processes(procs, timeout=20)
 
 
 def main() -> None:

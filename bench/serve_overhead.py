@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import json
-import signal
 import socket
 import statistics
 import subprocess
@@ -34,7 +33,7 @@ import httpx
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from p2pserve.cli.demo import read_banner, spawn_join  # noqa: E402
+from p2pserve.cli.demo import read_banner, spawn_join, stop_processes  # noqa: E402
 
 MODEL = "fake-model"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me about the sea."}], "max_tokens": 16, "stream": True}
@@ -174,15 +173,7 @@ def main() -> None:
         print("CPU ms per routed request: " + ", ".join(
             f"{k.removeprefix('cpu_ms_per_req_')} {v:.2f}" for k, v in r.items() if k.startswith("cpu_ms_per_req_")))
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.communicate(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.communicate()
+        stop_processes(procs, timeout=15)
 
 
 if __name__ == "__main__":

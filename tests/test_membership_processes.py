@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from p2pserve.cli.demo import read_banner, spawn_join
+from p2pserve.cli.demo import read_banner, spawn_join, stop_processes
 
 pytestmark = [pytest.mark.libp2p, pytest.mark.processes]
 
@@ -65,15 +65,7 @@ def nodes(tmp_path: Path, config: Path) -> Iterator[list[JoinProcess]]:
             started.append(start_node(tmp_path, f"n{i}", config, bootstrap=first.listening[0]))
         yield started
     finally:
-        for n in started:
-            if n.proc.poll() is None:
-                n.proc.send_signal(signal.SIGTERM)
-        for n in started:
-            try:
-                n.proc.communicate(timeout=15)
-            except subprocess.TimeoutExpired:
-                n.proc.kill()
-                n.proc.communicate()
+        stop_processes([n.proc for n in started])
 
 
 def wait_until(pred: object, timeout: float, step: float = 0.1) -> float:

@@ -52,6 +52,19 @@ def spawn_join(args: list[str], *, stderr: int | None = None) -> subprocess.Pope
     )
 
 
+def stop_processes(procs: list[subprocess.Popen[str]], timeout: float = 15.0) -> None:
+    """SIGTERM every live process, then wait (killing what does not stop in ``timeout`` s)."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.communicate()
+
+
 def read_banner(proc: subprocess.Popen[str], timeout: float = 60.0) -> dict[str, list[str]]:
     """Read a join process's ``key: value`` banner up to its ``api:`` line (the last one)."""
     deadline = time.monotonic() + timeout
@@ -136,12 +149,5 @@ def demo(
     except RuntimeError as exc:
         raise fail(str(exc)) from None
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
         console.print("network stopped")
