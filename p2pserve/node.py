@@ -195,7 +195,7 @@ class Node:
                         "token_usage": {m.name: m.token_usage for m in s.models},
                     },
                     "accepting": s.accepting,
-                    "stake": s.stake,
+                    "stake": s.stake / MICRO,
                     "last_seen_s": round(now - e.last_seen, 3),
                     "connected": s.peer_id in self.transport.connected_peers(),
                     "frozen": self.peers.is_frozen(s.peer_id),
@@ -212,6 +212,7 @@ class Node:
             ],
             "served": dataclasses.asdict(self.serve.counters),
             "ledger": self.ledger.summary(),
+            "offloading": self._offloading(),
             "uptime_s": round(now - self.started_at, 3),
             "connected_peers": sorted(self.transport.connected_peers()),
             "peers": peers,
@@ -221,6 +222,14 @@ class Node:
                 "rejected": self.gossip.rejected,
             },
         }
+
+    def _offloading(self) -> dict[str, Any]:
+        """Whether this node can offload now, and if not, why (shown in status)."""
+        if not self.ledger.can_afford(1):
+            return {"possible": False, "reason": "no free credit to pay peers: requests run on local models only"}
+        if not any(e.status.accepting for e in self.peers.entries()):
+            return {"possible": False, "reason": "no peer is accepting work right now"}
+        return {"possible": True, "reason": None}
 
     def metrics(self) -> str:
         """Prometheus text exposition of the node's counters."""

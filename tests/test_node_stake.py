@@ -40,3 +40,25 @@ async def test_claimed_stake_is_capped_by_the_ledger(autojump_clock: trio.testin
         firsts = [pos_order(entries, rng, 0.0, stake_of=gw._stake_of)[0] for _ in range(2000)]
         share = firsts.count(liar.peer_id) / len(firsts)
         assert 0.45 < share < 0.55  # equal ledger stakes: equal odds, whatever the liar claims
+
+
+async def test_a_node_without_credit_serves_locally_and_says_so(autojump_clock: trio.testing.MockClock) -> None:
+    broke = parse_config({"server_params": {"policy": "always-offload"}, "ledger_params": {"initial_credit": 0},
+                          "models": [{"model_path": MODEL, "backend": "fake"}]})
+    peer = parse_config({"server_params": {"accept_frequency": 1.0}, "ledger_params": {"initial_credit": 0},
+                         "models": [{"model_path": MODEL, "backend": "fake"}]})
+    async with open_cluster([broke, peer], network=MemoryNetwork(seed=4), seed=4,
+                            backends=lambda i: {MODEL: build_backend(BackendSpec(MODEL, kind="fake"))}) as c:
+        node = c[0]
+        with trio.fail_after(30):
+            while not (node.peers.candidates(MODEL) and node.ledger.store.state.account(node.peer_id)):
+                await trio.sleep(0.1)
+        executors = []
+        async with node.serve.submit("chat", MODEL, {"messages": [{"role": "user", "content": "x"}], "max_tokens": 4}) as events:
+            async for ev in events:
+                if type(ev).__name__ == "Completed":
+                    executors.append(ev.executor)
+        assert executors == [node.peer_id]
+        status = node.status()
+        assert status["offloading"]["possible"] is False
+        assert "no free credit" in status["offloading"]["reason"]

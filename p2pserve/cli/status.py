@@ -39,14 +39,26 @@ def status(
         typer.echo(json.dumps(data, indent=2))
         return
     console = Console()
-    console.print(f"[bold]peer_id[/]  {data['peer_id']}")
-    console.print(f"[bold]network[/]  {data.get('network_id', '?')}")
+    line = lambda key, value: console.print(f"[bold]{key:<10}[/] {value}", highlight=False, soft_wrap=True)  # noqa: E731
+    line("peer_id", data["peer_id"])
+    line("network", data.get("network_id", "?"))
     for a in data.get("addrs", []):
-        console.print(f"[bold]address[/]  {a}", highlight=False)
-    for key in ("served", "ledger"):
-        if key in data:
-            console.print(f"[bold]{key}[/]  {json.dumps(data[key])}", highlight=False)
-    table = Table(title=f"{len(data['peers'])} peers")
+        line("address", a)
+    for m in data.get("models", []):
+        line("model", f"{m['name']} (running {m['running']}, queued {m['queued']}, "
+                      f"{'accepting' if m['accepting'] else 'busy'}, {m['price_per_1k']:g} credits/1k tokens)")
+    if "served" in data:
+        s = data["served"]
+        line("served", f"{s['requests']} requests: {s['local']} local, {s['offloaded']} offloaded; "
+                       f"{s['served_for_peers']} for peers; {s['failovers']} failovers, {s['failures']} failures")
+    if "ledger" in data:
+        lg = data["ledger"]
+        line("ledger", f"free {lg['free']:.6f}, staked {lg['staked']:.6f}, unbonding {lg['unbonding']:.6f} credits; "
+                       f"{lg['blocks']} blocks")
+    off = data.get("offloading")
+    if off and not off["possible"]:
+        line("offload", f"[yellow]not possible: {off['reason']}[/]")
+    table = Table(title=f"{len(data['peers'])} peers (stake in credits)")
     for col in ("peer", "models", "running", "queued", "stake", "last seen (s)", "connected"):
         table.add_column(col)
     for p in data["peers"]:
@@ -55,7 +67,7 @@ def status(
             ", ".join(p["models"]) or "-",
             str(p["load"]["running"]),
             str(p["load"]["queued"]),
-            str(p["stake"]),
+            f"{p['stake']:g}",
             f"{p['last_seen_s']:.1f}",
             "yes" if p.get("connected") else "no",
         )
