@@ -119,26 +119,31 @@ def demo(
                     bootstrap = banner["listening"][0]
                 progress.update(task, advance=1, description=f"node{i} {banner['peer_id'][0][-8:]} up")
             task2 = progress.add_task("waiting for every node to see the others", total=nodes)
+            served: list[list[str]] = [[] for _ in apis]
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and not stop:
                 seen = 0
-                for api in apis:
+                for i, api in enumerate(apis):
                     try:
-                        seen += len(httpx.get(f"{api}/p2pserve/status", timeout=2).json()["peers"]) == nodes - 1
+                        st = httpx.get(f"{api}/p2pserve/status", timeout=2).json()
+                        served[i] = [m["name"] for m in st["models"]]
+                        seen += len(st["peers"]) == nodes - 1
                     except (httpx.HTTPError, ValueError, KeyError):
                         pass
                 progress.update(task2, completed=seen)
                 if seen == nodes:
                     break
                 time.sleep(0.3)
-        console.print(f"\n[bold green]{nodes} nodes running[/] (data in {root})")
-        for i, api in enumerate(apis):
-            console.print(f"  node{i}: {api}", highlight=False)
-        console.print("\nAsk the network from another terminal:", highlight=False)
-        console.print(f'  .venv/bin/p2pserve ask "What is the capital of France?" --api {apis[0]}', highlight=False)
-        console.print(f"  .venv/bin/p2pserve status --api {apis[-1]}", highlight=False)
-        console.print(f"  any OpenAI client with base_url={apis[0]}/v1", highlight=False)
-        console.print("\nCtrl-C stops the network.", highlight=False)
+        say = lambda text: console.print(text, highlight=False, soft_wrap=True)  # noqa: E731
+        say(f"\n[bold green]{nodes} nodes running[/] (data in {root})")
+        for i, (api, models) in enumerate(zip(apis, served)):
+            say(f"  node{i}: {api}  " + (f"serves {', '.join(models)}" if models else "gateway: serves nothing, offloads every request"))
+        say("\nAsk the network from another terminal:")
+        say(f'  .venv/bin/p2pserve ask "What is the capital of France?" --api {apis[0]}')
+        say(f"  .venv/bin/p2pserve status --api {apis[0]}")
+        say(f"  .venv/bin/p2pserve audit --api {apis[0]}")
+        say(f"  any OpenAI client with base_url={apis[0]}/v1")
+        say("\nCtrl-C stops the network.")
         while not stop:
             for i, p in enumerate(procs):
                 if p.poll() is not None:
