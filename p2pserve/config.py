@@ -237,7 +237,7 @@ class _Loader:
             if not isinstance(raw, list):
                 self.fail(key, f"expected a list, got {type(raw).__name__}")
             return tuple(self.value(item, x, f"{key}[{i}]") for i, x in enumerate(raw))
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             return self.dataclass(tp, raw, key)
         if tp is bool:
             if not isinstance(raw, bool):

@@ -30,7 +30,7 @@ def _pick_model(client: httpx.Client, url: str) -> str:
     models = [m["id"] for m in r.json().get("data", [])]
     if not models:
         raise fail("no model is reachable in the network yet (is any node serving one?)", code=3)
-    return sorted(models)[0]
+    return str(sorted(models)[0])
 
 
 def ask(

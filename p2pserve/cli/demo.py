@@ -134,7 +134,10 @@ def demo(
                 if seen == nodes:
                     break
                 time.sleep(0.3)
-        say = lambda text: console.print(text, highlight=False, soft_wrap=True)  # noqa: E731
+
+        def say(text: str) -> None:
+            console.print(text, highlight=False, soft_wrap=True)
+
         say(f"\n[bold green]{nodes} nodes running[/] (data in {root})")
         for i, (api, models) in enumerate(zip(apis, served)):
             say(f"  node{i}: {api}  " + (f"serves {', '.join(models)}" if models else "gateway: serves nothing, offloads every request"))

@@ -39,7 +39,10 @@ def status(
         typer.echo(json.dumps(data, indent=2))
         return
     console = Console()
-    line = lambda key, value: console.print(f"[bold]{key:<10}[/] {value}", highlight=False, soft_wrap=True)  # noqa: E731
+
+    def line(key: str, value: str) -> None:
+        console.print(f"[bold]{key:<10}[/] {value}", highlight=False, soft_wrap=True)
+
     line("peer_id", data["peer_id"])
     line("network", data.get("network_id", "?"))
     for a in data.get("addrs", []):

@@ -62,11 +62,7 @@ class SignedMessage(Message):
     SIGNER: ClassVar[str]
 
     def signing_bytes(self) -> bytes:
-        fields = self.to_list()[:-1]
-        try:
-            return msgpack.packb(fields, use_bin_type=True)
-        except (OverflowError, TypeError, ValueError) as exc:
-            raise LocalProtocolError(f"cannot encode {type(self).__name__}: {exc}") from exc
+        return _pack(self.to_list()[:-1], self)
 
     def digest(self) -> bytes:
         """SHA-256 of the signing bytes: the identity of this object (e.g. a block hash)."""
@@ -82,7 +78,7 @@ class SignedMessage(Message):
         if signer.peer_id != self.signer:
             raise LocalProtocolError(f"{type(self).__name__} must be signed by {self.signer}, not {signer.peer_id}")
         sig = signer.sign(self.signing_bytes())
-        return dataclasses.replace(self, signature=sig)  # type: ignore[call-arg,type-var]
+        return dataclasses.replace(self, signature=sig)  # type: ignore[type-var]
 
     def verify(self) -> None:
         """Raise BadSignature unless the signature verifies for ``self.signer``'s key."""
@@ -162,6 +158,7 @@ def _expect(tp: type) -> Callable[[Any], Any]:
     return dec
 
 
+@typing.dataclass_transform(frozen_default=True)
 def message(tag: int) -> Callable[[type[M]], type[M]]:
     """Class decorator: make a frozen slotted dataclass message registered under ``tag``."""
 
@@ -170,7 +167,7 @@ def message(tag: int) -> Callable[[type[M]], type[M]]:
             raise TypeError(f"tag {tag} already used by {_REGISTRY[tag].__name__}")
         dc = dataclasses.dataclass(frozen=True, slots=True)(cls)
         hints = typing.get_type_hints(dc)
-        fields = dataclasses.fields(dc)
+        fields = dataclasses.fields(typing.cast(Any, dc))
         dc.TAG = tag
         dc._names = tuple(f.name for f in fields)
         dc._decoders = tuple(_field_decoder(hints[f.name]) for f in fields)
@@ -206,12 +203,16 @@ def _build(cls: type[M], raw: Any) -> M:
     return obj
 
 
-def encode(msg: Message) -> bytes:
-    """The canonical msgpack encoding of ``msg``; LocalProtocolError if a value cannot be encoded."""
+def _pack(fields: list[Any], msg: Message) -> bytes:
     try:
-        return msgpack.packb(msg.to_list(), use_bin_type=True)
+        return bytes(msgpack.packb(fields, use_bin_type=True))
     except (OverflowError, TypeError, ValueError) as exc:
         raise LocalProtocolError(f"cannot encode {type(msg).__name__}: {exc}") from exc
+
+
+def encode(msg: Message) -> bytes:
+    """The canonical msgpack encoding of ``msg``; LocalProtocolError if a value cannot be encoded."""
+    return _pack(msg.to_list(), msg)
 
 
 def decode(data: bytes, expect: type[M] | tuple[type[M], ...] | None = None) -> M:
