@@ -1,12 +1,13 @@
 """Ledger benchmark: SQLite append rate and audit verification rate on N valid blocks.
 
-Generates a valid history (several accounts; pay/claim pairs with embedded signed receipts,
-plus stakes and unstakes), appends it to a fresh SQLite store (durable single-block commits
+Generates a valid history (several accounts; pay/claim pairs, each pay settling 1 to
+``--receipts`` signed receipts of one executor as a node's pay writer batches them, plus
+stakes and unstakes), appends it to a fresh SQLite store (durable single-block commits
 for a prefix, then batched commits for the rest), and audits the file from raw bytes on one
 core (every block re-decoded, re-hashed, signature and receipt signatures verified, full
 replay). Prints the rates; ``--json`` for machine output.
 
-    python bench/ledger_bench.py [--blocks 100000] [--accounts 16] [--single 2000] [--batch 512]
+    python bench/ledger_bench.py [--blocks 100000] [--accounts 16] [--receipts 8] [--single 2000] [--batch 512]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from p2pserve.ledger.blocks import (
     Block,
     Body,
     ClaimBody,
+    Kind,
     NetworkParams,
     OpenBody,
     PayBody,
@@ -40,8 +42,9 @@ from p2pserve.wire.messages import Receipt
 PARAMS = NetworkParams("bench", 1_000 * 1_000_000, 1_000 * 1_000_000, 60_000, 1_000_000)
 
 
-def history(n_blocks: int, n_accounts: int, rng: random.Random) -> Iterator[Block]:
-    """A valid history of ``n_blocks`` blocks, in an order the rules accept."""
+def history(n_blocks: int, n_accounts: int, rng: random.Random, max_receipts: int = 1) -> Iterator[Block]:
+    """A valid history of ``n_blocks`` blocks, in an order the rules accept; each pay
+    settles 1..``max_receipts`` receipts (uniform)."""
     signers = [Signer(rng.randbytes(32)) for _ in range(n_accounts)]
     heads: dict[str, tuple[int, bytes]] = {}
     free = {s.peer_id: 0 for s in signers}
@@ -75,14 +78,18 @@ def history(n_blocks: int, n_accounts: int, rng: random.Random) -> Iterator[Bloc
             yield block(a, UnstakeBody(500_000))
             continue
         e = rng.choice([s for s in signers if s is not a])
-        price = rng.randrange(100, 5_000)
+        prices = [rng.randrange(100, 5_000) for _ in range(rng.randint(1, max_receipts))]
+        price = sum(prices)
         if free[a.peer_id] < price:
             continue
-        receipt = Receipt(
-            rng.randbytes(16), PARAMS.network_id, a.peer_id, e.peer_id, "bench-model",
-            rng.randbytes(32), rng.randbytes(32), 100, price // 10, price, False, now, b"",
-        ).signed(e)
-        pay = block(a, PayBody(receipt))
+        receipts = tuple(
+            Receipt(
+                rng.randbytes(16), PARAMS.network_id, a.peer_id, e.peer_id, "bench-model",
+                rng.randbytes(32), rng.randbytes(32), 100, p // 10, p, False, now, b"",
+            ).signed(e)
+            for p in prices
+        )
+        pay = block(a, PayBody(receipts))
         free[a.peer_id] -= price
         yield pay
         if count < n_blocks:
@@ -94,6 +101,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--blocks", type=int, default=100_000)
     ap.add_argument("--accounts", type=int, default=16)
+    ap.add_argument("--receipts", type=int, default=8, help="most receipts per pay block (1..N, uniform)")
     ap.add_argument("--single", type=int, default=2_000, help="blocks appended with one durable commit each")
     ap.add_argument("--batch", type=int, default=512, help="blocks per commit for the rest")
     ap.add_argument("--seed", type=int, default=1)
@@ -102,11 +110,16 @@ def main() -> None:
     args = ap.parse_args()
 
     t0 = time.perf_counter()
-    blocks = list(history(args.blocks, args.accounts, random.Random(args.seed)))
+    blocks = list(history(args.blocks, args.accounts, random.Random(args.seed), args.receipts))
     gen_s = time.perf_counter() - t0
     kinds: dict[int, int] = {}
+    receipts = 0
     for b in blocks:
         kinds[b.kind] = kinds.get(b.kind, 0) + 1
+        if b.kind == Kind.PAY:
+            body = b.decoded_body()
+            assert isinstance(body, PayBody)
+            receipts += len(body.receipts)
 
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         path = Path(tmp) / "ledger.sqlite3"
@@ -142,6 +155,7 @@ def main() -> None:
         "blocks": len(blocks),
         "accounts": args.accounts,
         "kinds": {str(k): v for k, v in sorted(kinds.items())},
+        "receipts": receipts,
         "generate_s": round(gen_s, 2),
         "append_single_blocks_per_s": round(len(single) / single_s, 1) if single else None,
         "append_batched_blocks_per_s": round(len(rest) / batch_s, 1) if rest else None,
@@ -152,6 +166,7 @@ def main() -> None:
         "audit_s": round(audit_s, 2),
         "audit_blocks_per_s": round(len(blocks) / audit_s, 1),
         "audit_blocks_per_s_including_load": round(len(blocks) / (audit_s + load_s), 1),
+        "audit_receipts_per_s": round(receipts / audit_s, 1),
     }
     if args.json:
         print(json.dumps(result, indent=2))

@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from p2pserve.errors import InvalidBlock, LedgerError, LocalProtocolError, MalformedMessage
 from p2pserve.ledger import rules
 from p2pserve.ledger.blocks import (
+    MAX_BODY,
+    MAX_RECEIPTS_PER_PAY,
     ZERO_HASH,
     Block,
     ClaimBody,
@@ -148,7 +150,7 @@ def test_amount_rules_and_unbonding_delay() -> None:
     rejects("insufficient-funds", w.block("alice", StakeBody(991 * CREDIT)), w.state)
     rejects("insufficient-stake", w.block("alice", UnstakeBody(11 * CREDIT)), w.state)
     w.unstake("alice", 10 * CREDIT)
-    big = PayBody(w.receipt("alice", "bob", 995 * CREDIT))
+    big = PayBody((w.receipt("alice", "bob", 995 * CREDIT),))
     rejects("unbonding", w.block("alice", big), w.state)
     rejects("unbonding", w.block("alice", big, dt_ms=TEST_PARAMS.unbonding_delay_ms - 10), w.state)
     w.add(w.block("alice", big, dt_ms=TEST_PARAMS.unbonding_delay_ms))
@@ -163,16 +165,58 @@ def test_pay_rules() -> None:
     # a receipt signed by someone other than its executor
     r = w.receipt("alice", "bob", CREDIT)
     forged = dataclasses.replace(r, signature=w.signer("carol").sign(r.signing_bytes()))
-    rejects("bad-receipt", w.block("alice", PayBody(forged)), w.state)
-    rejects("bad-receipt", w.block("alice", PayBody(w.receipt("carol", "bob", CREDIT))), w.state)
-    rejects("bad-receipt", w.block("alice", PayBody(w.receipt("alice", "alice", CREDIT))), w.state)
-    rejects("bad-amount", w.block("alice", PayBody(w.receipt("alice", "bob", 0))), w.state)
-    w.add(w.block("alice", PayBody(r)))
-    rejects("duplicate-pay", w.block("alice", PayBody(r)), w.state)
+    rejects("bad-receipt", w.block("alice", PayBody((forged,))), w.state)
+    rejects("bad-receipt", w.block("alice", PayBody((w.receipt("carol", "bob", CREDIT),))), w.state)
+    rejects("bad-receipt", w.block("alice", PayBody((w.receipt("alice", "alice", CREDIT),))), w.state)
+    rejects("bad-amount", w.block("alice", PayBody((w.receipt("alice", "bob", 0),))), w.state)
+    w.add(w.block("alice", PayBody((r,))))
+    rejects("duplicate-pay", w.block("alice", PayBody((r,))), w.state)
     pay = w.log[-1]
     rejects("wrong-payee", w.block("carol", w.claim_body(pay, CREDIT)), w.state)
     rejects("bad-claim", w.block("bob", w.claim_body(pay, CREDIT + 1)), w.state)
     rejects("bad-claim", w.block("bob", ClaimBody(w.id("carol"), pay.height, pay.digest(), CREDIT)), w.state)
+
+
+def test_batched_pay_settles_every_receipt_once_and_is_claimed_once() -> None:
+    w = world()
+    prices = [CREDIT, 2 * CREDIT, 5]
+    pay = w.pay_many("alice", "bob", prices)
+    body = pay.decoded_body()
+    assert isinstance(body, PayBody) and body.amount == sum(prices) and body.payee == w.id("bob")
+    a = w.state.account(w.id("alice"))
+    assert a is not None and a.free == 990 * CREDIT - sum(prices)
+    assert all(w.state.is_paid(w.id("bob"), r.request_id) for r in body.receipts)
+    (owed,) = w.state.unclaimed_for(w.id("bob"))
+    assert owed.amount == sum(prices)
+    rejects("bad-claim", w.block("bob", w.claim_body(pay, CREDIT)), w.state)  # one receipt's price is not the sum
+    w.claim("bob", pay, sum(prices))
+    rejects("double-claim", w.block("bob", w.claim_body(pay, sum(prices))), w.state)
+    # any receipt of the batch paid again, alone or inside another batch, is a duplicate-pay
+    rejects("duplicate-pay", w.block("alice", PayBody((body.receipts[1],))), w.state)
+    again = PayBody((w.receipt("alice", "bob", 1), body.receipts[2]))
+    rejects("duplicate-pay", w.block("alice", again), w.state)
+    assert invariant_violations(w.state) == [] and w.state.totals()["paid"] == sum(prices)
+
+
+def test_batched_pay_rejections() -> None:
+    w = world()
+    w.open("carol")
+    r1, r2 = w.receipt("alice", "bob", CREDIT), w.receipt("alice", "bob", CREDIT)
+    rejects("mixed-payees", w.block("alice", PayBody((r1, w.receipt("alice", "carol", CREDIT)))), w.state)
+    rejects("duplicate-pay", w.block("alice", PayBody((r1, r2, r1))), w.state)
+    rejects("bad-amount", w.block("alice", PayBody((r1, w.receipt("alice", "bob", 0)))), w.state)
+    rejects("bad-receipt", w.block("alice", PayBody((r1, w.receipt("carol", "bob", CREDIT)))), w.state)
+    forged = dataclasses.replace(r2, signature=w.signer("carol").sign(r2.signing_bytes()))
+    rejects("bad-receipt", w.block("alice", PayBody((r1, forged))), w.state)
+    rejects("insufficient-funds", w.block("alice", w.pay_body("alice", "bob", [500 * CREDIT, 491 * CREDIT])), w.state)
+    # the receipt count is a named limit of the body's shape: empty and over-limit pays do not decode
+    rejects("malformed", w.block("alice", PayBody(())), w.state)
+    over = PayBody(tuple(w.receipt("alice", "bob", 1) for _ in range(MAX_RECEIPTS_PER_PAY + 1)))
+    rejects("malformed", w.block("alice", over), w.state)
+    full = w.pay_body("alice", "bob", [1] * MAX_RECEIPTS_PER_PAY)
+    assert len(full.encode()) <= MAX_BODY  # the limit fits a block body
+    w.add(w.block("alice", full))
+    assert invariant_violations(w.state) == []
 
 
 def test_verdict_moves_penalty_from_loser_stake_to_winner() -> None:
@@ -205,6 +249,8 @@ def test_fingerprint_does_not_depend_on_interleaving() -> None:
     w = world(3)
     for _ in range(60):
         w.random_step(["alice", "bob"])
+    sizes = [len(b.decoded_body().receipts) for b in w.log if isinstance(b.decoded_body(), PayBody)]  # type: ignore[union-attr]
+    assert max(sizes) > 1  # histories include batched pays
     by_account = sorted(w.log, key=lambda b: (b.account, b.height))
     # replay with each chain whole before the next: claims may wait for their pays
     state, waiting = LedgerState.genesis(TEST_PARAMS), list(by_account)
@@ -253,8 +299,8 @@ def _valid_blocks() -> tuple[World, list[tuple[Block, LedgerState]]]:
         lambda: w.block("carol", OpenBody(CREDIT)),
         lambda: w.block("alice", StakeBody(CREDIT)),
         lambda: w.block("alice", UnstakeBody(CREDIT)),
-        lambda: w.block("alice", PayBody(w.receipt("alice", "bob", CREDIT))),
-        lambda: w.block("bob", w.claim_body(w.log[-1], CREDIT)),
+        lambda: w.block("alice", w.pay_body("alice", "bob", [CREDIT, 2 * CREDIT, 3])),
+        lambda: w.block("bob", w.claim_body(w.log[-1], 3 * CREDIT + 3)),
         lambda: w.block("judge", w.verdict_body("bob", "alice")),
     ):
         b = make()

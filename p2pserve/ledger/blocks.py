@@ -38,6 +38,7 @@ __all__ = [
     "Kind",
     "MAX_BODY",
     "MAX_ORDER",
+    "MAX_RECEIPTS_PER_PAY",
     "NetworkParams",
     "OpenBody",
     "PayBody",
@@ -53,8 +54,13 @@ __all__ = [
 
 HASH_SIZE = 32
 ZERO_HASH = bytes(HASH_SIZE)
-MAX_BODY = 16 * 1024
-"""Largest encoded body (a verdict with two receipts and a duel order fits easily)."""
+MAX_BODY = 60 * 1024
+"""Largest encoded body. A whole block must fit one gossip message (``Limits.max_pubsub_message``,
+64 KiB): 60 KiB of body leaves room for the block's other fields."""
+MAX_RECEIPTS_PER_PAY = 128
+"""Most receipts one ``pay`` block carries. A receipt is ~320 bytes with libp2p peer IDs, so
+128 of them (~41 KB) fit :data:`MAX_BODY`; a payer also stops filling a block at
+``MAX_BODY`` (model names are free-form)."""
 MAX_ORDER = 8 * 1024
 """Largest opaque signed duel order carried in a verdict."""
 _MAX_ID = 128
@@ -144,11 +150,26 @@ class UnstakeBody(Message):
 
 @message(34)
 class PayBody(Message):
-    """Pay an executor for work it signed for. The full receipt is embedded so anyone can
-    verify it: payer = the block's account = ``receipt.requester``, payee =
-    ``receipt.executor``, amount = ``receipt.price``."""
+    """Pay one executor for work it signed for: 1..MAX_RECEIPTS_PER_PAY receipts, embedded
+    in full so anyone can verify them. Payer = the block's account = every
+    ``receipt.requester``; payee = the one ``receipt.executor`` they all share (checked by
+    the rules, ``mixed-payees``); amount = the sum of their prices (each > 0)."""
 
-    receipt: Receipt
+    receipts: tuple[Receipt, ...]
+
+    def _check(self) -> None:
+        if not 1 <= len(self.receipts) <= MAX_RECEIPTS_PER_PAY:
+            raise MalformedMessage(f"a pay carries 1-{MAX_RECEIPTS_PER_PAY} receipts, not {len(self.receipts)}")
+
+    @property
+    def payee(self) -> str:
+        """The executor of the first receipt (the rules require all to share it)."""
+        return self.receipts[0].executor
+
+    @property
+    def amount(self) -> int:
+        """The sum of the receipts' prices: what the pay debits and its claim credits."""
+        return sum(r.price for r in self.receipts)
 
 
 @message(35)
@@ -269,7 +290,8 @@ def _canonical(raw: bytes) -> list[Any]:
 
 def decode_body(kind: int, raw: bytes) -> tuple[Body, tuple[bytes, ...]]:
     """Decode a canonical body of ``kind``; also the signing bytes of each receipt it embeds
-    (pay: its receipt; verdict: winner's, loser's), taken from the bytes without re-encoding.
+    (pay: its receipts, in order; verdict: winner's, loser's), taken from the bytes without
+    re-encoding.
 
     Raises MalformedMessage.
     """
@@ -279,7 +301,7 @@ def decode_body(kind: int, raw: bytes) -> tuple[Body, tuple[bytes, ...]]:
     lst = _canonical(raw)
     body: Body = decode(raw, expect=cls)  # type: ignore[assignment]
     if isinstance(body, PayBody):
-        receipts: tuple[bytes, ...] = (msgpack.packb(lst[1][:-1], use_bin_type=True),)
+        receipts: tuple[bytes, ...] = tuple(msgpack.packb(r[:-1], use_bin_type=True) for r in lst[1])
     elif isinstance(body, VerdictBody):
         receipts = (msgpack.packb(lst[5][:-1], use_bin_type=True), msgpack.packb(lst[6][:-1], use_bin_type=True))
     else:

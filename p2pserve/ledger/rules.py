@@ -22,7 +22,8 @@ only the account's key extends its chain; heights are consecutive from an ``open
 ``prev`` is the previous block's hash; timestamps never decrease along a chain; free,
 staked and unbonding balances never go negative; a ``claim`` cites an unclaimed ``pay``
 (or verdict award) to its own account, so each is claimed at most once; each receipt is
-paid at most once; ``unstake``d credit is spendable only ``unbonding_delay_ms`` after the
+paid at most once (a ``pay`` settles 1..MAX_RECEIPTS_PER_PAY receipts of one executor and
+leaves one claimable credit, their price sum); ``unstake``d credit is spendable only ``unbonding_delay_ms`` after the
 unstake's timestamp (time is the block timestamps, never the wall clock, except the
 optional ``now_ms`` bound against blocks from the future); total supply =
 ``initial_credit`` × opened accounts = all balances + unclaimed credit. Two blocks at one
@@ -96,8 +97,9 @@ REASONS: dict[str, str] = {
     "insufficient-funds": "free credit would go negative",
     "unbonding": "the credit exists but is still unbonding",
     "insufficient-stake": "staked credit would go negative",
-    "bad-receipt": "the cited receipt is unsigned, of another network, or not this payer's",
-    "duplicate-pay": "this receipt was already paid",
+    "bad-receipt": "a cited receipt is unsigned, of another network, or not this payer's",
+    "mixed-payees": "a pay's receipts are not all from one executor",
+    "duplicate-pay": "a receipt was already paid (or appears twice in the pay)",
     "unknown-pay": "the claim cites no known payment to anyone",
     "double-claim": "the cited payment was already claimed",
     "wrong-payee": "the cited payment is to another account",
@@ -258,6 +260,10 @@ class LedgerState:
         """Credits written to ``payee`` that it has not claimed yet (O(unclaimed))."""
         return [c for c in self.core.claimables.values() if c.payee == payee]
 
+    def is_paid(self, executor: str, request_id: bytes) -> bool:
+        """Whether a ``pay`` already settled ``executor``'s receipt for ``request_id``."""
+        return (executor, request_id) in self.core.paid
+
     def is_frozen(self, account: str) -> bool:
         return account in self.core.frozen
 
@@ -309,7 +315,7 @@ class Prepared:
     hash: bytes
     body: Body
     receipt_signing_bytes: tuple[bytes, ...]
-    """Signing bytes of the receipts the body embeds (pay: one; verdict: winner's, loser's)."""
+    """Signing bytes of the receipts the body embeds (pay: each, in order; verdict: winner's, loser's)."""
 
 
 def prepare(block: Block, raw: bytes | None = None) -> Prepared:
@@ -336,7 +342,8 @@ class Plan:
     other: tuple[str, _Acct] | None = None
     add_claimable: Claimable | None = None
     claim: bytes | None = None
-    paid: tuple[str, bytes] | None = None
+    paid: tuple[tuple[str, bytes], ...] = ()
+    """``(executor, request_id)`` of every receipt a pay settles."""
     verdict: bytes | None = None
     minted: int = 0
 
@@ -426,16 +433,8 @@ def plan(
         new = _Acct(h, p.hash, ts, free, acct.staked - body.amount, (*unbonding, entry))
         return Plan(p, c.version, new)
     if isinstance(body, PayBody):
-        r = body.receipt
-        if r.network_id != b.network_id or r.requester != b.account or r.executor == b.account:
-            raise _fail("bad-receipt", "the receipt must be for this network, from another executor, to this payer")
-        _verify_receipt(r, p.receipt_signing_bytes[0], verify)
-        key = (r.executor, r.request_id)
-        if key in c.paid:
-            raise _fail("duplicate-pay", f"receipt for request {r.request_id.hex()} by {r.executor}")
-        new = _Acct(h, p.hash, ts, spend(r.price), acct.staked, unbonding)
-        owed = Claimable(b.account, h, p.hash, r.executor, r.price)
-        return Plan(p, c.version, new, add_claimable=owed, paid=key)
+        amount = _pay_amount(body, c, b.network_id, b.account)
+        return _plan_pay(p, body, c, acct, spend(amount), amount, unbonding, verify)
     if isinstance(body, ClaimBody):
         src = c.claimables.get(body.source_hash)
         if src is None:
@@ -450,6 +449,45 @@ def plan(
         return Plan(p, c.version, new, claim=body.source_hash)
     assert isinstance(body, VerdictBody)
     return _plan_verdict(p, body, c, params, acct, free, unbonding, verify)
+
+
+def _pay_amount(body: PayBody, c: _Core, network_id: str, payer: str) -> int:
+    """Check a pay's receipts without signatures (cheap checks first); their price sum."""
+    payee = body.payee
+    seen: set[bytes] = set()
+    total = 0
+    for r in body.receipts:
+        if r.executor != payee:
+            raise _fail("mixed-payees", f"receipts from {payee} and {r.executor}")
+        if r.network_id != network_id or r.requester != payer or r.executor == payer:
+            raise _fail("bad-receipt", "each receipt must be for this network, from another executor, to this payer")
+        if r.price <= 0:
+            raise _fail("bad-amount", f"receipt price {r.price} (a zero-price receipt needs no pay)")
+        if r.request_id in seen or (r.executor, r.request_id) in c.paid:
+            raise _fail("duplicate-pay", f"receipt for request {r.request_id.hex()} by {r.executor}")
+        seen.add(r.request_id)
+        total += r.price
+    return total
+
+
+def _plan_pay(
+    p: Prepared,
+    body: PayBody,
+    c: _Core,
+    acct: _Acct,
+    free_after: int,
+    amount: int,
+    unbonding: tuple[tuple[int, int], ...],
+    verify: bool,
+) -> Plan:
+    """The effects of a pay whose amounts and funds are checked: verify every receipt."""
+    b = p.block
+    for r, sb in zip(body.receipts, p.receipt_signing_bytes):
+        _verify_receipt(r, sb, verify)
+    new = _Acct(b.height, p.hash, b.timestamp_ms, free_after, acct.staked, unbonding)
+    owed = Claimable(b.account, b.height, p.hash, body.payee, amount)
+    keys = tuple((r.executor, r.request_id) for r in body.receipts)
+    return Plan(p, c.version, new, add_claimable=owed, paid=keys)
 
 
 def _plan_verdict(
@@ -524,12 +562,11 @@ def commit(pl: Plan, state: LedgerState) -> LedgerState:
     if pl.add_claimable is not None:
         c.claimables[pl.add_claimable.source_hash] = pl.add_claimable
         c.owed += pl.add_claimable.amount
-        if pl.paid is not None:
+        if pl.paid:
             c.paid_total += pl.add_claimable.amount
         else:
             c.awarded_total += pl.add_claimable.amount
-    if pl.paid is not None:
-        c.paid.add(pl.paid)
+    c.paid.update(pl.paid)
     if pl.claim is not None:
         amount = c.claimables.pop(pl.claim).amount
         c.claimed.add(pl.claim)

@@ -9,7 +9,8 @@ columns, in acceptance order), ``proofs`` (equivocation proofs, one per frozen a
 Invariants: a block is in ``blocks`` only if ``rules.plan`` accepted it against the state
 of the blocks before it, so acceptance order is a valid replay order; the in-memory
 ``state`` always equals the replay of ``blocks`` plus ``proofs``; each append is one
-transaction, committed durably before the state advances (WAL with ``synchronous=FULL``:
+transaction (``append_many`` and each ``ingest`` batch: one transaction for many blocks),
+committed durably before anyone can see the state advanced (WAL with ``synchronous=FULL``:
 NORMAL would be corruption-safe too, but could lose the last commits on power loss, and a
 node that forgets a block it already gossiped would then equivocate at that height).
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,6 +85,8 @@ class IngestResult:
     """Blocks now in the ledger, in order (including pending ones they unblocked)."""
     pending: int = 0
     """Blocks of the batch kept waiting for missing blocks."""
+    waiting: list[Block] = field(default_factory=list)
+    """Those blocks (to ask whoever sent them for what they depend on)."""
     rejected: list[tuple[Block, str]] = field(default_factory=list)
     """Blocks refused, with their reason code (duplicates excluded)."""
     duplicates: int = 0
@@ -159,21 +163,43 @@ class LedgerStore:
 
     # --- transactions ------------------------------------------------------------------------
 
-    class _Tx:
-        def __init__(self, db: sqlite3.Connection) -> None:
-            self.db = db
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        """One transaction; inside another (an ingest batch) it joins that one."""
+        if self._db.in_transaction:
+            yield
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
-        def __enter__(self) -> None:
-            self.db.execute("BEGIN IMMEDIATE")
-
-        def __exit__(self, tp: object, exc: object, tb: object) -> None:
-            if tp is None:
-                self.db.execute("COMMIT")
-            else:
-                self.db.execute("ROLLBACK")
-
-    def _tx(self) -> LedgerStore._Tx:
-        return LedgerStore._Tx(self._db)
+    @contextmanager
+    def _batch(self) -> Iterator[None]:
+        """One durable transaction around several appends; the in-memory state advances with
+        each (no await can happen inside, so nobody sees it ahead of the file). On any
+        failure the transaction is rolled back and the state rebuilt from the file; an
+        SQLite failure is raised as StoreError."""
+        if self._db.in_transaction:
+            yield
+            return
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            yield
+            self._db.execute("COMMIT")
+        except BaseException as exc:
+            try:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                self.state = self._replay()
+            except (sqlite3.Error, StoreError):
+                pass
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"cannot write to {self.path}: {exc}") from exc
+            raise
 
     # --- writes ------------------------------------------------------------------------------
 
@@ -191,39 +217,32 @@ class LedgerStore:
         Stops at the first invalid block: the blocks before it are kept (they are valid),
         then its InvalidBlock is raised.
         """
-        done: list[rules.Plan] = []
+        done: list[bytes] = []
         error: InvalidBlock | None = None
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._batch():
             for block in blocks:
                 try:
-                    pl = rules.plan(rules.prepare(block), self.state, now_ms=now_ms)
+                    done.append(self._append_in_tx(block, now_ms))
                 except InvalidBlock as exc:
                     error = exc
                     break
-                p = pl.prepared
-                self._db.execute(
-                    "INSERT INTO blocks (account, height, hash, raw) VALUES (?, ?, ?, ?)",
-                    (block.account, block.height, p.hash, block.encode()),
-                )
-                self._db.execute("DELETE FROM pending WHERE hash = ?", (p.hash,))
-                self.state = rules.commit(pl, self.state)
-                done.append(pl)
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            # the state may be ahead of the file now: rebuild it from what is stored
-            try:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                self.state = self._replay()
-            except (sqlite3.Error, StoreError):
-                pass
-            raise StoreError(f"cannot append to {self.path}: {exc}") from exc
         if error is not None:
             if error.reason == "equivocation":
                 self._record_equivocation(blocks[len(done)])
             raise error
-        return [p.prepared.hash for p in done]
+        return done
+
+    def _append_in_tx(self, block: Block, now_ms: int | None) -> bytes:
+        """Check, insert and apply one block inside the current transaction; its hash."""
+        pl = rules.plan(rules.prepare(block), self.state, now_ms=now_ms)
+        h = pl.prepared.hash
+        self._db.execute(
+            "INSERT INTO blocks (account, height, hash, raw) VALUES (?, ?, ?, ?)",
+            (block.account, block.height, h, block.encode()),
+        )
+        self._db.execute("DELETE FROM pending WHERE hash = ?", (h,))
+        self.state = rules.commit(pl, self.state)
+        return h
 
     def _record_equivocation(self, block: Block) -> EquivocationProof | None:
         existing = self.block_at(block.account, block.height)
@@ -261,30 +280,36 @@ class LedgerStore:
         return True
 
     def ingest(self, blocks: Sequence[Block], *, now_ms: int | None, received_ms: int | None = None) -> IngestResult:
-        """Take blocks from the network (gossip or sync), in any order.
+        """Take blocks from the network (gossip or sync), in any order, in one transaction.
 
         Each block is appended if valid; one whose predecessor or cited payment is missing
         waits in ``pending`` (bounded; oldest evicted) and is retried whenever something is
-        appended; others are rejected with their reason. Never raises InvalidBlock.
+        appended; others are rejected with their reason. Never raises InvalidBlock; an SQLite
+        failure rolls the whole batch back (StoreError).
         """
         res = IngestResult()
-        progressed = False
-        for block in blocks:
-            progressed |= self._ingest_one(block, now_ms, received_ms if received_ms is not None else now_ms or 0, res, True)
-        while progressed:
+        received = received_ms if received_ms is not None else now_ms or 0
+        with self._batch():
             progressed = False
-            for block in self.pending_blocks():
-                progressed |= self._ingest_one(block, now_ms, 0, res, False)
+            for block in blocks:
+                progressed |= self._ingest_one(block, now_ms, received, res, True)
+            while progressed:
+                progressed = False
+                for block in self.pending_blocks():
+                    progressed |= self._ingest_one(block, now_ms, 0, res, False)
         return res
 
     def _ingest_one(self, block: Block, now_ms: int | None, received_ms: int, res: IngestResult, fresh: bool) -> bool:
         try:
-            self.append(block, now_ms=now_ms)
+            self._append_in_tx(block, now_ms)
         except InvalidBlock as exc:
+            if exc.reason == "equivocation":
+                self._record_equivocation(block)
             if exc.reason in DEPENDENCY_REASONS:
                 if fresh:
                     self.add_pending(block, received_ms)
                     res.pending += 1
+                    res.waiting.append(block)
                 return False
             if not fresh:
                 self._drop_pending(block)

@@ -111,7 +111,16 @@ class World:
         return make_receipt(self.rng, self.params.network_id, self.id(requester), self.signer(executor), price, **kw)  # type: ignore[arg-type]
 
     def pay(self, requester: str, executor: str, price: int) -> Block:
-        return self.add(self.block(requester, PayBody(self.receipt(requester, executor, price))))
+        """A pay block settling one receipt of ``price``."""
+        return self.pay_many(requester, executor, [price])
+
+    def pay_body(self, requester: str, executor: str, prices: list[int]) -> PayBody:
+        """A pay body with one fresh receipt of ``executor`` per price."""
+        return PayBody(tuple(self.receipt(requester, executor, p) for p in prices))
+
+    def pay_many(self, requester: str, executor: str, prices: list[int]) -> Block:
+        """A pay block settling one receipt per price, all from ``executor``."""
+        return self.add(self.block(requester, self.pay_body(requester, executor, prices)))
 
     def claim_body(self, source: Block, amount: int) -> ClaimBody:
         return ClaimBody(source.account, source.height, source.digest(), amount)
@@ -150,7 +159,9 @@ class World:
             self.now_ms += rng.randrange(0, 2 * self.params.unbonding_delay_ms)
             return None
         e = rng.choice([n for n in names if n != a])
-        price = rng.randrange(1, 50 * CREDIT)
-        if view.free_at(self.now_ms + 1) < price:
+        # mostly one receipt per pay, sometimes a batch (as a node's pay writer makes them)
+        n = 1 if rng.random() < 0.5 else rng.randrange(2, 9)
+        prices = [rng.randrange(1, 50 * CREDIT // n) for _ in range(n)]
+        if view.free_at(self.now_ms + 1) < sum(prices):
             return None
-        return self.pay(a, e, price)
+        return self.pay_many(a, e, prices)
