@@ -1,6 +1,7 @@
-"""The ledger over real libp2p: after offloaded traffic every node's audit passes and all
-three compute the same balances (same fingerprint) within a few seconds; a node reopened
-from its SQLite file has the same state."""
+"""The ledger over real libp2p: after offloaded traffic (paid in batched pay blocks, one
+claim per pay block) every node's audit passes and all three compute the same balances
+(same fingerprint) within a few seconds; a node reopened from its SQLite file has the same
+state."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import trio
 
 from p2pserve.config import parse_config
 from p2pserve.ledger import audit
+from p2pserve.ledger.blocks import Kind
 from p2pserve.ledger.rules import fingerprint
 from p2pserve.ledger.store import LedgerStore
 from tests.libp2p_harness import MODEL, three_nodes, wait_ready
@@ -33,7 +35,8 @@ async def test_payments_converge_audit_and_survive_restart(tmp_path: Path) -> No
                     r = await client.post("/v1/completions", json={"model": MODEL, "prompt": f"count {i}", "max_tokens": 10})
                     assert r.status_code == 200, r.text
             requester = nodes[0]
-            assert requester.ledger.paid == 8
+            await requester.ledger.flush()  # pays are queued off the request's path
+            assert requester.ledger.paid == 8 and requester.ledger.queued() == 0
 
             # every pay is claimed and all three agree, within a few seconds
             start = trio.current_time()
@@ -41,7 +44,8 @@ async def test_payments_converge_audit_and_survive_restart(tmp_path: Path) -> No
                 while True:
                     prints = {fingerprint(n.ledger.store.state) for n in nodes}
                     unclaimed = sum(len(n.ledger.store.state.unclaimed_for(n.peer_id)) for n in nodes)
-                    if len(prints) == 1 and unclaimed == 0 and sum(n.ledger.claimed for n in nodes) == 8:
+                    pays = sum(1 for b in nodes[0].ledger.store.blocks_after(requester.peer_id, -1, 100) if b.kind == Kind.PAY)
+                    if len(prints) == 1 and unclaimed == 0 and sum(n.ledger.claimed for n in nodes) == pays:
                         break
                     await trio.sleep(0.05)
             print(f"ledgers converged {trio.current_time() - start:.2f} s after the last request")

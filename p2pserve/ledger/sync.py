@@ -3,9 +3,12 @@
 * Gossip: every block this node appends (and every new equivocation proof) is published on
   ``/p2pserve/<network_id>/blocks/1`` as its canonical encoding. The topic validator drops
   anything that is not a Block/EquivocationProof of this network, or too large, so it is
-  neither delivered nor relayed. Received blocks go through ``LedgerStore.ingest``: valid
-  ones are appended, ones with unknown predecessors wait in ``pending`` and trigger a pull
-  from the peer that published them.
+  neither delivered nor relayed. Received blocks are collected for ``ingest_window``
+  seconds (or up to ``ingest_max`` blocks) and go through ``LedgerStore.ingest`` as one
+  batch, one SQLite transaction (every signature is still verified, block by block):
+  valid ones are appended, ones with unknown predecessors wait in ``pending`` and trigger
+  a pull from the peer that published them. ``on_applied`` hears of every block applied
+  from the network (gossip or pull), after its batch is committed.
 * Pull, ``/p2pserve/sync/1``: the requester sends :class:`SyncHeads` (its height per
   account); the responder streams the blocks the requester lacks in its acceptance order
   (so payments arrive before their claims), in :class:`SyncBatch` es of at most
@@ -20,11 +23,18 @@ frame size) and every wait has a timeout; a misbehaving peer only breaks its own
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import trio
 
-from p2pserve.errors import MalformedMessage, P2PServeError, ProtocolError, RemoteProtocolError, TransportError
+from p2pserve.errors import (
+    InvalidBlock,
+    MalformedMessage,
+    P2PServeError,
+    ProtocolError,
+    RemoteProtocolError,
+    TransportError,
+)
 from p2pserve.framed import FramedStream
 from p2pserve.ledger.blocks import Block, EquivocationProof, decode_block
 from p2pserve.ledger.store import LedgerStore
@@ -100,9 +110,15 @@ class LedgerSync:
         timeout: float = 10.0,
         max_blocks_per_session: int = 20_000,
         max_rounds: int = 100,
+        ingest_window: float = 0.02,
+        ingest_max: int = 256,
+        on_applied: Callable[[list[Block]], None] | None = None,
     ) -> None:
         """``now_ms`` is the wall clock in ms used to refuse blocks from the future (None: no
-        such check). ``timeout`` bounds every wait on a peer."""
+        such check). ``timeout`` bounds every wait on a peer. Gossiped blocks are ingested
+        in batches: the first waits at most ``ingest_window`` seconds for others, and a
+        batch holds at most ``ingest_max`` blocks. ``on_applied`` (synchronous, must not
+        raise) is called with the blocks each network batch applied."""
         self.transport = transport
         self.store = store
         self.now_ms = now_ms
@@ -111,6 +127,9 @@ class LedgerSync:
         self.max_blocks_per_session = max_blocks_per_session
         self.max_rounds = max_rounds
         self.topic = blocks_topic(store.params.network_id)
+        self.ingest_window = ingest_window
+        self.ingest_max = ingest_max
+        self.on_applied = on_applied
         self._nursery: trio.Nursery | None = None
         self._syncing: set[str] = set()
 
@@ -121,15 +140,19 @@ class LedgerSync:
         self.transport.set_handler(SYNC_PROTOCOL, self._handle)
         sub = await self.transport.subscribe(self.topic, self._validate)
         events = self.transport.peer_events()
+        send, recv = trio.open_memory_channel[tuple[Block, str]](4 * self.ingest_max)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._watch_peers, events)
+            nursery.start_soon(self._ingest_loop, recv)
             for peer in self.transport.connected_peers():
                 self.request_sync(peer)
             task_status.started()
             try:
                 async for msg in sub:
-                    self._on_gossip(msg)
+                    item = self._on_gossip(msg)
+                    if item is not None:
+                        await send.send(item)
             finally:
                 with trio.CancelScope(shield=True):
                     await sub.aclose()
@@ -161,6 +184,37 @@ class LedgerSync:
         await self.transport.publish(self.topic, block.encode())
         return h
 
+    async def publish_many(self, blocks: Sequence[Block]) -> int:
+        """Append our own blocks in one durable transaction, then gossip each; how many.
+
+        A gossip failure is logged, not raised: the blocks are stored and peers pull them.
+        Raises InvalidBlock after storing and gossiping the valid prefix (the blocks
+        before the invalid one); ``stored_prefix`` tells how long it is.
+        """
+        try:
+            self.store.append_many(blocks, now_ms=self.now_ms())
+            n = len(blocks)
+            error: InvalidBlock | None = None
+        except InvalidBlock as exc:
+            n, error = self.stored_prefix(blocks), exc
+        for block in blocks[:n]:
+            try:
+                await self.transport.publish(self.topic, block.encode())
+            except TransportError as exc:
+                log.info("gossip of our block %s/%d failed (peers will pull it): %s", block.account, block.height, exc)
+        if error is not None:
+            raise error
+        return n
+
+    def stored_prefix(self, blocks: Sequence[Block]) -> int:
+        """How many of ``blocks``, from the first, the store holds."""
+        n = 0
+        for b in blocks:
+            if self.store.state.hash_at(b.account, b.height) != b.digest():
+                break
+            n += 1
+        return n
+
     # --- gossip ------------------------------------------------------------------------------
 
     def _validate(self, msg: PubsubMessage) -> bool:
@@ -173,22 +227,48 @@ class LedgerSync:
         block = obj if isinstance(obj, Block) else obj.first  # type: ignore[attr-defined]
         return bool(block.network_id == self.store.params.network_id)
 
-    def _on_gossip(self, msg: PubsubMessage) -> None:
+    def _on_gossip(self, msg: PubsubMessage) -> tuple[Block, str] | None:
+        """Decode one gossip message: a block to ingest (with its publisher), or None (a
+        proof, applied here, or garbage)."""
         try:
             obj: Message = decode(msg.data, expect=(Block, EquivocationProof))
             if isinstance(obj, EquivocationProof):
                 if self.store.add_proof(obj):
                     self._spawn_publish(obj.encode())
-                return
-            block = decode_block(msg.data)
+                return None
+            return decode_block(msg.data), msg.from_peer
         except (MalformedMessage, P2PServeError) as exc:
             log.info("dropping gossip from %s: %s", msg.from_peer, exc)
+            return None
+
+    async def _ingest_loop(self, recv: trio.MemoryReceiveChannel[tuple[Block, str]]) -> None:
+        """Ingest gossiped blocks in batches: one transaction per ``ingest_window``."""
+        async with recv:
+            while True:
+                batch = [await recv.receive()]
+                with trio.move_on_after(self.ingest_window):
+                    while len(batch) < self.ingest_max:
+                        batch.append(await recv.receive())
+                self._ingest_batch(batch)
+
+    def _ingest_batch(self, batch: list[tuple[Block, str]]) -> None:
+        try:
+            res = self.store.ingest([b for b, _ in batch], now_ms=self.now_ms())
+        except P2PServeError as exc:
+            log.warning("could not ingest %d gossiped blocks: %s", len(batch), exc)
             return
-        res = self.store.ingest([block], now_ms=self.now_ms())
         for proof in res.proofs:
             self._spawn_publish(proof.encode())
-        if res.pending and msg.from_peer != self.transport.peer_id:
-            self.request_sync(msg.from_peer)
+        if res.waiting:
+            waiting = {id(b) for b in res.waiting}
+            for block, peer in batch:
+                if id(block) in waiting and peer != self.transport.peer_id:
+                    self.request_sync(peer)
+        self._applied(res.applied)
+
+    def _applied(self, blocks: list[Block]) -> None:
+        if blocks and self.on_applied is not None:
+            self.on_applied(blocks)
 
     def _spawn_publish(self, data: bytes) -> None:
         if self._nursery is not None:
@@ -241,6 +321,7 @@ class LedgerSync:
                         continue
                 res = self.store.ingest(blocks, now_ms=self.now_ms())
                 applied += len(res.applied)
+                self._applied(res.applied)
         finally:
             await fs.aclose()
 
