@@ -58,9 +58,9 @@ MAX_BODY = 60 * 1024
 """Largest encoded body. A whole block must fit one gossip message (``Limits.max_pubsub_message``,
 64 KiB): 60 KiB of body leaves room for the block's other fields."""
 MAX_RECEIPTS_PER_PAY = 128
-"""Most receipts one ``pay`` block carries. A receipt is ~320 bytes with libp2p peer IDs, so
-128 of them (~41 KB) fit :data:`MAX_BODY`; a payer also stops filling a block at
-``MAX_BODY`` (model names are free-form)."""
+"""Most receipts one ``pay`` block carries. A receipt is ~290 bytes with libp2p peer IDs, so
+128 of them (~37 KB) fit :data:`MAX_BODY`; a payer also stops filling a block at
+``MAX_BODY`` (model names are free-form). (256 would not fit one gossip message.)"""
 MAX_ORDER = 8 * 1024
 """Largest opaque signed duel order carried in a verdict."""
 _MAX_ID = 128

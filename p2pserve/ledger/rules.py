@@ -534,11 +534,11 @@ def _plan_verdict(
     left -= take
     unb = list(loser.unbonding)
     while left and unb:
-        r, a = unb.pop()
+        release, a = unb.pop()
         t = min(a, left)
         left -= t
         if a > t:
-            unb.append((r, a - t))
+            unb.append((release, a - t))
     taken = body.penalty - left
     other = (body.loser, _Acct(loser.height, loser.head, loser.timestamp_ms, loser.free, staked, tuple(unb)))
     award = Claimable(judge, b.height, p.hash, body.winner, taken) if taken else None

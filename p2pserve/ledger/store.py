@@ -30,6 +30,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from p2pserve.errors import InvalidBlock, MalformedMessage, StoreError
 from p2pserve.ledger import rules
@@ -429,9 +430,10 @@ class LedgerStore:
     def count(self) -> int:
         return int(self._query_one("SELECT COUNT(*) FROM blocks")[0])
 
-    def _query_one(self, sql: str, args: tuple[object, ...] = ()) -> tuple[object, ...]:
+    def _query_one(self, sql: str, args: tuple[object, ...] = ()) -> Any:
+        """The first row (a tuple), or None."""
         try:
-            row: tuple[object, ...] = self._db.execute(sql, args).fetchone()
+            row = self._db.execute(sql, args).fetchone()
             return row
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: {exc}") from exc
