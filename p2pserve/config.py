@@ -74,7 +74,11 @@ class ServerParams:
     status_interval: float = 2.0
     """Seconds between signed status gossips."""
     peer_ttl: float = 6.0
-    """Seconds of silence after which a peer is dropped (default 3 intervals)."""
+    """Seconds of silence after which a peer is dropped (default 3 intervals). In networks big
+    enough to stretch the interval (see max_status_rate) the same number of intervals applies."""
+    max_status_rate: float = 5.0
+    """Statuses per second a node should receive from the whole network at most: the status
+    interval grows to (network size / this) when that is longer than status_interval."""
     target_connections: int = 6
     """Dial learned peers until this many are connected."""
     request_timeout: float = 300.0
@@ -185,6 +189,7 @@ _RULES: dict[tuple[str, str], typing.Callable[[Any], str | None]] = {
     ("ServerParams", "offer_fanout"): lambda v: None if v >= 1 else "must be at least 1",
     ("ServerParams", "status_interval"): lambda v: None if v > 0 else "must be > 0",
     ("ServerParams", "peer_ttl"): lambda v: None if v > 0 else "must be > 0",
+    ("ServerParams", "max_status_rate"): lambda v: None if v > 0 else "must be > 0",
     ("ServerParams", "request_timeout"): lambda v: None if v > 0 else "must be > 0",
     ("ServerParams", "target_connections"): lambda v: None if v >= 1 else "must be at least 1",
     ("ServerParams", "api"): lambda v: None if _is_host_port(v) else "must be HOST:PORT",

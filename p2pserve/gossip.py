@@ -9,6 +9,14 @@ than ``target_connections`` peers are connected, the service dials known peers' 
 addresses (and the bootstrap addresses while it has no connection at all), so a node given
 one bootstrap address ends up knowing everyone without a tracker.
 
+The interval adapts to the network's size: a node gossips every
+``max(interval, known_nodes / max_status_rate)`` seconds, so each node receives at most about
+``max_status_rate`` statuses per second however large the network grows (gossip CPU per node
+stays bounded; full-membership gossip is otherwise O(N) messages per node per interval).
+Each status declares its sender's current interval, and receivers expire a peer after
+``ttl_intervals`` of *its* intervals. A newly seen peer makes the node gossip at once (at most
+once per base interval), so joins spread fast even when the steady-state interval is long.
+
 Status sequence numbers start at the wall-clock millisecond of service start, so they keep
 increasing across restarts of the same node.
 """
@@ -29,7 +37,7 @@ from p2pserve.peers import PeerTable, UpdateResult
 from p2pserve.transport import PubsubMessage, Transport
 from p2pserve.wire.codec import decode
 from p2pserve.wire.limits import DEFAULT_LIMITS
-from p2pserve.wire.messages import ModelStatus, Status
+from p2pserve.wire.messages import MAX_STATUS_INTERVAL_MS, ModelStatus, Status
 
 __all__ = ["GossipService", "LocalState", "status_topic"]
 
@@ -62,6 +70,7 @@ class GossipService:
         peers: PeerTable,
         *,
         interval: float = 2.0,
+        max_status_rate: float = 5.0,
         target_connections: int = 6,
         bootstrap: tuple[str, ...] = (),
         local_state: Callable[[], LocalState] = LocalState,
@@ -74,6 +83,7 @@ class GossipService:
         self.network_id = peers.network_id
         self.topic = status_topic(self.network_id)
         self.interval = interval
+        self.max_status_rate = max_status_rate
         self.target_connections = target_connections
         self.bootstrap = bootstrap
         self.local_state = local_state
@@ -85,8 +95,14 @@ class GossipService:
         self.rejected = 0
         self.on_peer_change: Callable[[str, bool], None] | None = None
         self._wake = trio.Event()
+        self._last_poke = -float("inf")
 
     # -- pure-ish pieces -------------------------------------------------------------------
+
+    def current_interval(self) -> float:
+        """Seconds between our statuses now: the base interval, stretched for big networks."""
+        n = len(self.peers) + 1
+        return min(max(self.interval, n / self.max_status_rate), MAX_STATUS_INTERVAL_MS / 1000)
 
     def make_status(self) -> Status:
         """Our next signed status."""
@@ -104,6 +120,7 @@ class GossipService:
             queued=st.queued,
             stake=st.stake,
             ledger_head=st.ledger_head,
+            interval_ms=max(1, round(self.current_interval() * 1000)),
             signature=b"",
         )
         return status.signed(self.signer)
@@ -138,8 +155,11 @@ class GossipService:
                 await sub.aclose()
 
     def poke(self) -> None:
-        """Publish a status now rather than at the next tick (e.g. load changed a lot)."""
-        self._wake.set()
+        """Publish a status now rather than at the next tick (at most once per base interval)."""
+        now = trio.current_time()
+        if now - self._last_poke >= self.interval:
+            self._last_poke = now
+            self._wake.set()
 
     async def _publish(self) -> None:
         try:
@@ -151,7 +171,7 @@ class GossipService:
     async def _publish_loop(self) -> None:
         while True:
             # ±10% jitter so nodes started together do not gossip in lockstep
-            with trio.move_on_after(self.interval * self.rng.uniform(0.9, 1.1)):
+            with trio.move_on_after(self.current_interval() * self.rng.uniform(0.9, 1.1)):
                 await self._wake.wait()
             self._wake = trio.Event()
             await self._publish()
@@ -170,11 +190,12 @@ class GossipService:
             self.received += 1
             if result is UpdateResult.NEW:
                 log.info("peer joined: %s", status.peer_id)
+                self.poke()  # let the newcomer learn about us without waiting a full interval
                 if self.on_peer_change:
                     self.on_peer_change(status.peer_id, True)
 
     async def _maintain_loop(self) -> None:
-        # expire at a finer grain than the interval, so a dead peer goes within ttl + interval/2
+        # expire at a finer grain than the interval, so a dead peer goes within its ttl + interval/2
         tick = min(self.interval / 2, self.peers.ttl / 4)
         next_dial = 0.0
         while True:

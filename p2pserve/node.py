@@ -88,12 +88,13 @@ class Node:
         self.wall_clock = wall_clock
         sp = config.server_params
         self.network_id = config.ledger_params.network_id
-        self.peers = PeerTable(signer.peer_id, self.network_id, sp.peer_ttl)
+        self.peers = PeerTable(signer.peer_id, self.network_id, sp.peer_ttl, ttl_intervals=sp.peer_ttl / sp.status_interval)
         self.gossip = GossipService(
             transport,
             signer,
             self.peers,
             interval=sp.status_interval,
+            max_status_rate=sp.max_status_rate,
             target_connections=sp.target_connections,
             bootstrap=sp.bootstrap,
             local_state=self.local_state,

@@ -5,7 +5,9 @@ Pure logic: no I/O, no clock (``now`` is an argument, in seconds of trio's clock
 * only a status whose signature verifies for its ``peer_id`` is accepted;
 * statuses of another network, and our own, are ignored;
 * per peer the highest ``seq`` wins; an older or equal ``seq`` changes nothing;
-* a peer not heard from for ``ttl`` seconds is expired by :meth:`PeerTable.expire`;
+* a peer not heard from for ``ttl`` seconds, or for ``ttl_intervals`` of the gossip
+  intervals it declares if that is longer (big networks gossip more slowly), is expired by
+  :meth:`PeerTable.expire`;
 * frozen peers (e.g. proven equivocators on the ledger) stay listed but are never candidates.
 """
 
@@ -51,10 +53,11 @@ class PeerEntry:
 class PeerTable:
     """Newest signed status per peer, with expiry. Not thread-safe; owned by one trio task tree."""
 
-    def __init__(self, self_id: str, network_id: str, ttl: float) -> None:
+    def __init__(self, self_id: str, network_id: str, ttl: float, *, ttl_intervals: float = 3.0) -> None:
         self.self_id = self_id
         self.network_id = network_id
         self.ttl = ttl
+        self.ttl_intervals = ttl_intervals
         self._entries: dict[str, PeerEntry] = {}
         self._frozen: set[str] = set()
 
@@ -81,9 +84,13 @@ class PeerTable:
         self._entries[status.peer_id] = PeerEntry(status, now)
         return UpdateResult.NEW if old is None else UpdateResult.UPDATED
 
+    def ttl_of(self, entry: PeerEntry) -> float:
+        """Seconds of silence after which ``entry`` expires."""
+        return max(self.ttl, self.ttl_intervals * entry.status.interval_ms / 1000)
+
     def expire(self, now: float) -> list[str]:
-        """Drop peers silent for more than ``ttl`` seconds; return their IDs."""
-        gone = [pid for pid, e in self._entries.items() if now - e.last_seen > self.ttl]
+        """Drop peers silent for longer than their ttl (see :meth:`ttl_of`); return their IDs."""
+        gone = [pid for pid, e in self._entries.items() if now - e.last_seen > self.ttl_of(e)]
         for pid in gone:
             del self._entries[pid]
         return gone

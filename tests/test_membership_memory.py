@@ -31,18 +31,35 @@ async def test_fifty_nodes_converge_and_drop_a_dead_one(autojump_clock: trio.abc
         # every node knows every other within two status intervals of the last start
         assert took <= 2 * interval
         # nodes dial learned peers: nobody relies on the bootstrap alone
-        assert all(len(n.transport.connected_peers()) >= n.config.server_params.target_connections for n in cluster.nodes[1:])
+        target = GATEWAY.server_params.target_connections
+        with trio.fail_after(2 * interval):
+            while not all(len(n.transport.connected_peers()) >= target for n in cluster.nodes[1:]):
+                await trio.sleep(0.05)
 
+        # 50 nodes stretch the status interval to 50 / max_status_rate (10 s): gossip load per
+        # node stays bounded, and peers are expired after 3 of the sender's intervals
+        rate = GATEWAY.server_params.max_status_rate
+        await trio.sleep(2 * N / rate)
+        assert all(n.gossip.current_interval() == N / rate for n in cluster.nodes)
         victim = cluster.nodes[N - 1]
+        entry = cluster.nodes[0].peers.get(victim.peer_id)
+        assert entry is not None and entry.status.interval_ms == N / rate * 1000
+        ttl = cluster.nodes[0].peers.ttl_of(entry)
+        assert ttl == 3 * N / rate
         cluster.kill(N - 1)
         killed = trio.current_time()
         survivors = cluster.nodes[: N - 1]
-        ttl = GATEWAY.server_params.peer_ttl
-        with trio.fail_after(ttl + interval):
+        with trio.fail_after(ttl + N / rate):
             while any(victim.peer_id in n.peers for n in survivors):
                 await trio.sleep(0.05)
-        print(f"dead node dropped everywhere after {trio.current_time() - killed:.2f} virtual s")
+        print(f"dead node dropped everywhere after {trio.current_time() - killed:.2f} virtual s (ttl {ttl:.0f} s)")
         assert all(len(n.peers) == N - 2 for n in survivors)
+
+
+async def test_small_networks_keep_the_base_interval(autojump_clock: trio.abc.Clock) -> None:
+    async with open_cluster([GATEWAY] * 5, network=MemoryNetwork(seed=2, default_latency=0.01), seed=2) as cluster:
+        await wait_converged(cluster.nodes, 4, timeout=30)
+        assert all(n.gossip.current_interval() == GATEWAY.server_params.status_interval for n in cluster.nodes)
 
 
 async def test_membership_is_deterministic(autojump_clock: trio.abc.Clock) -> None:

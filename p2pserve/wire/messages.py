@@ -17,6 +17,7 @@ __all__ = [
     "Done",
     "Failure",
     "InferRequest",
+    "MAX_STATUS_INTERVAL_MS",
     "ModelStatus",
     "REQUEST_ID_SIZE",
     "Receipt",
@@ -25,6 +26,8 @@ __all__ = [
 ]
 
 REQUEST_ID_SIZE = 16
+MAX_STATUS_INTERVAL_MS = 120_000
+"""A peer may not declare a slower gossip than this (it would stay listed long after leaving)."""
 _KINDS = ("chat", "completion")
 
 
@@ -80,6 +83,8 @@ class Status(SignedMessage):
     stake: int
     """Staked micro-credits the node claims (routing checks it against the ledger when known)."""
     ledger_head: bytes
+    interval_ms: int
+    """How often this node gossips its status now; receivers expire it after a few of these."""
     signature: bytes
 
     SIGNER = "peer_id"
@@ -93,6 +98,8 @@ class Status(SignedMessage):
             _short("address", a)
         for n in ("seq", "timestamp_ms", "running", "queued", "stake"):
             _non_negative(n, getattr(self, n))
+        if not 0 < self.interval_ms <= MAX_STATUS_INTERVAL_MS:
+            raise MalformedMessage(f"interval_ms must be within (0, {MAX_STATUS_INTERVAL_MS}]")
         if len(self.ledger_head) > 64:
             raise MalformedMessage("ledger_head longer than 64 bytes")
 
