@@ -40,8 +40,9 @@ price at or above its own, when its policy accepts; it signs a receipt for exact
 it sent (a partial one if its backend fails after sending text).
 
 Every loop runs in the nursery of :meth:`ServeService.run`; requests run in the task of
-whoever iterates :meth:`ServeService.submit` (a background task inside its own context
-manager, see :func:`trio.as_safe_channel`). Nothing is fire-and-forget.
+whoever iterates :meth:`ServeService.submit`, as an async generator closed by its context
+manager (no task and no channel hop per event: the generators in the request path never
+yield inside a cancel scope or a nursery). Nothing is fire-and-forget.
 """
 
 from __future__ import annotations
@@ -579,16 +580,17 @@ class ServeService:
 
     # --- requester ------------------------------------------------------------------------
 
-    def submit(self, kind: Kind, model: str, body: dict[str, Any]) -> AbstractAsyncContextManager[trio.abc.ReceiveChannel[ServeEvent]]:
+    def submit(self, kind: Kind, model: str, body: dict[str, Any]) -> AbstractAsyncContextManager[AsyncIterator[ServeEvent]]:
         """Serve one user request: ``async with serve.submit(...) as events: async for ev in events``.
 
         Events: per executor a :class:`Started` then its :class:`TextDelta` s; finally one
         :class:`Completed`. Errors (:class:`~p2pserve.errors.ServingError`: UnknownModel,
-        BadRequest, NoCapacity, RequestFailed) are raised when the ``async with`` block
-        exits, after the events that preceded them. Leaving the block early cancels the
-        request and closes its stream.
+        BadRequest, NoCapacity, RequestFailed) are raised by the iteration, after the events
+        that preceded them, and so leave the ``async with`` block. Leaving the block early
+        stops the request and closes its stream. The request runs in the iterating task
+        (it advances only while the caller waits for the next event), so one task iterates.
         """
-        return trio.as_safe_channel(self._serve)(kind, model, body)
+        return aclosing(self._serve(kind, model, body))
 
     async def _serve(self, kind: Kind, model: str, body: dict[str, Any]) -> AsyncGenerator[ServeEvent, None]:
         self.counters.requests += 1
