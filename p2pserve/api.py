@@ -18,10 +18,18 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import Scope
 
-__all__ = ["build_app", "check_bearer", "serve_app"]
+__all__ = ["bearer_denied", "build_app", "check_bearer", "serve_app"]
 
 log = logging.getLogger(__name__)
+
+
+def _unauthorized() -> Response:
+    return JSONResponse(
+        {"error": {"message": "missing or invalid API key", "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}},
+        status_code=401,
+    )
 
 
 def check_bearer(request: Request, api_key: str | None) -> Response | None:
@@ -30,10 +38,17 @@ def check_bearer(request: Request, api_key: str | None) -> Response | None:
         return None
     if request.headers.get("authorization", "") == f"Bearer {api_key}":
         return None
-    return JSONResponse(
-        {"error": {"message": "missing or invalid API key", "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}},
-        status_code=401,
-    )
+    return _unauthorized()
+
+
+def bearer_denied(scope: Scope, api_key: str | None) -> Response | None:
+    """:func:`check_bearer` for a raw ASGI ``scope`` (the first ``authorization`` header counts)."""
+    if not api_key:
+        return None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            return None if value.decode("latin-1") == f"Bearer {api_key}" else _unauthorized()
+    return _unauthorized()
 
 
 def build_app(

@@ -17,6 +17,10 @@ Shapes follow OpenAI's API so the official ``openai`` package works unchanged:
 
 Nothing is answered until the first token (or the error) is known, so a request that fails
 before any token gets a real HTTP status, not a 200 with an error inside.
+
+The two completion routes are raw ASGI apps (no Starlette Request, no per-request wrapper
+apps): they are the hot path of every user request. Streamed chunks are rendered from
+per-request byte templates, byte for byte what ``json.dumps`` of the chunk object gives.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from p2pserve.api import check_bearer
+from p2pserve.api import bearer_denied, check_bearer
 from p2pserve.backends.base import Kind, TextDelta
 from p2pserve.errors import BadRequest, ServingError
 from p2pserve.serve import Completed, ServeService, Started
@@ -150,6 +154,12 @@ class _Answer(Response):
         self.created = created
         prefix = "chatcmpl-" if kind == "chat" else "cmpl-"
         self.id = prefix + uuid.uuid4().hex
+        # A text chunk is ``_head + json.dumps(text) + _tail``: the same bytes as
+        # ``json.dumps(self._chunk(text=text))``, without building and encoding the object.
+        head = json.dumps(self._chunk(text="\x00"), separators=(",", ":"))
+        self._head, _, self._tail = head.rpartition('"\\u0000"')
+        self._head = "data: " + self._head
+        self._tail += "\n\n"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.stream:
@@ -237,7 +247,7 @@ class _Answer(Response):
                             if self.kind == "chat":
                                 event(self._chunk(text="", role=True))
                     elif isinstance(ev, TextDelta):
-                        event(self._chunk(text=ev.text))
+                        pending.append(f"{self._head}{json.dumps(ev.text)}{self._tail}".encode())
                         await flush()
                     else:
                         last = self._chunk(finish=ev.finish_reason, text=None if self.kind == "chat" else "")
@@ -265,25 +275,38 @@ def openai_routes(
     models and every model a known peer serves). ``api_key``: require ``Bearer <key>``."""
     models = known_models or serve.known_models
 
-    def endpoint(kind: Kind) -> Callable[[Request], Any]:
-        async def handle(request: Request) -> Response:
-            denied = check_bearer(request, api_key)
+    class Endpoint:
+        """``POST`` of one completion kind, as a raw ASGI app (see the module docstring)."""
+
+        def __init__(self, kind: Kind) -> None:
+            self.kind = kind
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            denied = bearer_denied(scope, api_key)
             if denied is not None:
-                return denied
+                await denied(scope, receive, send)
+                return
+            chunks: list[bytes] = []
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return  # the client went away before its body arrived
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
             try:
-                raw = await request.body()
                 try:
-                    body = json.loads(raw)
+                    body = json.loads(b"".join(chunks))
                 except ValueError as exc:
                     raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
-                model, stream, backend_body = validate_body(kind, body)
+                model, stream, backend_body = validate_body(self.kind, body)
             except ServingError as exc:
-                return _error_response(exc)
+                await _error_response(exc)(scope, receive, send)
+                return
             options = body.get("stream_options") or {}
             include_usage = bool(options.get("include_usage")) if stream else False
-            return _Answer(serve, kind, model, stream, backend_body, include_usage, int(wall_clock()))
-
-        return handle
+            answer = _Answer(serve, self.kind, model, stream, backend_body, include_usage, int(wall_clock()))
+            await answer(scope, receive, send)
 
     async def list_models(request: Request) -> Response:
         denied = check_bearer(request, api_key)
@@ -293,7 +316,7 @@ def openai_routes(
         return JSONResponse({"object": "list", "data": data})
 
     return [
-        Route("/v1/chat/completions", endpoint("chat"), methods=["POST"]),
-        Route("/v1/completions", endpoint("completion"), methods=["POST"]),
+        Route("/v1/chat/completions", Endpoint("chat"), methods=["POST"]),
+        Route("/v1/completions", Endpoint("completion"), methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
     ]
