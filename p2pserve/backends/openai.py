@@ -14,6 +14,10 @@ Invariants:
   reply) :class:`BackendResponseError`, chained with ``raise ... from exc``.
 * Deadlines run on trio's clock (``trio.fail_after``), never across a ``yield``.
 * SSE decoding is independent of how the bytes are split into chunks.
+* Real connections use :class:`_TCPBackend`: a request's head and body leave in one
+  ``send`` (httpcore writes them separately: two syscalls, two wake-ups of the server), and
+  reads and writes skip httpcore's per-call deadline and exception-mapping context managers
+  when no timeout is set (every wait here runs under a trio deadline of its own).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import httpcore
 import httpx
 import trio
 
@@ -129,6 +134,121 @@ def _line_end(buf: str) -> int | None:
     return min(ends) if ends else None
 
 
+class _TCPStream(httpcore.AsyncNetworkStream):
+    """A TCP connection for httpcore that sends what was written at the next read.
+
+    HTTP/1.1 (the only version this client speaks) always reads after writing a whole
+    request, so holding writes until then is invisible but for the syscalls saved. A failed
+    send shows up as httpcore's ``WriteError`` at that read; buffered bytes over
+    ``_FLUSH_BYTES`` go out at once."""
+
+    _FLUSH_BYTES = 256 * 1024
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self._stream = stream
+        self._out: list[bytes] = []
+        self._size = 0
+
+    async def _flush(self, timeout: float | None) -> None:
+        data = b"".join(self._out)
+        self._out.clear()
+        self._size = 0
+        try:
+            if timeout is None:
+                await self._stream.send_all(data)
+            else:
+                with trio.fail_after(timeout):
+                    await self._stream.send_all(data)
+        except trio.TooSlowError as exc:
+            raise httpcore.WriteTimeout(str(exc)) from exc
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise httpcore.WriteError(str(exc)) from exc
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if buffer:
+            self._out.append(buffer)
+            self._size += len(buffer)
+            if self._size > self._FLUSH_BYTES:
+                await self._flush(timeout)
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        if self._out:
+            await self._flush(timeout)
+        try:
+            if timeout is None:
+                return await self._stream.receive_some(max_bytes)
+            with trio.fail_after(timeout):
+                return await self._stream.receive_some(max_bytes)
+        except trio.TooSlowError as exc:
+            raise httpcore.ReadTimeout(str(exc)) from exc
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise httpcore.ReadError(str(exc)) from exc
+
+    async def aclose(self) -> None:
+        self._out.clear()
+        await self._stream.aclose()
+
+    def get_extra_info(self, info: str) -> Any:
+        sock = self._stream.socket
+        if info == "socket":
+            return sock
+        if info == "is_readable":
+            return sock.is_readable()
+        if info == "client_addr":
+            return sock.getsockname()
+        if info == "server_addr":
+            return sock.getpeername()
+        return None
+
+
+class _TCPBackend(httpcore.AsyncNetworkBackend):
+    """httpcore network backend over trio TCP streams (:class:`_TCPStream`); plain TCP only."""
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            with trio.fail_after(math.inf if timeout is None else timeout):
+                stream = await trio.open_tcp_stream(host, port, local_address=local_address)
+        except trio.TooSlowError as exc:
+            raise httpcore.ConnectTimeout(str(exc)) from exc
+        except OSError as exc:
+            raise httpcore.ConnectError(str(exc)) from exc
+        for option in socket_options or ():
+            stream.setsockopt(*option)
+        return _TCPStream(stream)
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore.AsyncNetworkStream:  # pragma: no cover - the client never asks for one
+        raise httpcore.ConnectError("unix sockets are not supported")
+
+    async def sleep(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+
+
+def _http_transport(base_url: str, limits: httpx.Limits) -> httpx.AsyncBaseTransport | None:
+    """httpx's transport with :class:`_TCPBackend` under its pool, for ``http://`` servers
+    (``https://`` keeps httpx's default transport: None)."""
+    if not base_url.startswith("http://"):
+        return None
+    transport = httpx.AsyncHTTPTransport(limits=limits)
+    # httpx has no public knob for httpcore's network backend; its pool is rebuilt with ours
+    # from the same limits (httpx.AsyncHTTPTransport's defaults otherwise).
+    transport._pool = httpcore.AsyncConnectionPool(
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        network_backend=_TCPBackend(),
+    )
+    return transport
+
+
 def approx_tokens(text: str) -> int:
     """A token count for backends that report no usage: ~4 characters per token."""
     return math.ceil(len(text) / 4) if text else 0
@@ -219,13 +339,14 @@ class OpenAIBackend(Backend):
         self.continue_final_message = continue_final_message
         self.check_model = check_model
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_keepalive_connections)
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
             headers=headers,
-            transport=transport,
+            transport=transport if transport is not None else _http_transport(self.base_url, limits),
             # Only connect is left to httpx: every other wait runs under a trio deadline here.
             timeout=httpx.Timeout(connect=timeouts.connect, read=None, write=None, pool=None),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_keepalive_connections),
+            limits=limits,
         )
         self._inflight = 0
         self._has_metrics: bool | None = None if metrics == "auto" else False
@@ -322,14 +443,16 @@ class OpenAIBackend(Backend):
         async with aclosing(stream.__aiter__()) as chunks:  # type: ignore[type-var]
             while not done:
                 limit = _deadline_in(self.timeouts.read, deadline)
-                raw: bytes | None
+                raw: bytes | None = None
                 try:
-                    with trio.fail_after(max(limit, 0.0)):
+                    # a bare CancelScope: fail_after's generator context manager costs more
+                    # than the read itself on a fast backend
+                    with trio.CancelScope(deadline=trio.current_time() + max(limit, 0.0)) as scope:
                         raw = await chunks.__anext__()
+                    if scope.cancelled_caught:
+                        raise BackendTimeout(f"backend stalled for {limit:.1f} s mid-stream")
                 except StopAsyncIteration:
                     raw = None
-                except trio.TooSlowError as exc:
-                    raise BackendTimeout(f"backend stalled for {limit:.1f} s mid-stream") from exc
                 except httpx.TimeoutException as exc:
                     raise BackendTimeout(f"backend timed out mid-stream: {exc!r}") from exc
                 except httpx.HTTPError as exc:
