@@ -448,3 +448,44 @@ async def test_real_fake_server_process(fake_server_process: Callable[..., str])
         with pytest.raises(BackendUnavailable):
             await collect(down, "chat", CHAT)
         await down.aclose()
+
+
+class _RecordingSocket:
+    """Stands in for a trio.SocketStream: records sends, plays canned reads, can fail."""
+
+    def __init__(self, reads: list[bytes], fail_send: bool = False) -> None:
+        self.sent: list[bytes] = []
+        self.reads = reads
+        self.fail_send = fail_send
+
+    async def send_all(self, data: bytes) -> None:
+        if self.fail_send:
+            raise trio.BrokenResourceError("peer reset")
+        self.sent.append(bytes(data))
+
+    async def receive_some(self, max_bytes: int) -> bytes:
+        return self.reads.pop(0) if self.reads else b""
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_tcp_stream_sends_request_head_and_body_in_one_write() -> None:
+    import httpcore
+
+    from p2pserve.backends.openai import _TCPStream
+
+    sock = _RecordingSocket([b"HTTP/1.1 200 OK\r\n"])
+    stream = _TCPStream(sock)  # type: ignore[arg-type]
+    await stream.write(b"POST / HTTP/1.1\r\n\r\n")
+    await stream.write(b"")
+    await stream.write(b'{"a": 1}')
+    assert sock.sent == []
+    assert await stream.read(1024) == b"HTTP/1.1 200 OK\r\n"
+    assert sock.sent == [b'POST / HTTP/1.1\r\n\r\n{"a": 1}']
+    assert await stream.read(1024) == b""  # nothing left to send: no empty write
+    assert len(sock.sent) == 1
+    broken = _TCPStream(_RecordingSocket([], fail_send=True))  # type: ignore[arg-type]
+    await broken.write(b"GET / HTTP/1.1\r\n\r\n")
+    with pytest.raises(httpcore.WriteError):
+        await broken.read(1024)
