@@ -85,7 +85,7 @@ def run(n: int, interval: float, timeout: float) -> dict[str, object]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--nodes", type=int, action="append", help="network sizes (default: 10 and 30)")
-    ap.add_argument("--interval", type=float, default=1.0, help="status interval in seconds")
+    ap.add_argument("--interval", type=float, default=2.0, help="base status interval in seconds (the default config)")
     ap.add_argument("--timeout", type=float, default=90.0)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     opts = ap.parse_args()
