@@ -1,7 +1,8 @@
 """Assembly: one node = identity + transport + peer table + gossip + serving + ledger + API.
 
 Everything runs in one nursery the node owns. :class:`Node` takes an already running
-transport, so the same code runs over real libp2p (``run_node``, used by ``p2pserve join``)
+transport, so the same code runs over real libp2p (:func:`run_libp2p_node`, used by
+``p2pserve join``)
 and over the memory transport (tests and the simulator).
 """
 
@@ -19,7 +20,7 @@ import trio
 
 from p2pserve.backends.base import Backend
 from p2pserve.backends.registry import BackendSpec, build_backend
-from p2pserve.config import NodeConfig
+from p2pserve.config import MICRO, NodeConfig
 from p2pserve.crypto import Signer
 from p2pserve.gossip import GossipService, LocalState
 from p2pserve.identity import default_data_dir
@@ -34,7 +35,7 @@ from p2pserve.transport import Transport
 
 __all__ = ["Node", "backend_specs", "run_libp2p_node"]
 
-MICRO = 1_000_000
+log = logging.getLogger(__name__)
 
 
 def backend_specs(config: NodeConfig) -> tuple[BackendSpec, ...]:
@@ -59,8 +60,6 @@ def backend_specs(config: NodeConfig) -> tuple[BackendSpec, ...]:
             )
         )
     return tuple(out)
-
-log = logging.getLogger(__name__)
 
 
 class Node:

@@ -20,7 +20,8 @@ from starlette.routing import Route
 from p2pserve.api import check_bearer
 from p2pserve.errors import InvalidBlock, P2PServeError
 from p2pserve.ledger.audit import encode_stream
-from p2pserve.ledger.service import MICRO, LedgerService
+from p2pserve.config import MICRO
+from p2pserve.ledger.service import LedgerService
 
 __all__ = ["ledger_routes"]
 

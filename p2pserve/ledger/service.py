@@ -53,6 +53,7 @@ from p2pserve.ledger.blocks import (
     UnstakeBody,
     make_block,
 )
+from p2pserve.config import MICRO
 from p2pserve.ledger.rules import fingerprint, next_block
 from p2pserve.ledger.store import LedgerStore
 from p2pserve.ledger.sync import LedgerSync
@@ -63,7 +64,6 @@ from p2pserve.wire.messages import Receipt
 __all__ = ["LedgerService"]
 
 log = logging.getLogger(__name__)
-MICRO = 1_000_000
 _FUNDS = frozenset({"insufficient-funds", "unbonding"})
 _RECEIPT_OVERHEAD = 8
 """Bytes a body spends per receipt beyond the receipt's own encoding (array headers)."""
