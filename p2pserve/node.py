@@ -245,6 +245,17 @@ class Node:
         ]
         for name, value in dataclasses.asdict(self.serve.counters).items():
             lines += [f"# TYPE p2pserve_{name}_total counter", f"p2pserve_{name}_total {value}"]
+        lines += [
+            "# TYPE p2pserve_ledger_free_credits gauge",
+            f"p2pserve_ledger_free_credits {self.ledger.free() / MICRO}",
+            "# TYPE p2pserve_ledger_staked_credits gauge",
+            f"p2pserve_ledger_staked_credits {self.ledger.staked() / MICRO}",
+            "# TYPE p2pserve_ledger_blocks gauge",
+            f"p2pserve_ledger_blocks {self.ledger.store.count()}",
+        ]
+        for m in self.serve.model_status():
+            labels = f'{{model="{m.name}"}}'
+            lines += [f"p2pserve_model_running{labels} {m.running}", f"p2pserve_model_queued{labels} {m.queued}"]
         return "\n".join(lines) + "\n"
 
 

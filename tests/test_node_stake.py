@@ -62,3 +62,17 @@ async def test_a_node_without_credit_serves_locally_and_says_so(autojump_clock: 
         status = node.status()
         assert status["offloading"]["possible"] is False
         assert "no free credit" in status["offloading"]["reason"]
+
+
+async def test_metrics_endpoint_text(autojump_clock: trio.testing.MockClock) -> None:
+    from p2pserve.backends.metrics import parse_prometheus
+
+    async with open_cluster([cfg(10)], network=MemoryNetwork(seed=1), seed=1,
+                            backends=lambda i: {MODEL: build_backend(BackendSpec(MODEL, kind="fake"))}) as c:
+        with trio.fail_after(30):
+            while c[0].ledger.staked() == 0:
+                await trio.sleep(0.1)
+        samples = {(s.name, s.label("model")): s.value for s in parse_prometheus(c[0].metrics())}
+        assert samples[("p2pserve_ledger_staked_credits", None)] == 10.0
+        assert samples[("p2pserve_model_running", MODEL)] == 0
+        assert ("p2pserve_requests_total", None) in samples
