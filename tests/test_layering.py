@@ -29,6 +29,8 @@ PURE = [
     "p2pserve.backends.metrics",
     "p2pserve.routing",
     "p2pserve.policies",
+    "p2pserve.receipts",
+    "p2pserve.serve_types",
     "p2pserve.ledger.blocks",
     "p2pserve.ledger.rules",
     "p2pserve.duel.machine",

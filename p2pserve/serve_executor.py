@@ -1,0 +1,337 @@
+"""The executor side of ``/p2pserve/infer/1``: answering peers' offers with local models.
+
+This module owns :class:`InferExecutor` (the protocol handler the serving service installs),
+the per-stream offer session and the outbox that writes a burst of chunks in one write.
+
+Per offer, on a session stream (messages in :mod:`p2pserve.wire.messages`)::
+
+    requester → executor   InferRequest   signed by the requester, fresh 16-byte request_id
+    executor  → requester  Accept | Reject(reason)
+    executor  → requester  Chunk(0), Chunk(1), ...
+    executor  → requester  Done(finish_reason, Receipt) | Failure(code, message, partial Receipt?)
+
+Guarantees: it only runs requests signed for it, on its network, not seen before and
+created within ``replay_window_s`` of its clock, for a model it serves, at a price at or
+above its own, when its policy accepts; it signs a receipt for exactly the text it sent (a
+partial one if its backend fails after sending text). A session carries one offer at a
+time; an end of stream while a request runs stops generation at once. Chunks produced
+while a write is in flight go out together in the next write. Every task runs in a
+nursery of the session handler; nothing is fire-and-forget.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from p2pserve.backends.base import Backend, Finished, Load
+from p2pserve.crypto import Signer, sha256
+from p2pserve.errors import BackendError, ProtocolError, RemoteProtocolError, TransportError
+from p2pserve.framed import FramedStream
+from p2pserve.policies import LocalModel, OfferContext, Policy
+from p2pserve.receipts import ReplayGuard, price_for
+from p2pserve.serve_types import Deadlines, ServeCounters
+from p2pserve.transport import Stream
+from p2pserve.wire.limits import DEFAULT_LIMITS
+from p2pserve.wire.messages import Accept, Chunk, Done, Failure, InferRequest, Receipt, Reject
+
+__all__ = ["InferExecutor"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Session:
+    """State of one executor-side offer session (one stream, offers one after another)."""
+
+    busy: bool = False
+    """An offer was received and its final message not yet queued."""
+    gone: bool = False
+    """The requester ended the stream (or it broke): no more offers, stop the running one."""
+    running: trio.CancelScope | None = None
+    """The running request's scope, cancelled when the requester goes."""
+
+
+class _Outbox:
+    """Messages one task queues and :meth:`run` writes: everything queued while a write is
+    in flight goes out together in the next one (one muxer frame, one encryption, one
+    syscall for a burst of chunks, with no added delay). A failed or timed-out write is
+    kept in ``error`` and cancels ``scope``; later messages are dropped."""
+
+    MAX_QUEUED = 1 << 20
+    """Bytes queued before ``put`` waits for the writer."""
+
+    def __init__(self, fs: FramedStream, send_s: float) -> None:
+        self.fs = fs
+        self.send_s = send_s
+        self.error: TransportError | None = None
+        self._frames: list[bytes] = []
+        self._queued = 0
+        self._writing = False
+        self._wake = trio.Event()
+        self._drained = trio.Event()
+
+    async def put(self, msg: Any) -> None:
+        """Queue ``msg``; waits only while over ``MAX_QUEUED`` bytes are queued."""
+        if self.error is not None:
+            return
+        frame = self.fs.frame(msg)
+        self._frames.append(frame)
+        self._queued += len(frame)
+        self._wake.set()
+        if self._queued > self.MAX_QUEUED:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Wait until everything queued was written (or the writer failed)."""
+        while (self._frames or self._writing) and self.error is None:
+            self._drained = trio.Event()
+            await self._drained.wait()
+
+    async def run(self, scope: trio.CancelScope) -> None:
+        """The writer; runs until cancelled."""
+        while True:
+            while not self._frames:
+                self._drained.set()
+                self._wake = trio.Event()
+                await self._wake.wait()
+            data = b"".join(self._frames)
+            self._frames.clear()
+            self._queued = 0
+            self._writing = True
+            try:
+                await self.fs.send_frames(data, timeout=self.send_s)
+            except TransportError as exc:
+                self.error = exc
+                self._drained.set()
+                scope.cancel()
+                return
+            finally:
+                self._writing = False
+
+
+class InferExecutor:
+    """Answers peers' offers with this node's local models; :meth:`handle_offer` is the
+    ``/p2pserve/infer/1`` handler.
+
+    It shares the serving service's state rather than copying it: ``backends``, ``prices``,
+    ``counters`` and ``inflight`` are the service's own objects (a price changed there
+    applies to the next offer), and ``local_model``, ``read_load`` and ``backlog`` are the
+    service's views of its local models and its own queue. ``wall_clock`` (seconds) checks
+    offers' age and stamps receipts.
+    """
+
+    def __init__(
+        self,
+        signer: Signer,
+        network_id: str,
+        backends: Mapping[str, Backend],
+        prices: Mapping[str, int],
+        policy: Policy,
+        rng: random.Random,
+        *,
+        deadlines: Deadlines,
+        counters: ServeCounters,
+        inflight: Counter[str],
+        local_model: Callable[[str], LocalModel],
+        read_load: Callable[[str], Awaitable[Load]],
+        backlog: Callable[[], int],
+        wall_clock: Callable[[], float],
+    ) -> None:
+        self.signer = signer
+        self.network_id = network_id
+        self.backends = backends
+        self.prices = prices
+        self.policy = policy
+        self.rng = rng
+        self.deadlines = deadlines
+        self.counters = counters
+        self.wall_clock = wall_clock
+        self.replay = ReplayGuard(int(deadlines.replay_window_s * 1000))
+        self._inflight = inflight
+        self._local_model = local_model
+        self._read_load = read_load
+        self.backlog = backlog
+
+    @property
+    def peer_id(self) -> str:
+        return self.signer.peer_id
+
+    def _check_offer(self, req: InferRequest) -> str | None:
+        """The reject reason for an offer, or None to consider it (pure but for the clock)."""
+        if req.network_id != self.network_id:
+            return "wrong-network"
+        if req.executor != self.peer_id:
+            return "wrong-executor"
+        try:
+            req.verify()
+        except ProtocolError:
+            return "bad-signature"
+        backend = self.backends.get(req.model)
+        if backend is None:
+            return "unknown-model"
+        if req.max_price_per_1k < self.prices.get(req.model, 0):
+            return "price"
+        if req.continuation and not backend.supports_continuation:
+            return "no-continuation"
+        return self.replay.check(req.requester, req.request_id, req.created_ms, int(self.wall_clock() * 1000))
+
+    async def handle_offer(self, stream: Stream) -> None:
+        """Executor side of ``/p2pserve/infer/1``: a session of offers, one after another.
+
+        The requester sends its next InferRequest only after the previous one's final
+        message (Reject, Done or Failure); an offer while a request runs is a protocol
+        error and ends the session. An end of stream (or a reset) while a request runs
+        means the requester left: generation stops at once. The session ends quietly at an
+        end of stream between requests, or when no offer comes within ``accept_s`` (the
+        first) or ``session_idle_s`` (later ones)."""
+        fs = FramedStream(stream)
+        d = self.deadlines
+        session = _Session()
+        send_offer, offers = trio.open_memory_channel[InferRequest](1)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read_offers, fs, session, send_offer)
+                timeout = d.accept_s
+                while True:
+                    req: InferRequest | None = None
+                    with trio.move_on_after(timeout):
+                        try:
+                            req = await offers.receive()
+                        except trio.EndOfChannel:
+                            pass
+                    if req is None or not await self._serve_offer(fs, session, req):
+                        break
+                    timeout = d.session_idle_s
+                nursery.cancel_scope.cancel()
+        except* (TransportError, ProtocolError) as group:
+            log.debug("offer session from %s failed: %s", fs.remote_peer, group.exceptions)
+        finally:
+            with trio.CancelScope(shield=True):
+                await fs.aclose()
+
+    @staticmethod
+    async def _read_offers(fs: FramedStream, session: _Session, out: trio.MemorySendChannel[InferRequest]) -> None:
+        """The session's only reader: passes offers on; an end of stream, a broken stream or
+        an offer while one runs cancels the running request and ends the session."""
+        async with out:
+            try:
+                while True:
+                    msg = await fs.recv_or_eof(InferRequest)
+                    if msg is None:
+                        break
+                    if session.busy:
+                        raise RemoteProtocolError("an offer arrived while a request was running")
+                    session.busy = True
+                    await out.send(msg)
+            except (TransportError, ProtocolError) as exc:
+                log.debug("offer session from %s ended: %s", fs.remote_peer, exc)
+            finally:
+                session.gone = True
+                if session.running is not None:
+                    session.running.cancel()
+
+    async def _serve_offer(self, fs: FramedStream, session: _Session, req: InferRequest) -> bool:
+        """Answer one offer on a session; True when the session may carry another."""
+        d = self.deadlines
+        reason = self._check_offer(req)
+        body: Any = None
+        if reason is None:
+            try:
+                body = json.loads(req.body)
+            except ValueError:
+                body = None
+            if not isinstance(body, dict):
+                reason = "bad-body"
+        if reason is None:
+            await self._read_load(req.model)
+            offer = OfferContext(req.model, req.requester, bool(req.continuation))
+            if not self.policy.accept(offer, [self._local_model(req.model)], self.backlog(), self.rng):
+                reason = "busy"
+        if reason is not None:
+            self.counters.offers_rejected += 1
+            session.busy = False
+            try:
+                await fs.send(Reject(req.request_id, reason), timeout=d.send_s)
+            except TransportError as exc:
+                log.debug("reject to %s not sent: %s", fs.remote_peer, exc)
+                return False
+            return True
+        return await self._execute(fs, session, req, body)
+
+    async def _execute(self, fs: FramedStream, session: _Session, req: InferRequest, body: dict[str, Any]) -> bool:
+        """Accept, run and answer ``req``; True when its final message went out."""
+        backend = self.backends[req.model]
+        outbox = _Outbox(fs, self.deadlines.send_s)
+        sent: list[str] = []
+        self._inflight[req.model] += 1
+        gen = backend.generate(req.kind, body, continuation=req.continuation)  # type: ignore[arg-type]
+        try:
+            with trio.CancelScope() as scope:
+                session.running = scope
+                if session.gone:
+                    scope.cancel()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(outbox.run, scope)
+                    await outbox.put(Accept(req.request_id))
+                    await self._generate(outbox, session, req, gen, sent)
+                    await outbox.flush()
+                    nursery.cancel_scope.cancel()
+        finally:
+            session.running = None
+            self._inflight[req.model] -= 1
+            aclose = getattr(gen, "aclose", None)
+            if aclose is not None:
+                with trio.CancelScope(shield=True):
+                    await aclose()
+        return not scope.cancelled_caught and outbox.error is None and not session.gone
+
+    async def _generate(
+        self, outbox: _Outbox, session: _Session, req: InferRequest, gen: AsyncIterator[Any], sent: list[str]
+    ) -> None:
+        """Queue the answer's chunks and its final message (Done, or Failure on a backend error)."""
+        index = 0
+        try:
+            async for ev in gen:
+                if isinstance(ev, Finished):
+                    receipt = self._receipt(req, "".join(sent), ev.prompt_tokens, ev.completion_tokens, False)
+                    session.busy = False
+                    await outbox.put(Done(ev.finish_reason, receipt))
+                    self.counters.served_for_peers += 1
+                    return
+                text = ev.text
+                limit = DEFAULT_LIMITS.max_text_chunk
+                for start in range(0, len(text), limit):
+                    piece = text[start : start + limit]
+                    await outbox.put(Chunk(index, piece))
+                    sent.append(piece)
+                    index += 1
+            raise BackendError("backend ended without a Finished event")
+        except BackendError as exc:
+            receipt = self._receipt(req, "".join(sent), 0, len(sent), True) if sent else None
+            session.busy = False
+            await outbox.put(Failure("backend-error", str(exc)[:4000], receipt))
+
+    def _receipt(self, req: InferRequest, text: str, prompt_tokens: int, completion_tokens: int, partial: bool) -> Receipt:
+        return Receipt(
+            request_id=req.request_id,
+            network_id=req.network_id,
+            requester=req.requester,
+            executor=self.peer_id,
+            model=req.model,
+            request_hash=req.digest(),
+            response_hash=sha256(text.encode()),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            price=price_for(completion_tokens, self.prices.get(req.model, 0)),
+            partial=partial,
+            timestamp_ms=int(self.wall_clock() * 1000),
+            signature=b"",
+        ).signed(self.signer)
