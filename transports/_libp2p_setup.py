@@ -1,0 +1,92 @@
+"""Process-wide py-libp2p 0.8.1 workarounds and the transport's logging.
+
+What this module owns, and its invariants:
+
+* **The logger.** ``log`` is the ``transports.libp2p`` logger (the public module's name,
+  which is what applications configure), shared by every ``transports._libp2p_*`` module.
+  libp2p's own WARNING and above is forwarded to ``transports.libp2p.library``.
+* **Workarounds for 0.8.1** (measured in ``/work/shared/research/libp2p.md``): the 250 ms
+  happy-eyeballs dial delay is set to 0; ``PY_YAMUX_RELEASE_ON_READ=0``; libp2p modules
+  that log through the root logger get a stand-in ``logging`` that cannot run
+  ``basicConfig()``; ``multiaddr``'s per-parse DEBUG logging is raised to INFO unless
+  configured. These are process-wide module globals, applied once by
+  :func:`_configure_process` on first use (it is idempotent). The gossipsub settings and
+  the disabled auto-connector are per host: see :mod:`transports.libp2p`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from typing import Any
+
+# Importing libp2p runs its logging setup, which wipes the "libp2p" logger's handlers:
+# our logging configuration below must come after this import.
+import libp2p  # noqa: F401  (import order matters)
+import libp2p.network.swarm as _libp2p_swarm
+
+log = logging.getLogger("transports.libp2p")
+
+
+class _ForwardHandler(logging.Handler):
+    """Re-emits libp2p records on our logger, so they follow the application's config."""
+
+    def __init__(self, target: logging.Logger) -> None:
+        super().__init__(logging.WARNING)
+        self._target = target
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._target.isEnabledFor(record.levelno):
+            self._target.handle(record)
+
+
+class _ModuleLogging:
+    """Stands in for the ``logging`` module inside libp2p modules that log through the
+    root logger: ``logging.debug(...)`` on a handler-less root calls ``basicConfig()``,
+    which would install a stderr handler for the whole application. Log calls go to the
+    module's own (``libp2p.*``) logger instead; everything else is the real module."""
+
+    _CALLS = frozenset({"debug", "info", "warning", "error", "exception", "critical", "log"})
+
+    def __init__(self, name: str) -> None:
+        self._logger = logging.getLogger(name)
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr in self._CALLS:
+            return getattr(self._logger, attr)
+        return getattr(logging, attr)
+
+
+_ROOT_LOGGING_MODULES = ("libp2p.network.connection.swarm_connection", "libp2p.tools.utils")
+
+_configured = False
+
+
+def _configure_process() -> None:
+    """Apply the process-wide 0.8.1 workarounds once (idempotent)."""
+    global _configured
+    if _configured:
+        return
+    _configured = True
+    # connect() otherwise always waits 250 ms before the first dial, even with one address
+    _libp2p_swarm._HAPPY_EYEBALLS_DELAY = 0.0
+    # yamux sends ~3 WINDOW_UPDATEs per DATA frame by default; read at call time
+    os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
+    # libp2p's import leaves its logger handler-less with propagate=False, so its
+    # warnings (many are harmless shutdown races) hit stderr through logging.lastResort.
+    # Route WARNING and above to our own logger instead; a NullHandler there keeps
+    # lastResort quiet when the application configured no logging at all.
+    library_log = logging.getLogger(f"{log.name}.library")
+    library_log.addHandler(logging.NullHandler())
+    logging.getLogger("libp2p").addHandler(_ForwardHandler(library_log))
+    for name in _ROOT_LOGGING_MODULES:
+        module = sys.modules.get(name) or importlib.import_module(name)
+        if getattr(module, "logging", None) is logging:
+            module.logging = _ModuleLogging(name)  # type: ignore[attr-defined]
+    # multiaddr logs every parse at DEBUG; keep it out of an application's debug log
+    multiaddr_log = logging.getLogger("multiaddr")
+    if multiaddr_log.level == logging.NOTSET:
+        multiaddr_log.setLevel(logging.INFO)
+
