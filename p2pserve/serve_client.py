@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import cast
 
 import trio
 
@@ -169,7 +170,7 @@ class InferClient:
                 ).signed(self.signer)
                 try:
                     await fs.send(request, timeout=d.send_s)
-                    reply = await fs.recv((Accept, Reject), timeout=d.accept_s)
+                    reply = cast("Accept | Reject", await fs.recv((Accept, Reject), timeout=d.accept_s))
                 except (ConnectionBroken, StreamClosed):
                     if not reused:
                         raise
@@ -193,7 +194,7 @@ class InferClient:
             while True:
                 remaining = hard_deadline - trio.current_time()
                 msg: Chunk | Done | Failure | None
-                msg = await fs.recv((Chunk, Done, Failure), timeout=max(0.0, min(timeout, remaining)))
+                msg = cast("Chunk | Done | Failure", await fs.recv((Chunk, Done, Failure), timeout=max(0.0, min(timeout, remaining))))
                 # chunks that arrived together leave as one TextDelta (one SSE event, one task switch)
                 texts: list[str] = []
                 while isinstance(msg, Chunk):
@@ -203,7 +204,7 @@ class InferClient:
                     timeout = d.idle_s
                     if msg.text:
                         texts.append(msg.text)
-                    msg = fs.recv_buffered((Chunk, Done, Failure))
+                    msg = cast("Chunk | Done | Failure | None", fs.recv_buffered((Chunk, Done, Failure)))
                 if not isinstance(msg, Chunk | None):
                     reusable = True  # the executor's last message: the session may carry another offer
                 if texts:

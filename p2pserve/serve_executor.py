@@ -315,9 +315,9 @@ class InferExecutor:
                     index += 1
             raise BackendError("backend ended without a Finished event")
         except BackendError as exc:
-            receipt = self._receipt(req, "".join(sent), 0, len(sent), True) if sent else None
+            partial = self._receipt(req, "".join(sent), 0, len(sent), True) if sent else None
             session.busy = False
-            await outbox.put(Failure("backend-error", str(exc)[:4000], receipt))
+            await outbox.put(Failure("backend-error", str(exc)[:4000], partial))
 
     def _receipt(self, req: InferRequest, text: str, prompt_tokens: int, completion_tokens: int, partial: bool) -> Receipt:
         return Receipt(
