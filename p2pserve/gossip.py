@@ -195,8 +195,8 @@ class GossipService:
                     self.on_peer_change(status.peer_id, True)
 
     async def _maintain_loop(self) -> None:
-        # expire at a finer grain than the interval, so a dead peer goes within its ttl + interval/2
-        tick = min(self.interval / 2, self.peers.ttl / 4)
+        # expire at a finer grain than the interval, so a dead peer goes within its ttl + interval/4
+        tick = min(self.interval / 4, self.peers.ttl / 8)
         next_dial = 0.0
         while True:
             now = trio.current_time()
