@@ -316,15 +316,12 @@ class ServeService:
                         local_failed = True
                 else:
                     last_round = trio.current_time()
-                    order = self._choose(candidates)
-                    for peer in order:
-                        attempt = Attempt()
-                        async with aclosing(self._client.run_remote(peer, kind, model, body_bytes, progress, attempt)) as sub:
-                            async for ev in sub:
-                                yield ev
-                        if attempt.outcome != "refused":
-                            break
-                        self.counters.failovers += 1
+                    attempts: list[Attempt] = []
+                    async with aclosing(self._offer_round(candidates, kind, model, body_bytes, progress, attempts)) as sub:
+                        async for ev in sub:
+                            yield ev
+                    self.counters.failovers += sum(a.outcome == "refused" for a in attempts)
+                    attempt = attempts[-1] if attempts else attempt
                     offload_failed = attempt.outcome == "refused"
                 if attempt.outcome == "completed":
                     assert attempt.completed is not None
@@ -340,6 +337,23 @@ class ServeService:
         finally:
             if waiting:
                 self._waiting[model] -= 1
+
+    async def _offer_round(
+        self, candidates: list[PeerEntry], kind: Kind, model: str, body_bytes: bytes, progress: Progress,
+        attempts: list[Attempt],
+    ) -> AsyncGenerator[ServeEvent, None]:
+        """Offer to the PoS-chosen candidates one after another until one does not refuse.
+
+        Yields that executor's events; ``attempts`` receives one Attempt per peer tried (the
+        last one says how the round ended; empty if there was nobody to offer to)."""
+        for peer in self._choose(candidates):
+            attempt = Attempt()
+            attempts.append(attempt)
+            async with aclosing(self._client.run_remote(peer, kind, model, body_bytes, progress, attempt)) as sub:
+                async for ev in sub:
+                    yield ev
+            if attempt.outcome != "refused":
+                return
 
     def _choose(self, candidates: list[PeerEntry]) -> list[str]:
         """The peers to offer a request to, in PoS order."""
@@ -375,16 +389,11 @@ class ServeService:
         for _ in range(self.params.offer_fanout + 1):
             self.counters.failovers += 1
             candidates = self._candidate_entries(model, body, progress.excluded)
-            attempt = Attempt()
-            if candidates:
-                order = self._choose(candidates)
-                for peer in order:
-                    attempt = Attempt()
-                    async with aclosing(self._client.run_remote(peer, kind, model, body_bytes, progress, attempt)) as sub:
-                        async for ev in sub:
-                            yield ev
-                    if attempt.outcome != "refused":
-                        break
+            attempts: list[Attempt] = []
+            async with aclosing(self._offer_round(candidates, kind, model, body_bytes, progress, attempts)) as sub:
+                async for ev in sub:
+                    yield ev
+            attempt = attempts[-1] if attempts else Attempt()
             if attempt.outcome == "refused":
                 backend = self.backends.get(model)
                 if backend is not None and backend.supports_continuation and self.peer_id not in progress.excluded:
