@@ -25,6 +25,7 @@ with ``raise ... from exc``; they never leak past it::
     ├── ServingError                a user request could not be served
     │   ├── UnknownModel            no node in reach serves this model (HTTP 404)
     │   ├── BadRequest              the request body is invalid (HTTP 400)
+    │   │   └── RequestTooLarge     the request body exceeds max_prompt (HTTP 413)
     │   ├── NoCapacity              nobody can take it now (HTTP 503)
     │   └── RequestFailed           it started but could not finish (stream error event)
     └── LedgerError                 ledger rule violations and store failures
@@ -56,6 +57,7 @@ __all__ = [
     "ProtocolError",
     "RemoteProtocolError",
     "RequestFailed",
+    "RequestTooLarge",
     "ServingError",
     "StoreError",
     "StreamClosed",
@@ -159,6 +161,13 @@ class BadRequest(ServingError):
 
     status_code = 400
     error_type = "invalid_request_error"
+
+
+class RequestTooLarge(BadRequest):
+    """The request body exceeds the ``max_prompt`` limit."""
+
+    status_code = 413
+    error_type = "request_too_large"
 
 
 class NoCapacity(ServingError):

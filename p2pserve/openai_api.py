@@ -38,12 +38,15 @@ from starlette.types import Receive, Scope, Send
 
 from p2pserve.api import bearer_denied, check_bearer
 from p2pserve.backends.base import Kind, TextDelta
-from p2pserve.errors import BadRequest, ServingError
+from p2pserve.errors import BadRequest, RequestTooLarge, ServingError
+from p2pserve.wire.limits import DEFAULT_LIMITS
 from p2pserve.serve import Completed, ServeService, Started
 
 __all__ = ["EXECUTOR_HEADER", "error_body", "openai_routes", "validate_body"]
 
 EXECUTOR_HEADER = "X-P2PServe-Executor"
+MAX_BODY = DEFAULT_LIMITS.max_prompt
+"""Largest request body accepted (bytes); a larger one is refused with 413 before it is buffered."""
 _ROLES = ("system", "user", "assistant", "tool", "developer")
 _STRIP = ("stream", "stream_options")
 
@@ -287,11 +290,18 @@ def openai_routes(
                 await denied(scope, receive, send)
                 return
             chunks: list[bytes] = []
+            size = 0
             while True:
                 message = await receive()
                 if message["type"] != "http.request":
                     return  # the client went away before its body arrived
-                chunks.append(message.get("body", b""))
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > MAX_BODY:  # refuse before buffering more than the limit
+                    limit = f"the request body exceeds {MAX_BODY} bytes"
+                    await _error_response(RequestTooLarge(limit))(scope, receive, send)
+                    return
+                chunks.append(chunk)
                 if not message.get("more_body", False):
                     break
             try:

@@ -188,3 +188,15 @@ async def test_official_openai_client_unchanged(autojump_clock: trio.testing.Moc
         assert [m.id for m in models.data] == ["m"]
         with pytest.raises(openai.NotFoundError):
             await oai.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+
+
+async def test_oversized_body_is_refused_with_413(autojump_clock: trio.testing.MockClock) -> None:
+    from p2pserve.openai_api import MAX_BODY
+
+    async with api() as (client, node, _):
+        huge = {"model": "m", "messages": [{"role": "user", "content": "x" * (MAX_BODY + 1)}]}
+        r = await client.post("/v1/chat/completions", json=huge)
+        assert r.status_code == 413
+        assert r.json()["error"]["code"] == "request_too_large"
+        r = await client.post("/v1/chat/completions", json=CHAT)  # the node still serves
+        assert r.status_code == 200
