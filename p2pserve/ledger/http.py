@@ -25,6 +25,8 @@ from p2pserve.ledger.service import LedgerService
 
 __all__ = ["ledger_routes"]
 
+_MAX_BODY = 4096
+
 
 def _error(message: str, status: int, code: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}, status_code=status)
@@ -47,8 +49,13 @@ def ledger_routes(ledger: LedgerService, *, api_key: str | None = None) -> list[
             denied = check_bearer(request, api_key)
             if denied:
                 return denied
+            raw = b""
+            async for chunk in request.stream():
+                raw += chunk
+                if len(raw) > _MAX_BODY:
+                    return _error(f"body larger than {_MAX_BODY} bytes", 413, "request_too_large")
             try:
-                body = json.loads(await request.body())
+                body = json.loads(raw)
                 amount = body["amount"]
                 if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount <= 0:
                     raise ValueError
