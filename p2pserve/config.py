@@ -43,6 +43,10 @@ T = TypeVar("T")
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 MICRO = 1_000_000
 """Micro-credits per credit: configs speak credits, the ledger and the wire micro-credits."""
+DEVNET = "devnet"
+"""The default network_id: a local or test network, where accounts open with free credit."""
+DEVNET_INITIAL_CREDIT = 1000.0
+"""Credits an account opens with on ``devnet`` when ``initial_credit`` is unset (the paper's value)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,10 +109,12 @@ class ServerParams:
 class LedgerParams:
     """The network's genesis (shared by every node of one network) and this node's stake."""
 
-    network_id: str = "devnet"
+    network_id: str = DEVNET
     """Nodes of different networks ignore each other's gossip and blocks."""
-    initial_credit: float = 1000.0
-    """Credits every account receives at open (public networks set 0). Must match network-wide."""
+    initial_credit: float | None = None
+    """Credits every account receives at open. Must match network-wide. Unset (None): 1000 on
+    ``network_id: devnet``, 0 on any other network: free credit at open invites sybils, so
+    public networks earn credit by serving. See :meth:`effective_initial_credit`."""
     initial_staked: float = 0.0
     """Credits this node stakes at open."""
     unbonding_delay_s: float = 60.0
@@ -118,11 +124,17 @@ class LedgerParams:
     duel_penalty: float = 1.0
     """Credits a duel verdict moves from the loser's stake to the winner. Must match network-wide."""
 
+    def effective_initial_credit(self) -> float:
+        """``initial_credit``, or its network's default when unset (1000 on devnet, else 0)."""
+        if self.initial_credit is not None:
+            return self.initial_credit
+        return DEVNET_INITIAL_CREDIT if self.network_id == DEVNET else 0.0
+
     def network_params(self) -> NetworkParams:
         """The genesis every node of this network shares, in micro-credits."""
         return NetworkParams(
             network_id=self.network_id,
-            initial_credit=round(self.initial_credit * MICRO),
+            initial_credit=round(self.effective_initial_credit() * MICRO),
             max_initial_staked=round(self.max_initial_staked * MICRO),
             unbonding_delay_ms=round(self.unbonding_delay_s * 1000),
             duel_penalty=round(self.duel_penalty * MICRO),

@@ -72,3 +72,22 @@ def test_load_errors(tmp_path: Path) -> None:
     bad.write_text("server_params: [unclosed")
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_config(bad)
+
+
+def test_initial_credit_defaults_to_1000_on_devnet_and_0_elsewhere() -> None:
+    """Free credit at open invites sybils: only the devnet gives it unless a config says so."""
+    micro = 1_000_000
+    devnet = parse_config(None).ledger_params
+    assert devnet.initial_credit is None and devnet.effective_initial_credit() == 1000.0
+    assert devnet.network_params().initial_credit == 1000 * micro
+    public = parse_config({"ledger_params": {"network_id": "mainnet"}}).ledger_params
+    assert public.effective_initial_credit() == 0.0 and public.network_params().initial_credit == 0
+    # an explicit value wins on every network, 0 on devnet included
+    def credit(ledger_params: dict[str, object]) -> int:
+        return parse_config({"ledger_params": ledger_params}).ledger_params.network_params().initial_credit
+
+    assert credit({"network_id": "mainnet", "initial_credit": 5}) == 5 * micro
+    assert credit({"initial_credit": 0}) == 0
+    assert credit({"initial_credit": None}) == 1000 * micro  # null in YAML: the network's default
+    with pytest.raises(ConfigError, match=r"ledger_params\.initial_credit: must be >= 0"):
+        parse_config({"ledger_params": {"initial_credit": -1}})
