@@ -1,6 +1,8 @@
 """Audit: a valid ledger exits 0 with a summary; any flipped byte in any stored block, a
-forged claim, a double claim, a replayed block, a wrong-key block and an equivocation are
-each reported (account, height, hash, reason) with exit 1."""
+forged claim, a double claim, a replayed block, a wrong-key block, a fork in the block stream
+and a tampered equivocation proof are each reported (account, height, hash, reason) with
+exit 1. A valid stored equivocation proof is someone else's offence, not corrupt data: it is
+reported in its own section and exits 0 (1 with --strict)."""
 
 from __future__ import annotations
 
@@ -148,7 +150,8 @@ def test_forged_and_double_claims_wrong_key_and_replay(tmp_path: Path) -> None:
     assert (w.id("a"), good.height, "bad-signature") in got
 
 
-def test_equivocation_is_reported(tmp_path: Path) -> None:
+def make_equivocation(tmp_path: Path) -> tuple[World, Path, Block, Block]:
+    """A ledger file in which account a signed two blocks at one height (stored as a proof)."""
     w, path = make_db(tmp_path, steps=5)
     s = LedgerStore(path, TEST_PARAMS)
     fork_state = w.state.copy()
@@ -157,12 +160,54 @@ def test_equivocation_is_reported(tmp_path: Path) -> None:
     second = rules.next_block(w.signer("a"), fork_state, UnstakeBody(1), w.now_ms + 1)
     s.ingest([second], now_ms=w.now_ms)
     s.close()
+    return w, path, first, second
+
+
+def offences(report: audit.AuditReport) -> list[tuple[str, int | None, str]]:
+    return [(p.account, p.height, p.reason) for p in report.offences]
+
+
+def test_equivocation_is_an_offence_not_a_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    w, path, first, second = make_equivocation(tmp_path)
     report = audit.run(db=path)
-    assert reasons(report) == [(w.id("a"), first.height, "equivocation")]
-    # the same fork in a raw stream (two blocks at one height) is caught by the replay
+    assert report.ok and reasons(report) == []
+    assert offences(report) == [(w.id("a"), first.height, "equivocation")]
+    assert report.state.is_frozen(w.id("a"))
+    # text: the summary, then the offences section; exit 0, or 1 with --strict
+    assert run_audit(db=path, console=Console(width=200, force_terminal=False)) == 0
+    out = capsys.readouterr().out
+    summary_at, offences_at = out.index("fingerprint"), out.index("offences: 1")
+    assert summary_at < offences_at
+    assert f"{w.id('a')} {first.height} {second.digest().hex()} equivocation" in out[offences_at:]
+    assert run_audit(db=path, strict=True, console=Console(width=200, force_terminal=False)) == 1
+    capsys.readouterr()
+    # JSON: its own list, not in "problems"
+    assert run_audit(db=path, json_out=True) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] and data["problems"] == []
+    assert [(o["account"], o["height"], o["reason"]) for o in data["offences"]] == offences(report)
+    assert run_audit(db=path, json_out=True, strict=True) == 1
+
+
+def test_a_fork_in_the_block_stream_and_a_tampered_proof_are_problems(tmp_path: Path) -> None:
+    w, path, first, second = make_equivocation(tmp_path)
     src = audit.load_db(path)
+    # the same fork in a raw stream (two blocks at one height) is caught by the replay: a
+    # store never keeps both, so this data is inconsistent
     report = audit.audit(audit.AuditSource(TEST_PARAMS, [*src.records, audit.Record(second.encode())]))
-    assert (w.id("a"), second.height, "equivocation") in reasons(report)
+    assert (w.id("a"), second.height, "equivocation") in reasons(report) and not report.ok
+    # a proof whose signature no longer verifies proves nothing: corrupt data, exit 1
+    (raw,) = src.proofs
+    tampered = raw[:-1] + bytes([raw[-1] ^ 1])
+    report = audit.audit(audit.AuditSource(TEST_PARAMS, list(src.records), [tampered]))
+    assert reasons(report)[0] == (w.id("a"), first.height, "bad-proof") and report.offences == []
+    report = audit.audit(audit.AuditSource(TEST_PARAMS, list(src.records), [b"\x00junk"]))
+    assert reasons(report)[0] == ("?", None, "bad-proof")
+    db = sqlite3.connect(path)
+    db.execute("UPDATE proofs SET raw = ?", (tampered,))
+    db.commit()
+    db.close()
+    assert run_audit(db=path) == 1
 
 
 def test_api_stream_round_trip() -> None:

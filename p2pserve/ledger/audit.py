@@ -10,6 +10,12 @@ verified. It does not stop at the first problem: each problem is one
 :class:`Problem` (account, height, block hash, reason), and blocks that follow an invalid
 one on the same chain are reported as ``unreachable``.
 
+Problems and offences are kept apart. A *problem* means this data is corrupt or
+inconsistent (bad signature, broken link, supply mismatch, an undecodable proof, ...). An
+*offence* is a valid stored equivocation proof: the data is fine, it records that someone
+else signed two blocks at one height (that account is frozen). ``AuditReport.ok`` looks at
+problems only.
+
 One flipped byte anywhere in a stored block is always caught: in the raw bytes it breaks
 the canonical decode, a signature, or the hash match against the stored hash column; in
 a column it breaks the match against the raw bytes.
@@ -29,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pserve.crypto import sha256
-from p2pserve.errors import BadSignature, InvalidBlock, MalformedMessage, StoreError
+from p2pserve.errors import InvalidBlock, MalformedMessage, StoreError
 from p2pserve.ledger import rules
 from p2pserve.ledger.blocks import ClaimBody, EquivocationProof, NetworkParams, VerdictBody, decode_block
 from p2pserve.ledger.rules import DEPENDENCY_REASONS, LedgerState, Prepared
@@ -105,16 +111,19 @@ class AuditSource:
 
 @dataclass(slots=True)
 class AuditReport:
-    """The outcome: problems (empty when valid) and the replayed state's summary."""
+    """The outcome: problems (empty when the data is valid), offences (valid equivocation
+    proofs: other accounts' misbehaviour the data records) and the replayed state's summary."""
 
     params: NetworkParams
     blocks: int
     state: LedgerState
     problems: list[Problem]
     label: str = ""
+    offences: list[Problem] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
+        """The data is intact (offences recorded in it do not count)."""
         return not self.problems
 
     def balances(self) -> list[dict[str, Any]]:
@@ -147,6 +156,7 @@ class AuditReport:
             "fingerprint": rules.fingerprint(self.state).hex(),
             "balances": self.balances(),
             "problems": [p.to_json() for p in self.problems],
+            "offences": [p.to_json() for p in self.offences],
         }
 
 
@@ -226,20 +236,24 @@ def audit(source: AuditSource) -> AuditReport:
                 reason = {"h": "height-gap", "p": "unknown-pay", "a": "unknown-account"}[key[0]]
                 problems.append(Problem(b.account, b.height, p.hash, reason, "never resolved"))
 
+    offences: list[Problem] = []
     for raw in source.proofs:
         try:
             proof = decode(raw, expect=EquivocationProof)
-            proof.verify()
-        except (MalformedMessage, BadSignature) as exc:
+        except MalformedMessage as exc:
             problems.append(Problem("?", None, sha256(raw), "bad-proof", str(exc)))
             continue
-        state = rules.apply_proof(proof, state)
+        try:
+            state = rules.apply_proof(proof, state)  # verifies: bad-proof, wrong-network
+        except InvalidBlock as exc:
+            problems.append(Problem(proof.account, proof.height, sha256(raw), exc.reason, exc.detail))
+            continue
         detail = f"blocks {proof.first.digest().hex()} and {proof.second.digest().hex()}"
-        problems.append(Problem(proof.account, proof.height, proof.second.digest(), "equivocation", detail))
+        offences.append(Problem(proof.account, proof.height, proof.second.digest(), "equivocation", detail))
 
     for sentence in rules.invariant_violations(state):
         problems.append(Problem("-", None, None, "invariant", sentence))
-    return AuditReport(params, blocks, state, problems, source.label)
+    return AuditReport(params, blocks, state, problems, source.label, offences)
 
 
 # --- sources ---------------------------------------------------------------------------------

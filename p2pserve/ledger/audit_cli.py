@@ -3,6 +3,11 @@
 Exit 0 and a summary table (accounts, blocks, balances, supply) when everything is valid;
 exit 1 and one line per problem (account, height, block hash, reason) otherwise; exit 2 when
 the source cannot be read at all. ``--json`` prints the full report as one JSON object.
+
+Offences (valid equivocation proofs: someone else signed two blocks at one height, and the
+ledger froze them) are not problems with this data: they get their own ``offences`` section
+after the summary (``"offences"`` in JSON) and the exit code stays 0, unless ``--strict``
+asks for 1 when there are any.
 """
 
 from __future__ import annotations
@@ -54,6 +59,15 @@ def render(report: audit_mod.AuditReport, console: Console) -> None:
     console.print(f"fingerprint {fingerprint(report.state).hex()}")
 
 
+def render_offences(report: audit_mod.AuditReport) -> None:
+    """The ``offences`` section: one line per proven equivocation (nothing when there are none)."""
+    if not report.offences:
+        return
+    print(f"offences: {len(report.offences)} account(s) proven to have equivocated (frozen; recorded, not corruption)")
+    for p in report.offences:
+        print(p.line())
+
+
 def run_audit(
     data_dir: Path | None = None,
     db: Path | None = None,
@@ -61,8 +75,10 @@ def run_audit(
     json_out: bool = False,
     api_key: str | None = None,
     console: Console | None = None,
+    strict: bool = False,
 ) -> int:
-    """Run the audit and print its outcome; the exit code (0 valid, 1 problems, 2 unreadable)."""
+    """Run the audit and print its outcome; the exit code: 0 valid, 1 problems (or, with
+    ``strict``, offences), 2 unreadable."""
     console = console or Console()
     if data_dir is None and db is None and api is None:
         data_dir = Path(os.environ.get("P2PSERVE_HOME") or "~/.p2pserve").expanduser()
@@ -78,11 +94,15 @@ def run_audit(
         print(json.dumps(report.to_json()))
     elif report.ok:
         render(report, console)
+        render_offences(report)
     else:
         for p in report.problems:
             print(p.line())
+        render_offences(report)
         print(f"{len(report.problems)} problem(s) in {report.blocks} blocks", file=sys.stderr)
-    return 0 if report.ok else 1
+    if not report.ok:
+        return 1
+    return 1 if strict and report.offences else 0
 
 
 def audit(
@@ -98,9 +118,12 @@ def audit(
     api_key: Annotated[
         str | None, typer.Option("--api-key", help="Bearer key for --api.", envvar="P2PSERVE_API_KEY")
     ] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Exit 1 when the ledger records offences (proven equivocations), too.")
+    ] = False,
 ) -> int:
     """Replay every block: signatures, hash links, heights, claims, balances, supply, forks."""
-    code = run_audit(data_dir, db, api, json_out, api_key)
+    code = run_audit(data_dir, db, api, json_out, api_key, strict=strict)
     if code:
         raise typer.Exit(code)
     return 0
