@@ -6,6 +6,7 @@ reported in its own section and exits 0 (1 with --strict)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import sqlite3
@@ -16,7 +17,7 @@ from rich.console import Console
 
 from p2pserve.ledger import audit, rules
 from p2pserve.ledger.audit_cli import run_audit
-from p2pserve.ledger.blocks import Block, ClaimBody, StakeBody, UnstakeBody
+from p2pserve.ledger.blocks import Block, ClaimBody, EquivocationProof, StakeBody, UnstakeBody
 from p2pserve.ledger.store import DB_NAME, LedgerStore
 from p2pserve.ledger.testing import CREDIT, TEST_PARAMS, World
 
@@ -203,6 +204,15 @@ def test_a_fork_in_the_block_stream_and_a_tampered_proof_are_problems(tmp_path: 
     assert reasons(report)[0] == (w.id("a"), first.height, "bad-proof") and report.offences == []
     report = audit.audit(audit.AuditSource(TEST_PARAMS, list(src.records), [b"\x00junk"]))
     assert reasons(report)[0] == ("?", None, "bad-proof")
+    # a valid proof about another network's account proves nothing here
+    other = World(random.Random(7), params=dataclasses.replace(TEST_PARAMS, network_id="othernet"))
+    other.open("x")
+    fork_state = other.state.copy()
+    one = other.add(other.block("x", StakeBody(1)))
+    two = rules.next_block(other.signer("x"), fork_state, UnstakeBody(1), other.now_ms + 1)
+    alien = EquivocationProof(one, two).encode()
+    report = audit.audit(audit.AuditSource(TEST_PARAMS, list(src.records), [*src.proofs, alien]))
+    assert reasons(report) == [(other.id("x"), one.height, "wrong-network")] and len(report.offences) == 1
     db = sqlite3.connect(path)
     db.execute("UPDATE proofs SET raw = ?", (tampered,))
     db.commit()
