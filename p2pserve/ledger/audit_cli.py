@@ -8,6 +8,11 @@ Offences (valid equivocation proofs: someone else signed two blocks at one heigh
 ledger froze them) are not problems with this data: they get their own ``offences`` section
 after the summary (``"offences"`` in JSON) and the exit code stays 0, unless ``--strict``
 asks for 1 when there are any.
+
+``--compare URL`` (repeatable, with or without ``--api``) does not replay: it reads each
+node's ``/p2pserve/ledger/heads``, prints each node's fingerprint and names every account on
+which the nodes disagree; exit 0 when all agree, 1 when any disagree, 2 when a node cannot
+be read.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from p2pserve.errors import StoreError
 from p2pserve.ledger import audit as audit_mod
 from p2pserve.ledger.rules import fingerprint
 
-__all__ = ["audit", "render", "run_audit"]
+__all__ = ["audit", "render", "render_comparison", "run_audit", "run_compare"]
 
 _CREDIT = 1_000_000
 
@@ -105,6 +110,47 @@ def run_audit(
     return 1 if strict and report.offences else 0
 
 
+def render_comparison(comparison: audit_mod.Comparison) -> None:
+    """One line per node (its fingerprint), one per disagreeing account, then the verdict."""
+    for n in comparison.nodes:
+        print(f"{n.source}: network {n.network_id}, {n.blocks} blocks, {len(n.heads)} accounts, fingerprint {n.fingerprint}")
+    for d in comparison.disagreements:
+        views = " | ".join(f"{src} " + ("-" if h is None else f"{h[0]} {h[1][:16]}") for src, h in d.heads.items())
+        frozen = f" (frozen on {', '.join(d.frozen_on)})" if d.frozen_on else ""
+        print(f"{d.account} {d.reason}: {views}{frozen}")
+    for note in comparison.notes:
+        print(f"note: {note}")
+    if comparison.agree:
+        print(f"all {len(comparison.nodes)} nodes agree")
+    else:
+        print(f"the nodes disagree on {len(comparison.disagreements)} account(s)", file=sys.stderr)
+
+
+def run_compare(urls: list[str], api_key: str | None = None, json_out: bool = False) -> int:
+    """Compare the heads of the nodes at ``urls``; the exit code (0 agree, 1 disagree, 2 unreadable)."""
+    urls = list(dict.fromkeys(u.rstrip("/") for u in urls))  # one entry per node, in order
+
+    def fail(message: str) -> int:
+        if json_out:
+            print(json.dumps({"agree": False, "error": message}))
+        else:
+            print(f"error: {message}", file=sys.stderr)
+        return 2
+
+    if len(urls) < 2:
+        return fail("--compare needs two nodes or more (repeat --compare, or add --api)")
+    try:
+        nodes = [audit_mod.load_heads(u, api_key) for u in urls]
+    except StoreError as exc:
+        return fail(str(exc))
+    comparison = audit_mod.compare_heads(nodes)
+    if json_out:
+        print(json.dumps(comparison.to_json()))
+    else:
+        render_comparison(comparison)
+    return 0 if comparison.agree else 1
+
+
 def audit(
     data_dir: Annotated[
         Path | None,
@@ -121,9 +167,26 @@ def audit(
     strict: Annotated[
         bool, typer.Option("--strict", help="Exit 1 when the ledger records offences (proven equivocations), too.")
     ] = False,
+    compare: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--compare",
+            metavar="URL",
+            help="A node's API root whose ledger heads to compare (repeat it; --api counts as one more). Instead of "
+            "replaying, prints each node's fingerprint and every account they disagree on (a fork, a lagging "
+            "node); exit 1 if any.",
+        ),
+    ] = None,
 ) -> int:
-    """Replay every block: signatures, hash links, heights, claims, balances, supply, forks."""
-    code = run_audit(data_dir, db, api, json_out, api_key, strict=strict)
+    """Replay every block: signatures, hash links, heights, claims, balances, supply, forks.
+    With --compare: compare nodes' ledger heads instead."""
+    if compare:
+        if data_dir is not None or db is not None:
+            print("error: --compare reads nodes' APIs; use it with --api, not --data-dir or --db", file=sys.stderr)
+            raise typer.Exit(2)
+        code = run_compare([*([api] if api else []), *compare], api_key, json_out)
+    else:
+        code = run_audit(data_dir, db, api, json_out, api_key, strict=strict)
     if code:
         raise typer.Exit(code)
     return 0

@@ -4,6 +4,9 @@
 * ``GET /p2pserve/ledger/blocks``: every stored block as length-prefixed frames
   (``application/octet-stream``): the network params first, then blocks in acceptance
   order, then equivocation proofs (see :func:`p2pserve.ledger.audit.encode_stream`);
+* ``GET /p2pserve/ledger/heads``: ``{"network_id", "fingerprint" (hex), "blocks", "heads":
+  {account: [height, hash hex]}, "frozen": [accounts]}``, what ``p2pserve audit --compare``
+  compares across nodes to make forks visible (see :class:`p2pserve.ledger.audit.Heads`);
 * ``POST /p2pserve/ledger/stake`` and ``/unstake`` with ``{"amount": <credits>}``: write a
   stake/unstake block on this node's chain; 400 with the rule's reason if it is refused.
 """
@@ -19,7 +22,7 @@ from starlette.routing import Route
 
 from p2pserve.api import check_bearer
 from p2pserve.errors import InvalidBlock, P2PServeError
-from p2pserve.ledger.audit import encode_stream
+from p2pserve.ledger.audit import Heads, encode_stream
 from p2pserve.config import MICRO
 from p2pserve.ledger.service import LedgerService
 
@@ -43,6 +46,9 @@ def ledger_routes(ledger: LedgerService, *, api_key: str | None = None) -> list[
         store = ledger.store
         raws = [r.raw for r in store.rows()] + store.proof_rows()
         return Response(b"".join(encode_stream(store.params, raws)), media_type="application/octet-stream")
+
+    async def heads(request: Request) -> Response:
+        return check_bearer(request, api_key) or JSONResponse(Heads.of_state(ledger.store.state).to_json())
 
     def stake_route(unstake: bool) -> Any:
         async def endpoint(request: Request) -> Response:
@@ -75,6 +81,7 @@ def ledger_routes(ledger: LedgerService, *, api_key: str | None = None) -> list[
     return [
         Route("/p2pserve/ledger", summary, methods=["GET"]),
         Route("/p2pserve/ledger/blocks", blocks, methods=["GET"]),
+        Route("/p2pserve/ledger/heads", heads, methods=["GET"]),
         Route("/p2pserve/ledger/stake", stake_route(False), methods=["POST"]),
         Route("/p2pserve/ledger/unstake", stake_route(True), methods=["POST"]),
     ]
