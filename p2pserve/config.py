@@ -63,6 +63,17 @@ class ServerParams:
     """HOST:PORT of the HTTP API (OpenAI-compatible /v1, status, metrics)."""
     api_key: str | None = None
     """If set, API clients must send ``Authorization: Bearer <api_key>``."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Extra names the API answers to in the ``Host`` header: ``name`` (any port), ``name:port``,
+    ``[v6]:port``; ``"*"`` allows any Host. Always allowed: the bound address of ``api`` and
+    localhost, 127.0.0.1 and [::1] at its port; any other Host gets 403 (DNS-rebinding
+    protection). When ``api`` binds 0.0.0.0 or :: the node cannot know its public names, so
+    any Host is accepted unless this list is set: set it on a node reachable by name."""
+    allowed_origins: tuple[str, ...] = ()
+    """Web origins (``scheme://host[:port]``) whose pages may call the API from a browser;
+    ``"*"`` allows any. A request whose ``Origin`` is neither the node's own nor listed gets
+    403 (cross-site request protection); requests without ``Origin`` (curl, SDKs, the CLI)
+    are unaffected."""
     policy: str = "default"
     """Dispatch policy by name (``default``, ``local-only``, ``always-offload``) or ``module:Class``."""
     offload_frequency: float = 0.8
@@ -117,8 +128,13 @@ class LedgerParams:
     public networks earn credit by serving. See :meth:`effective_initial_credit`."""
     initial_staked: float = 0.0
     """Credits this node stakes at open."""
-    unbonding_delay_s: float = 60.0
-    """Seconds an unstake waits before the credit is free again. Must match network-wide."""
+    unbonding_delay_s: float = 600.0
+    """Seconds an unstake waits before the credit is free again (counted from the unstake's
+    timestamp, plus ``max_clock_skew_s``). At least 10 x ``max_clock_skew_s``, so that no
+    timestamp a receiver accepts can shorten it noticeably. Must match network-wide."""
+    max_clock_skew_s: float = 30.0
+    """How far ahead of a node's clock a block may be dated; a block dated further ahead waits
+    until the clock catches up. Must match network-wide."""
     max_initial_staked: float = 1000.0
     """Most credits an account may stake in its open block. Must match network-wide."""
     duel_penalty: float = 1.0
@@ -138,6 +154,7 @@ class LedgerParams:
             max_initial_staked=round(self.max_initial_staked * MICRO),
             unbonding_delay_ms=round(self.unbonding_delay_s * 1000),
             duel_penalty=round(self.duel_penalty * MICRO),
+            max_clock_skew_ms=round(self.max_clock_skew_s * 1000),
         )
 
 
@@ -205,12 +222,15 @@ _RULES: dict[tuple[str, str], typing.Callable[[Any], str | None]] = {
     ("ServerParams", "request_timeout"): lambda v: None if v > 0 else "must be > 0",
     ("ServerParams", "target_connections"): lambda v: None if v >= 1 else "must be at least 1",
     ("ServerParams", "api"): lambda v: None if _is_host_port(v) else "must be HOST:PORT",
+    ("ServerParams", "allowed_hosts"): lambda v: _bad_entries(v, split_host),
+    ("ServerParams", "allowed_origins"): lambda v: _bad_entries(v, normalize_origin),
     ("ServerParams", "listen"): lambda v: None if v and all(a.startswith("/") for a in v) else "must be multiaddrs like /ip4/0.0.0.0/tcp/4001",
     ("ServerParams", "bootstrap"): lambda v: None if all("/p2p/" in a for a in v) else "each address must end in /p2p/<peer id>",
     ("LedgerParams", "network_id"): lambda v: None if v and len(v) <= 64 and "/" not in v else "must be 1-64 characters without '/'",
     ("LedgerParams", "initial_credit"): lambda v: None if v >= 0 else "must be >= 0",
     ("LedgerParams", "initial_staked"): lambda v: None if v >= 0 else "must be >= 0",
     ("LedgerParams", "unbonding_delay_s"): lambda v: None if v >= 0 else "must be >= 0",
+    ("LedgerParams", "max_clock_skew_s"): lambda v: None if v >= 0 else "must be >= 0",
     ("LedgerParams", "max_initial_staked"): lambda v: None if v >= 0 else "must be >= 0",
     ("LedgerParams", "duel_penalty"): lambda v: None if v >= 0 else "must be >= 0",
     ("GenParams", "max_tokens"): lambda v: None if v is None or v > 0 else "must be > 0",
@@ -224,6 +244,61 @@ _RULES: dict[tuple[str, str], typing.Callable[[Any], str | None]] = {
     ("ModelConfig", "metrics"): lambda v: None if v in ("auto", "off") else "must be auto or off",
     ("ModelConfig", "model_path"): lambda v: None if v else "must not be empty",
 }
+
+
+def split_host(value: str) -> tuple[str, int | None]:
+    """``name``, ``name:port`` or ``[v6]:port`` as ``(lower-case name, port or None)``; an IPv6
+    name keeps its brackets. Raises ValueError (with the reason) for anything else: a
+    scheme, a path, an unbracketed IPv6 address, a bad port."""
+    v = value.strip().lower()
+    if v.startswith("["):
+        end = v.find("]")
+        if end < 0:
+            raise ValueError("'[' without ']'")
+        name, rest = v[: end + 1], v[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise ValueError("only ':port' may follow ']'")
+        port_s = rest[1:] if rest else None
+    else:
+        name, sep, port_s = v.rpartition(":")
+        if not sep:
+            name, port_s = v, None
+        elif ":" in name:
+            raise ValueError("write an IPv6 address in brackets, e.g. [::1]:5778")
+    if name in ("", "[]") or any(c in name for c in "/@?#\\ \t"):
+        raise ValueError("not a host name or address")
+    if port_s is None:
+        return name, None
+    if not port_s.isdigit() or not 0 < int(port_s) < 65536:
+        raise ValueError(f"bad port {port_s!r}")
+    return name, int(port_s)
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+"""The port an authority without one means, per URL scheme."""
+
+
+def normalize_origin(value: str) -> str:
+    """A web origin as ``scheme://name:port`` (lower case, default port spelt out for http(s)
+    and ws(s)). Raises ValueError unless ``value`` is ``scheme://host[:port]`` (no path)."""
+    scheme, sep, authority = value.strip().lower().rstrip("/").partition("://")
+    if not sep or not scheme or not scheme.replace("-", "").replace("+", "").replace(".", "").isalnum():
+        raise ValueError("expected scheme://host[:port]")
+    name, port = split_host(authority)
+    if port is None:
+        port = DEFAULT_PORTS.get(scheme)
+    return f"{scheme}://{name}" if port is None else f"{scheme}://{name}:{port}"
+
+
+def _bad_entries(values: tuple[str, ...], check: typing.Callable[[str], object]) -> str | None:
+    for v in values:
+        if v == "*":
+            continue
+        try:
+            check(v)
+        except ValueError as exc:
+            return f"{v!r}: {exc}"
+    return None
 
 
 def _is_host_port(v: str) -> bool:
