@@ -132,18 +132,57 @@ async def test_a_full_queue_flushes_at_once_and_blocks_respect_the_limit(autojum
         assert len(blocks_of(b.store, b.account, Kind.CLAIM)) == 4 and not b.store.state.unclaimed_for(b.account)
 
 
-async def test_unaffordable_receipts_wait_in_order(autojump_clock: trio.testing.MockClock) -> None:
+async def test_a_receipt_the_payer_cannot_afford_is_refused_never_reserved(autojump_clock: trio.testing.MockClock) -> None:
+    """Attack (issue 7, item 2): one receipt priced above the payer's whole balance was
+    queued and reserved forever (even across restarts through unpaid.log), so ``can_afford``
+    stayed false and every later request got 503. Now such a receipt is refused outright:
+    nothing is reserved, the receipts around it are paid, and offloading stays possible; a
+    receipt above the hold taken for its request is refused the same way."""
     net = MemoryNetwork(seed=3, default_latency=0.005)
     stores = [LedgerStore(":memory:", TEST_PARAMS) for _ in range(2)]
     async with services(net, stores, ["gw", "b"], pay_interval=60.0) as (gw, b):
         free = gw.free()
         first, big, last = receipt(gw, "b", CREDIT), receipt(gw, "b", free), receipt(gw, "b", CREDIT)
-        for r in (first, big, last):
-            await gw.pay(r)
-        assert not gw.can_afford(1)
-        assert await gw.flush() == 1  # `big` does not fit after `first`; `last` waits behind it
-        assert gw.queued() == 2 and gw.reserved == free + CREDIT and gw.unpaid == 0
-        assert await gw.flush() == 0
+        assert await gw.pay(first) and not await gw.pay(big) and await gw.pay(last)
+        assert gw.queued() == 2 and gw.reserved == 2 * CREDIT and gw.unpaid == 1
+        assert gw.can_afford(free - 2 * CREDIT) and not gw.can_afford(free - 2 * CREDIT + 1)
+        assert await gw.flush() == 2 and gw.reserved == 0
+        # through a hold: the worst case is set aside before the offer; the receipt may not exceed it
+        hold = gw.hold(5 * CREDIT)
+        assert hold is not None and gw.available() == gw.free() - 5 * CREDIT
+        assert gw.hold(gw.available() + 1) is None  # concurrent offloads cannot over-commit
+        assert not hold.pay(receipt(gw, "b", 5 * CREDIT + 1)) and gw.unpaid == 2
+        assert gw.available() == gw.free()  # the hold is released even when its receipt is refused
+        hold2 = gw.hold(5 * CREDIT)
+        assert hold2 is not None and hold2.pay(receipt(gw, "b", 3 * CREDIT))
+        assert gw.reserved == 3 * CREDIT and gw.available() == gw.free() - 3 * CREDIT
+        hold2.release()  # releasing after paying changes nothing
+        assert gw.available() == gw.free() - 3 * CREDIT
+
+
+async def test_an_oversized_receipt_in_the_unpaid_log_is_dropped_at_start(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Attack (issue 7, item 2, after a restart): a receipt the payer can never afford, left
+    in unpaid.log, must not be reserved again at every start."""
+    net = MemoryNetwork(seed=6, default_latency=0.005)
+    paths = [tmp_path / n / "ledger.sqlite3" for n in ("gw", "b")]
+    gw_id = signer("gw").peer_id
+    log = UnpaidLog(paths[0].with_name(UNPAID_NAME))
+    paths[0].parent.mkdir(parents=True)
+    log.open()
+    huge = make_receipt(RNG, TEST_PARAMS.network_id, gw_id, signer("b"), 10 * TEST_PARAMS.initial_credit)
+    fine = make_receipt(RNG, TEST_PARAMS.network_id, gw_id, signer("b"), CREDIT)
+    log.append(huge)
+    log.append(fine)
+    log.close()
+    stores = [LedgerStore(p, TEST_PARAMS) for p in paths]
+    async with services(net, stores, ["gw", "b"], pay_interval=0.25) as (gw, b):
+        await trio.sleep(0.5)
+        assert gw.paid == 1 and gw.queued() == 0 and gw.reserved == 0 and gw.unpaid == 1
+        assert gw.can_afford(gw.free())
+    for s_ in stores:
+        s_.close()
 
 
 async def test_clean_stop_pays_what_is_queued(autojump_clock: trio.testing.MockClock) -> None:

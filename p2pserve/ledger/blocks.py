@@ -37,8 +37,10 @@ __all__ = [
     "HASH_SIZE",
     "Kind",
     "MAX_BODY",
+    "DEFAULT_MAX_CLOCK_SKEW_MS",
     "MAX_ORDER",
     "MAX_RECEIPTS_PER_PAY",
+    "MIN_UNBONDING_SKEWS",
     "NetworkParams",
     "OpenBody",
     "PayBody",
@@ -65,6 +67,11 @@ MAX_ORDER = 8 * 1024
 """Largest opaque signed duel order carried in a verdict."""
 _MAX_ID = 128
 _MAX_NETWORK_ID = 64
+DEFAULT_MAX_CLOCK_SKEW_MS = 30_000
+"""How far ahead of a receiver's clock a block may be dated before it waits (the genesis default)."""
+MIN_UNBONDING_SKEWS = 10
+"""A genesis whose ``unbonding_delay_ms`` is below this many ``max_clock_skew_ms`` is refused:
+the delay must dwarf what a dishonest timestamp could shave off it."""
 
 
 class Kind(enum.IntEnum):
@@ -95,7 +102,7 @@ class NetworkParams(Message):
     They come from the shared network config (``ledger_params``); a node refuses blocks of
     another ``network_id``, and its store refuses to open a file made with other values.
     Total supply is ``initial_credit`` times the number of opened accounts; nothing else
-    mints.
+    mints. :meth:`check_genesis` refuses values no honest network may use.
     """
 
     network_id: str
@@ -104,15 +111,30 @@ class NetworkParams(Message):
     max_initial_staked: int
     """Upper bound on what an ``open`` may stake at once (also bounded by ``initial_credit``)."""
     unbonding_delay_ms: int
-    """Unstaked credit becomes free this long after the unstake block's timestamp."""
+    """Unstaked credit becomes free this long (plus ``max_clock_skew_ms``) after the unstake
+    block's timestamp."""
     duel_penalty: int
     """Micro-credits a verdict moves from the loser's stake to the winner."""
+    max_clock_skew_ms: int = DEFAULT_MAX_CLOCK_SKEW_MS
+    """How far ahead of a receiver's clock a block may be dated; a block dated further ahead
+    waits until the receiver's clock catches up. Unbonding adds it to the delay, so no
+    accepted timestamp can shorten the delay."""
 
     def _check(self) -> None:
         if not 1 <= len(self.network_id) <= _MAX_NETWORK_ID or "/" in self.network_id:
             raise MalformedMessage("network_id must be 1-64 characters without '/'")
-        for n in ("initial_credit", "max_initial_staked", "unbonding_delay_ms", "duel_penalty"):
+        for n in ("initial_credit", "max_initial_staked", "unbonding_delay_ms", "duel_penalty", "max_clock_skew_ms"):
             _non_negative(n, getattr(self, n))
+        if self.unbonding_delay_ms < MIN_UNBONDING_SKEWS * self.max_clock_skew_ms:
+            raise MalformedMessage(
+                f"unbonding_delay_ms {self.unbonding_delay_ms} must be at least {MIN_UNBONDING_SKEWS} x "
+                f"max_clock_skew_ms ({MIN_UNBONDING_SKEWS * self.max_clock_skew_ms}): otherwise a block dated "
+                "ahead by the accepted skew shortens unbonding noticeably"
+            )
+
+    def check_genesis(self) -> None:
+        """Raise MalformedMessage unless these values make a sound network (what decoding checks)."""
+        self._check()
 
 
 # --- bodies ----------------------------------------------------------------------------------

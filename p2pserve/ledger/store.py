@@ -2,17 +2,26 @@
 replayed from it.
 
 Owns: the ``blocks`` table (raw canonical bytes plus indexed account, height and hash
-columns, in acceptance order), ``proofs`` (equivocation proofs, one per frozen account),
-``pending`` (blocks waiting for a missing predecessor or cited payment, bounded) and
-``meta`` (the network's :class:`~p2pserve.ledger.blocks.NetworkParams`, fixed at creation).
+columns, in an order the rules accept), ``side`` (blocks of frozen accounts off their fork
+choice, bounded per account: the choice may change when a claim arrives), ``proofs`` (the
+lowest equivocation proof per frozen account) and ``meta`` (the network's
+:class:`~p2pserve.ledger.blocks.NetworkParams`, fixed at creation, and the schema version).
+Blocks waiting for a predecessor, a cited payment or time live in memory only
+(:class:`~p2pserve.ledger.pending.PendingPool`); sync fetches them again after a restart.
 
-Invariants: a block is in ``blocks`` only if ``rules.plan`` accepted it against the state
-of the blocks before it, so acceptance order is a valid replay order; the in-memory
-``state`` always equals the replay of ``blocks`` plus ``proofs``; each append is one
-transaction (``append_many`` and each ``ingest`` batch: one transaction for many blocks),
-committed durably before anyone can see the state advanced (WAL with ``synchronous=FULL``:
-NORMAL would be corruption-safe too, but could lose the last commits on power loss, and a
-node that forgets a block it already gossiped would then equivocate at that height).
+Invariants: the in-memory ``state`` always equals :func:`p2pserve.ledger.forks.replay` of
+``blocks`` + ``side`` + ``proofs``, which depends on that *set* only, so two nodes holding
+the same blocks hold the same state and fingerprint. Each append is one transaction
+(``append_many`` and each ``ingest`` batch: one transaction for many blocks), committed
+durably before anyone can see the state advanced (WAL with ``synchronous=FULL``: NORMAL
+would be corruption-safe too, but could lose the last commits on power loss, and a node
+that forgets a block it already gossiped would then equivocate at that height).
+
+Equivocation: a second block at a filled height stores a proof, keeps the new block in
+``side`` and rebuilds the state under the account's fork choice (rare: O(history)). A
+conflict on ``own_account`` (the node's own chain, e.g. a stale data dir) is not recorded as
+a proof here: it is handed to the caller (``IngestResult.own_conflicts``), which repairs by
+adopting the network's chain (:meth:`LedgerStore.rollback`).
 
 Failures of SQLite become :class:`~p2pserve.errors.StoreError`; rule violations are
 :class:`~p2pserve.errors.InvalidBlock`. Opening replays the blocks without re-verifying
@@ -25,6 +34,7 @@ Not thread-safe: one store per node, used from one trio task at a time.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -33,17 +43,21 @@ from pathlib import Path
 from typing import Any
 
 from p2pserve.errors import InvalidBlock, MalformedMessage, StoreError
-from p2pserve.ledger import rules
-from p2pserve.ledger.blocks import Block, ClaimBody, EquivocationProof, NetworkParams, decode_block
-from p2pserve.ledger.rules import DEPENDENCY_REASONS, LedgerState
+from p2pserve.ledger import forks, rules
+from p2pserve.ledger.blocks import Block, ClaimBody, EquivocationProof, NetworkParams, UnstakeBody, decode_block
+from p2pserve.ledger.pending import DEFAULT_MAX_PENDING, DEFAULT_MAX_PENDING_PER_ACCOUNT, TIME_KEY, PendingPool
+from p2pserve.ledger.rules import DEPENDENCY_REASONS, TIME_REASONS, Prepared
+from p2pserve.ledger.state import LedgerState
 from p2pserve.wire.codec import decode
 
 __all__ = ["DB_NAME", "DEFAULT_MAX_PENDING", "IngestResult", "LedgerStore", "StoredRow"]
 
+log = logging.getLogger(__name__)
+
 DB_NAME = "ledger.sqlite3"
-DEFAULT_MAX_PENDING = 4096
-"""Most blocks kept waiting for their predecessors; the oldest go first."""
-_SCHEMA_VERSION = 1
+MAX_SIDE_PER_ACCOUNT = 256
+"""Most off-choice blocks kept per frozen account (a cheater cannot fill the disk)."""
+_SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -55,15 +69,10 @@ CREATE TABLE IF NOT EXISTS blocks (
     raw BLOB NOT NULL,
     UNIQUE (account, height)
 );
+CREATE TABLE IF NOT EXISTS side (hash BLOB PRIMARY KEY, account TEXT NOT NULL, height INTEGER NOT NULL, raw BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS side_by_account ON side (account);
 CREATE TABLE IF NOT EXISTS proofs (account TEXT PRIMARY KEY, raw BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS pending (
-    hash BLOB PRIMARY KEY,
-    account TEXT NOT NULL,
-    height INTEGER NOT NULL,
-    raw BLOB NOT NULL,
-    received_ms INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS pending_by_age ON pending (received_ms);
+DROP TABLE IF EXISTS pending;
 """
 
 
@@ -85,27 +94,55 @@ class IngestResult:
     applied: list[Block] = field(default_factory=list)
     """Blocks now in the ledger, in order (including pending ones they unblocked)."""
     pending: int = 0
-    """Blocks of the batch kept waiting for missing blocks."""
+    """Blocks of the batch kept waiting for missing blocks or time."""
     waiting: list[Block] = field(default_factory=list)
-    """Those blocks (to ask whoever sent them for what they depend on)."""
+    """Blocks of the batch waiting for missing blocks (to ask whoever sent them)."""
     rejected: list[tuple[Block, str]] = field(default_factory=list)
     """Blocks refused, with their reason code (duplicates excluded)."""
     duplicates: int = 0
     proofs: list[EquivocationProof] = field(default_factory=list)
     """New equivocation proofs found (to gossip)."""
+    own_conflicts: list[Block] = field(default_factory=list)
+    """Blocks of ``own_account`` at heights we already filled differently (to repair)."""
 
 
 class LedgerStore:
     """A node's ledger: SQLite file + replayed :class:`LedgerState`."""
 
-    def __init__(self, path: Path | str, params: NetworkParams, *, max_pending: int = DEFAULT_MAX_PENDING) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        params: NetworkParams,
+        *,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        max_pending_per_account: int = DEFAULT_MAX_PENDING_PER_ACCOUNT,
+        own_account: str | None = None,
+    ) -> None:
         """Open (creating if needed) the store at ``path`` for the network ``params``.
 
-        Raises StoreError if the file is unreadable, corrupt, or made for other params.
+        ``own_account`` is the node's own account (conflicts on it are repaired, not proven).
+        Raises StoreError if the file is unreadable, corrupt, made for other params or by an
+        older p2pserve, or if ``params`` is not a sound genesis.
         """
+        try:
+            params.check_genesis()
+        except MalformedMessage as exc:
+            raise StoreError(f"refusing the network genesis: {exc}") from exc
         self.path = str(path)
         self.params = params
-        self.max_pending = max_pending
+        self.own_account = own_account
+        ttl = max(10 * 60_000, params.unbonding_delay_ms + params.max_clock_skew_ms + 60_000)
+        self.pending = PendingPool(max_total=max_pending, max_per_account=max_pending_per_account, ttl_ms=ttl)
+        self._unstake_seen: dict[bytes, int] = {}
+        """Back-dated unstake block hash -> our clock when we applied it (its local start)."""
+        self._online_since: int | None = None
+        """Our clock at the first block we took from the network (see ``_backdated``)."""
+        self._claims_citing: dict[str, dict[bytes, Prepared]] = {}
+        self._frozen_blocks: dict[str, dict[bytes, Prepared]] = {}
+        self.rebuilds = 0
+        """How often the state was rebuilt under a new fork choice (rare; for tests and metrics)."""
+        self.rejected_own: list[tuple[Block, str]] = []
+        """Our own blocks a rebuild could no longer apply (the service logs and repairs)."""
         try:
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -115,9 +152,9 @@ class LedgerStore:
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
             self._init_meta()
-            self.state = self._replay()
+            self._db.executescript(_SCHEMA)
+            self.state = self._load()
         except sqlite3.Error as exc:
             self._db.close()
             raise StoreError(f"ledger store {self.path}: {exc}") from exc
@@ -126,17 +163,25 @@ class LedgerStore:
             raise
 
     @classmethod
-    def in_data_dir(cls, data_dir: Path | str, params: NetworkParams, **kw: int) -> LedgerStore:
+    def in_data_dir(cls, data_dir: Path | str, params: NetworkParams, **kw: Any) -> LedgerStore:
         """The store at ``<data_dir>/ledger.sqlite3``."""
         return cls(Path(data_dir) / DB_NAME, params, **kw)
 
     def _init_meta(self) -> None:
+        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
         row = self._db.execute("SELECT value FROM meta WHERE key='params'").fetchone()
         if row is None:
             with self._tx():
                 self._db.execute("INSERT INTO meta VALUES ('params', ?)", (self.params.encode(),))
                 self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(_SCHEMA_VERSION).encode(),))
             return
+        schema = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        version = bytes(schema[0]).decode(errors="replace") if schema is not None else "?"
+        if version != str(_SCHEMA_VERSION):
+            raise StoreError(
+                f"{self.path} was written by another p2pserve version (ledger schema {version}, this one reads "
+                f"{_SCHEMA_VERSION}); move it away (the network's copy of your chain is pulled again on start)"
+            )
         try:
             stored = decode(bytes(row[0]), expect=NetworkParams)
         except MalformedMessage as exc:
@@ -144,23 +189,80 @@ class LedgerStore:
         if stored != self.params:
             raise StoreError(f"{self.path} belongs to network {stored!r}, not {self.params!r}")
 
-    def _replay(self) -> LedgerState:
-        state = LedgerState.genesis(self.params)
+    # --- loading and rebuilding ----------------------------------------------------------------
+
+    def _load(self) -> LedgerState:
+        blocks: list[Prepared] = []
         for row in self.rows():
             try:
-                block = decode_block(row.raw)
-                p = rules.prepare(block, row.raw)
-                if p.hash != row.hash or (block.account, block.height) != (row.account, row.height):
-                    raise StoreError(f"{self.path}: block #{row.seq} does not match its stored columns")
-                state = rules.commit(rules.plan(p, state, verify=False), state)
+                p = rules.prepare(decode_block(row.raw), row.raw)
             except (MalformedMessage, InvalidBlock) as exc:
                 raise StoreError(f"{self.path}: block #{row.seq} ({row.account} height {row.height}) is invalid: {exc}") from exc
-        for (raw,) in self._db.execute("SELECT raw FROM proofs"):
+            if p.hash != row.hash or (p.block.account, p.block.height) != (row.account, row.height):
+                raise StoreError(f"{self.path}: block #{row.seq} does not match its stored columns")
+            blocks.append(p)
+        side = [self._prepare_raw(raw) for raw in self._side_raws()]
+        res = self._replay(blocks, side)
+        on_side = {s.hash for s in side}
+        for bad, why in res.rejected + res.waiting:
+            if bad.hash not in on_side:
+                raise StoreError(f"{self.path}: block {bad.block.account} height {bad.block.height} is invalid: {why}")
+        return res.state
+
+    def _replay(self, blocks: list[Prepared], side: list[Prepared]) -> forks.ReplayResult:
+        """Replay ``blocks`` + ``side`` with every stored proof; rebuild the fork indexes."""
+        proofs = []
+        for raw in self.proof_rows():
             try:
-                state = rules.apply_proof(decode(bytes(raw), expect=EquivocationProof), state)
-            except (MalformedMessage, InvalidBlock) as exc:
+                proofs.append(decode(raw, expect=EquivocationProof))
+            except MalformedMessage as exc:
                 raise StoreError(f"{self.path}: invalid stored equivocation proof: {exc}") from exc
-        return state
+        claims = [p for p in blocks if isinstance(p.body, ClaimBody)]
+        counted = {p.hash for p in claims}
+        try:
+            res = forks.replay(self.params, [*blocks, *side], proofs, claims=claims)
+        except InvalidBlock as exc:
+            raise StoreError(f"{self.path}: invalid stored equivocation proof: {exc}") from exc
+        frozen = res.state.core.forks
+        self._frozen_blocks = {a: {} for a in frozen}
+        self._claims_citing = {a: {} for a in frozen}
+        for p in [*blocks, *side]:
+            view = frozen.get(p.block.account)
+            if view is not None and p.block.height >= view.height:
+                self._frozen_blocks[p.block.account][p.hash] = p
+            body = p.body
+            if isinstance(body, ClaimBody) and body.source_account in frozen and p.hash in counted:
+                self._claims_citing[body.source_account][p.hash] = p
+        return res
+
+    def _rebuild(self) -> None:
+        """Recompute the state from every stored block under the current fork choices and
+        rewrite ``blocks`` and ``side`` to match (inside the current transaction)."""
+        blocks = [self._prepare_raw(r.raw) for r in self.rows()]
+        side = [self._prepare_raw(raw) for raw in self._side_raws()]
+        res = self._replay(blocks, side)
+        self.rebuilds += 1
+        self._db.execute("DELETE FROM blocks")
+        self._db.executemany(
+            "INSERT INTO blocks (account, height, hash, raw) VALUES (?, ?, ?, ?)",
+            [(p.block.account, p.block.height, p.hash, p.block.encode()) for p in res.applied],
+        )
+        self._db.execute("DELETE FROM side")
+        for p in res.side:
+            self._insert_side(p)
+        for p, exc in res.waiting:
+            self.pending.add(p, forks.dependency_key(p, exc.reason), 0)
+        for p, exc in res.rejected:
+            log.warning("ledger rebuild drops %s height %d: %s", p.block.account, p.block.height, exc)
+            if p.block.account == self.own_account:
+                self.rejected_own.append((p.block, exc.reason))
+        self.state = res.state
+
+    def _prepare_raw(self, raw: bytes) -> Prepared:
+        try:
+            return rules.prepare(decode_block(raw), raw)
+        except (MalformedMessage, InvalidBlock) as exc:
+            raise StoreError(f"{self.path}: corrupt stored block: {exc}") from exc
 
     # --- transactions ------------------------------------------------------------------------
 
@@ -195,7 +297,7 @@ class LedgerStore:
             try:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
-                self.state = self._replay()
+                self.state = self._load()
             except (sqlite3.Error, StoreError):
                 pass
             if isinstance(exc, sqlite3.Error):
@@ -207,8 +309,9 @@ class LedgerStore:
     def append(self, block: Block, *, now_ms: int | None = None) -> bytes:
         """Check ``block`` against the state, store it durably, advance the state; its hash.
 
-        Raises InvalidBlock (nothing stored, state unchanged). On ``equivocation`` the proof
-        is stored and the account frozen before the error is raised.
+        Raises InvalidBlock (nothing stored, state unchanged). On ``equivocation`` (of
+        another account than ``own_account``) the proof is stored and the account frozen
+        before the error is raised.
         """
         return self.append_many([block], now_ms=now_ms)[0]
 
@@ -223,164 +326,248 @@ class LedgerStore:
         with self._batch():
             for block in blocks:
                 try:
-                    done.append(self._append_in_tx(block, now_ms))
+                    p = rules.prepare(block)
+                    self._apply(p, now_ms)
                 except InvalidBlock as exc:
+                    if exc.reason == "equivocation" and block.account != self.own_account:
+                        self._on_equivocation(p, IngestResult())
                     error = exc
                     break
+                done.append(p.hash)
         if error is not None:
-            if error.reason == "equivocation":
-                self._record_equivocation(blocks[len(done)])
             raise error
         return done
 
-    def _append_in_tx(self, block: Block, now_ms: int | None) -> bytes:
-        """Check, insert and apply one block inside the current transaction; its hash."""
-        pl = rules.plan(rules.prepare(block), self.state, now_ms=now_ms)
-        h = pl.prepared.hash
+    def _apply(self, p: Prepared, now_ms: int | None) -> None:
+        """Check and apply one block inside the current transaction (raises InvalidBlock)."""
+        pl = rules.plan(p, self.state, now_ms=now_ms, not_before=self._not_before)
+        if pl.void is not None:
+            body = p.body
+            assert isinstance(body, ClaimBody)
+            view = self._choose(body.source_account, extra=p)
+            current = self.state.fork(body.source_account)
+            if current is None or view.canonical != current.canonical:
+                # this claim changes which branch of the equivocator counts: rebuild with it
+                self._insert(p)
+                self._rebuild()
+                if self.state.hash_at(p.block.account, p.block.height) != p.hash:
+                    raise InvalidBlock("frozen", "the claim no longer applies after the fork choice changed")
+                return
+        self._insert(p)
+        self.state = rules.commit(pl, self.state)
+        self._after_apply(p, now_ms)
+
+    def _insert(self, p: Prepared) -> None:
         self._db.execute(
             "INSERT INTO blocks (account, height, hash, raw) VALUES (?, ?, ?, ?)",
-            (block.account, block.height, h, block.encode()),
+            (p.block.account, p.block.height, p.hash, p.block.encode()),
         )
-        self._db.execute("DELETE FROM pending WHERE hash = ?", (h,))
-        self.state = rules.commit(pl, self.state)
-        return h
 
-    def _record_equivocation(self, block: Block) -> EquivocationProof | None:
-        existing = self.block_at(block.account, block.height)
-        if existing is None:
-            return None
-        proof = EquivocationProof(existing, block)
-        if self.state.is_frozen(block.account):
-            return None
-        try:
-            self.state = rules.apply_proof(proof, self.state)
-        except InvalidBlock:
-            return None
-        self.add_proof(proof)
-        return proof
+    def _after_apply(self, p: Prepared, now_ms: int | None) -> None:
+        body = p.body
+        if now_ms is None:
+            return
+        if self._online_since is None:
+            self._online_since = now_ms
+        if isinstance(body, UnstakeBody) and self._backdated(p.block.timestamp_ms, now_ms):
+            self._unstake_seen[p.hash] = now_ms
+        if isinstance(body, ClaimBody) and body.source_account in self._claims_citing:
+            self._claims_citing[body.source_account][p.hash] = p
+
+    def _backdated(self, timestamp_ms: int, now_ms: int) -> bool:
+        """Whether an unstake dated ``timestamp_ms`` and first seen now looks dated back.
+
+        An honest unstake reaches a live node within the skew of its timestamp. One dated
+        further back is either dated back on purpose (to shorten unbonding) or one this node
+        missed while catching up. A node online for longer than the delay would not have
+        missed it, so it holds such an unstake's release to its own clock; a node that is
+        still catching up does not (it would otherwise lag the network by the delay)."""
+        assert self._online_since is not None
+        grown_up = now_ms - self._online_since > self.params.unbonding_delay_ms + self.params.max_clock_skew_ms
+        return grown_up and timestamp_ms < now_ms - self.params.max_clock_skew_ms
+
+    def _not_before(self, unstake: bytes) -> int | None:
+        """Our own earliest release of an unstake: when we first applied it + the delay."""
+        seen = self._unstake_seen.get(unstake)
+        return None if seen is None else seen + self.params.unbonding_delay_ms
 
     def add_proof(self, proof: EquivocationProof) -> bool:
-        """Keep a verified proof and freeze its account; False if it was already frozen.
-
-        Raises InvalidBlock("bad-proof") for a proof that does not verify.
-        """
-        if self.state.is_frozen(proof.account):
-            try:
-                with self._tx():
-                    self._db.execute("INSERT OR IGNORE INTO proofs VALUES (?, ?)", (proof.account, proof.encode()))
-            except sqlite3.Error as exc:
-                raise StoreError(f"cannot store proof in {self.path}: {exc}") from exc
+        """Keep a proof and freeze its account (or lower its fork height); False if it adds
+        nothing. Raises InvalidBlock("bad-proof") for a proof that does not verify."""
+        rules.verify_proof(proof, self.state)
+        current = self.state.fork(proof.account)
+        if current is not None and current.height <= proof.height:
             return False
-        state = rules.apply_proof(proof, self.state.copy())
         try:
-            with self._tx():
-                self._db.execute("INSERT OR IGNORE INTO proofs VALUES (?, ?)", (proof.account, proof.encode()))
+            with self._batch():
+                self._db.execute("INSERT OR REPLACE INTO proofs VALUES (?, ?)", (proof.account, proof.encode()))
+                for b in (proof.first, proof.second):
+                    if self.state.hash_at(b.account, b.height) != b.digest():
+                        self._insert_side(rules.prepare(b))
+                self._rebuild()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot store proof in {self.path}: {exc}") from exc
-        self.state = state
         return True
+
+    def rollback(self, account: str, from_height: int) -> list[Block]:
+        """Drop ``account``'s blocks at ``from_height`` and above (our own chain, when the
+        network holds another one) and rebuild; the blocks dropped, lowest first."""
+        with self._batch():
+            rows = self._db.execute(
+                "SELECT raw FROM blocks WHERE account = ? AND height >= ? ORDER BY height", (account, from_height)
+            ).fetchall()
+            dropped = [self._prepare_raw(bytes(r[0])).block for r in rows]
+            self._db.execute("DELETE FROM blocks WHERE account = ? AND height >= ?", (account, from_height))
+            self._rebuild()
+        return dropped
 
     def ingest(self, blocks: Sequence[Block], *, now_ms: int | None, received_ms: int | None = None) -> IngestResult:
         """Take blocks from the network (gossip or sync), in any order, in one transaction.
 
-        Each block is appended if valid; one whose predecessor or cited payment is missing
-        waits in ``pending`` (bounded; oldest evicted) and is retried whenever something is
-        appended; others are rejected with their reason. Never raises InvalidBlock; an SQLite
-        failure rolls the whole batch back (StoreError).
+        Each block is appended if valid; one whose predecessor or cited payment is missing,
+        or that must wait for time, waits in the pending pool (bounded, expiring) and is
+        retried when what it waits for is appended; others are rejected with their reason.
+        Never raises InvalidBlock; an SQLite failure rolls the whole batch back (StoreError).
         """
         res = IngestResult()
         received = received_ms if received_ms is not None else now_ms or 0
         with self._batch():
-            progressed = False
             for block in blocks:
-                progressed |= self._ingest_one(block, now_ms, received, res, True)
-            while progressed:
-                progressed = False
-                for block in self.pending_blocks():
-                    progressed |= self._ingest_one(block, now_ms, 0, res, False)
+                try:
+                    p = rules.prepare(block)
+                except InvalidBlock as exc:
+                    res.rejected.append((block, exc.reason))
+                    continue
+                self._ingest_one(p, now_ms, received, res, fresh=True)
         return res
 
-    def _ingest_one(self, block: Block, now_ms: int | None, received_ms: int, res: IngestResult, fresh: bool) -> bool:
-        try:
-            self._append_in_tx(block, now_ms)
-        except InvalidBlock as exc:
-            if exc.reason == "equivocation":
-                self._record_equivocation(block)
-            if exc.reason in DEPENDENCY_REASONS:
-                if fresh:
-                    self.add_pending(block, received_ms)
-                    res.pending += 1
-                    res.waiting.append(block)
-                return False
-            if not fresh:
-                self._drop_pending(block)
-            if exc.reason == "duplicate":
-                res.duplicates += 1
+    def retry_timed(self, now_ms: int) -> IngestResult:
+        """Retry the blocks that wait for time (and drop expired pending blocks)."""
+        self.pending.expire(now_ms)
+        res = IngestResult()
+        timed = self.pending.take_timed()
+        if timed:
+            with self._batch():
+                for p in timed:
+                    self._ingest_one(p, now_ms, now_ms, res, fresh=False)
+        return res
+
+    def _ingest_one(self, first: Prepared, now_ms: int | None, received: int, res: IngestResult, *, fresh: bool) -> None:
+        queue = [(first, fresh)]
+        while queue:
+            p, is_fresh = queue.pop(0)
+            rebuilds = self.rebuilds
+            try:
+                self._apply(p, now_ms)
+            except InvalidBlock as exc:
+                self._not_applied(p, exc, received, res, is_fresh)
+                if exc.reason == "frozen":  # now on the side: claims waiting for it may apply (void)
+                    queue.extend((q, False) for q in self.pending.take(("p", p.hash)))
             else:
-                res.rejected.append((block, exc.reason))
-                if exc.reason == "equivocation":
-                    proof = self.state.frozen().get(block.account)
-                    if proof is not None and block in (proof.first, proof.second):
-                        res.proofs.append(proof)
-            return False
-        res.applied.append(block)
-        return True
+                res.applied.append(p.block)
+                queue.extend((q, False) for q in self.pending.take(("h", p.block.account, p.block.height)))
+                queue.extend((q, False) for q in self.pending.take(("p", p.hash)))
+            if self.rebuilds != rebuilds:  # the fork choice changed: whatever waits may apply now
+                queue.extend((q, False) for q in self.pending.blocks())
+                self.pending.clear()
 
-    def add_pending(self, block: Block, received_ms: int) -> None:
-        """Keep a block whose predecessors are unknown; evict the oldest beyond the bound."""
-        try:
-            with self._tx():
-                self._db.execute(
-                    "INSERT OR IGNORE INTO pending VALUES (?, ?, ?, ?, ?)",
-                    (block.digest(), block.account, block.height, block.encode(), received_ms),
-                )
-                (n,) = self._db.execute("SELECT COUNT(*) FROM pending").fetchone()
-                if n > self.max_pending:
-                    self._db.execute(
-                        "DELETE FROM pending WHERE hash IN (SELECT hash FROM pending ORDER BY received_ms, hash LIMIT ?)",
-                        (n - self.max_pending,),
-                    )
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot store pending block in {self.path}: {exc}") from exc
+    def _not_applied(self, p: Prepared, exc: InvalidBlock, received: int, res: IngestResult, fresh: bool) -> None:
+        reason = exc.reason
+        if reason in DEPENDENCY_REASONS or reason in TIME_REASONS:
+            key = forks.dependency_key(p, reason) if reason in DEPENDENCY_REASONS else TIME_KEY
+            self.pending.add(p, key, received)
+            if fresh:
+                res.pending += 1
+                if reason in DEPENDENCY_REASONS:
+                    res.waiting.append(p.block)
+        elif reason == "duplicate":
+            res.duplicates += 1
+        elif reason == "equivocation":
+            res.rejected.append((p.block, reason))
+            if p.block.account == self.own_account:
+                res.own_conflicts.append(p.block)
+            else:
+                self._on_equivocation(p, res)
+        elif reason == "frozen":
+            self._add_side(p)
+        else:
+            res.rejected.append((p.block, reason))
 
-    def _drop_pending(self, block: Block) -> None:
-        try:
-            self._db.execute("DELETE FROM pending WHERE hash = ?", (block.digest(),))
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: {exc}") from exc
+    def _on_equivocation(self, p: Prepared, res: IngestResult) -> None:
+        """A second block at a filled height: keep it on the side, prove, rebuild."""
+        b = p.block
+        existing = self.block_at(b.account, b.height)
+        if existing is None:
+            return
+        proof = EquivocationProof(existing, b)
+        current = self.state.fork(b.account)
+        self._insert_side(p)
+        if current is not None and current.height <= b.height:
+            self._refork(b.account, p)
+            return
+        self._db.execute("INSERT OR REPLACE INTO proofs VALUES (?, ?)", (b.account, proof.encode()))
+        self._rebuild()
+        res.proofs.append(proof)
+
+    def _add_side(self, p: Prepared) -> None:
+        """A block of a frozen account off its current choice: keep it; it may matter later."""
+        self._insert_side(p)
+        self._refork(p.block.account, p)
+
+    def _refork(self, account: str, p: Prepared) -> None:
+        """Recompute ``account``'s fork choice now that ``p`` is known; rebuild if it changed."""
+        known = self._frozen_blocks.setdefault(account, {})
+        known[p.hash] = p
+        view = self._choose(account)
+        current = self.state.fork(account)
+        if current is not None and view.canonical != current.canonical:
+            self._rebuild()
+        elif current is not None and dict(view.side) != dict(current.side):
+            self.state = rules.apply_proof(self.state.core.frozen[account], self.state, view)
+
+    def _choose(self, account: str, extra: Prepared | None = None) -> Any:
+        current = self.state.fork(account)
+        assert current is not None
+        claims = list(self._claims_citing.get(account, {}).values())
+        if extra is not None:
+            claims.append(extra)
+        return forks.choose(account, current.height, self._frozen_blocks.get(account, {}).values(), claims)
+
+    def _insert_side(self, p: Prepared) -> None:
+        (n,) = self._db.execute("SELECT COUNT(*) FROM side WHERE account = ?", (p.block.account,)).fetchone()
+        if n >= MAX_SIDE_PER_ACCOUNT:
+            return
+        self._db.execute(
+            "INSERT OR IGNORE INTO side VALUES (?, ?, ?, ?)", (p.hash, p.block.account, p.block.height, p.block.encode())
+        )
+        view = self.state.fork(p.block.account)
+        if view is not None and p.block.height >= view.height:
+            self._frozen_blocks.setdefault(p.block.account, {})[p.hash] = p
 
     # --- reads -------------------------------------------------------------------------------
 
-    def pending_blocks(self) -> list[Block]:
-        """Waiting blocks, by account and height (so a chain fills in one pass)."""
-        try:
-            rows = self._db.execute("SELECT raw FROM pending ORDER BY account, height").fetchall()
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: {exc}") from exc
-        out = []
-        for (raw,) in rows:
-            try:
-                out.append(decode_block(bytes(raw)))
-            except MalformedMessage:
-                continue
-        return out
-
     def pending_count(self) -> int:
-        return int(self._query_one("SELECT COUNT(*) FROM pending")[0])
+        return len(self.pending)
+
+    def pending_blocks(self) -> list[Block]:
+        """Waiting blocks, oldest first."""
+        return [p.block for p in self.pending.blocks()]
 
     def missing(self) -> dict[str, int]:
         """``account -> lowest height wanted`` for chains that pending blocks are waiting on."""
         out: dict[str, int] = {}
-        for block in self.pending_blocks():
-            head = self.state.account(block.account)
-            want = 0 if head is None else head.height + 1
-            if block.height >= want:
-                out[block.account] = min(out.get(block.account, want), want)
-            if isinstance(body := _claim_body(block), ClaimBody):
-                src = self.state.account(body.source_account)
-                swant = 0 if src is None else src.height + 1
-                if body.source_height >= swant:
-                    out[body.source_account] = min(out.get(body.source_account, swant), swant)
+
+        def want(account: str, height: int) -> None:
+            head = self.state.account(account)
+            lowest = 0 if head is None else head.height + 1
+            if height >= lowest:
+                out[account] = min(out.get(account, lowest), lowest)
+
+        for p, key in self.pending.waits():
+            if key[0] == "h":
+                want(p.block.account, p.block.height)
+        for account, height in self.pending.claims_waiting():
+            want(account, height)
         return out
 
     def heads(self) -> dict[str, tuple[int, bytes]]:
@@ -407,10 +594,21 @@ class LedgerStore:
 
     def raw_blocks_missing(self, heads: dict[str, int]) -> Iterator[bytes]:
         """Raw blocks above ``heads`` (``account -> height held``; absent: none held), in
-        acceptance order, so every block comes after what it depends on."""
-        for row in self.rows():
-            if row.height > heads.get(row.account, -1):
-                yield row.raw
+        acceptance order, so every block comes after what it depends on. Reads only the
+        chains the asker lacks blocks of (indexed by account), not the whole table."""
+        wanted: list[tuple[int, bytes]] = []
+        try:
+            for account, (height, _) in self.state.heads().items():
+                theirs = heads.get(account, -1)
+                if height > theirs:
+                    wanted += self._db.execute(
+                        "SELECT seq, raw FROM blocks WHERE account = ? AND height > ?", (account, theirs)
+                    ).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
+        wanted.sort()
+        for _, raw in wanted:
+            yield bytes(raw)
 
     def rows(self) -> Iterator[StoredRow]:
         """Every stored block row in acceptance order (raw bytes, unchecked)."""
@@ -420,6 +618,21 @@ class LedgerStore:
                 yield StoredRow(seq, account, height, bytes(h), bytes(raw))
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: {exc}") from exc
+
+    def _side_raws(self) -> list[bytes]:
+        try:
+            return [bytes(r[0]) for r in self._db.execute("SELECT raw FROM side ORDER BY account, height, hash")]
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
+
+    def side_block(self, block_hash: bytes) -> Block | None:
+        """An off-choice block of a frozen account, by hash."""
+        row = self._query_one("SELECT raw FROM side WHERE hash = ?", (block_hash,))
+        return None if row is None else self._decode(bytes(row[0]))
+
+    def side_rows(self) -> list[bytes]:
+        """Raw off-choice blocks of frozen accounts (sync and audit send them along)."""
+        return self._side_raws()
 
     def proof_rows(self) -> list[bytes]:
         try:
@@ -456,28 +669,3 @@ class LedgerStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _claim_body(block: Block) -> object:
-    try:
-        return block.decoded_body()
-    except MalformedMessage:
-        return None
-
-
-def read_params(path: Path | str) -> NetworkParams:
-    """The network params stored in an existing ledger file (read-only; for audit)."""
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            row = db.execute("SELECT value FROM meta WHERE key='params'").fetchone()
-        finally:
-            db.close()
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot read {path}: {exc}") from exc
-    if row is None:
-        raise StoreError(f"{path} has no network params")
-    try:
-        return decode(bytes(row[0]), expect=NetworkParams)
-    except MalformedMessage as exc:
-        raise StoreError(f"{path}: unreadable network params: {exc}") from exc

@@ -12,9 +12,15 @@
 * Pull, ``/p2pserve/sync/1``: the requester sends :class:`SyncHeads` (its height per
   account); the responder streams the blocks the requester lacks in its acceptance order
   (so payments arrive before their claims), in :class:`SyncBatch` es of at most
-  ``max_blocks_per_batch``, then :class:`SyncDone` (``more=True`` when it stopped at
-  ``max_blocks_per_session``; the requester then asks again, up to ``max_rounds``). A node
-  pulls from every peer that connects, so one that joins late or was offline catches up.
+  ``max_blocks_per_batch``, then the off-choice blocks of frozen accounts it keeps (so a
+  fork choice is computed from the same blocks everywhere), then :class:`SyncDone`
+  (``more=True`` when it stopped at ``max_blocks_per_session``; the requester then asks
+  again, up to ``max_rounds``). A node pulls from every peer that connects, so one that
+  joins late or was offline catches up.
+* Time: blocks that wait for the clock (dated ahead, or unbonding not released yet) are
+  retried every ``retry_interval`` seconds; expired pending blocks are dropped then.
+* Our own chain: a block of ``store.own_account`` that conflicts with ours is handed to
+  ``on_own_conflict`` (the ledger service repairs) instead of being proven.
 
 Every count from a peer is bounded (heads per request, blocks per batch and per session,
 frame size) and every wait has a timeout; a misbehaving peer only breaks its own stream.
@@ -23,7 +29,7 @@ frame size) and every wait has a timeout; a misbehaving peer only breaks its own
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import trio
 
@@ -37,8 +43,8 @@ from p2pserve.errors import (
 )
 from p2pserve.framed import FramedStream
 from p2pserve.ledger.blocks import Block, EquivocationProof, decode_block
-from p2pserve.ledger.store import LedgerStore
-from p2pserve.transport import PubsubMessage, Stream, Transport
+from p2pserve.ledger.store import IngestResult, LedgerStore
+from p2pserve.transport import PeerEvent, PubsubMessage, Stream, Transport
 from p2pserve.wire.codec import MAX_ITEMS, Message, decode, message
 from p2pserve.wire.limits import DEFAULT_LIMITS, Limits
 
@@ -112,13 +118,18 @@ class LedgerSync:
         max_rounds: int = 100,
         ingest_window: float = 0.02,
         ingest_max: int = 256,
+        retry_interval: float = 1.0,
+        max_side_per_session: int = 1024,
         on_applied: Callable[[list[Block]], None] | None = None,
+        on_own_conflict: Callable[[list[Block], str], None] | None = None,
     ) -> None:
         """``now_ms`` is the wall clock in ms used to refuse blocks from the future (None: no
         such check). ``timeout`` bounds every wait on a peer. Gossiped blocks are ingested
         in batches: the first waits at most ``ingest_window`` seconds for others, and a
         batch holds at most ``ingest_max`` blocks. ``on_applied`` (synchronous, must not
-        raise) is called with the blocks each network batch applied."""
+        raise) is called with the blocks each network batch applied; ``on_own_conflict``
+        (synchronous) with blocks of our own account that conflict with ours, and the peer
+        they came from."""
         self.transport = transport
         self.store = store
         self.now_ms = now_ms
@@ -129,7 +140,10 @@ class LedgerSync:
         self.topic = blocks_topic(store.params.network_id)
         self.ingest_window = ingest_window
         self.ingest_max = ingest_max
+        self.retry_interval = retry_interval
+        self.max_side_per_session = max_side_per_session
         self.on_applied = on_applied
+        self.on_own_conflict = on_own_conflict
         self._nursery: trio.Nursery | None = None
         self._syncing: set[str] = set()
 
@@ -145,6 +159,7 @@ class LedgerSync:
             self._nursery = nursery
             nursery.start_soon(self._watch_peers, events)
             nursery.start_soon(self._ingest_loop, recv)
+            nursery.start_soon(self._retry_loop)
             for peer in self.transport.connected_peers():
                 self.request_sync(peer)
             task_status.started()
@@ -158,10 +173,40 @@ class LedgerSync:
                     await sub.aclose()
                 nursery.cancel_scope.cancel()
 
-    async def _watch_peers(self, events: object) -> None:
-        async for ev in events:  # type: ignore[attr-defined]
+    async def _watch_peers(self, events: AsyncIterator[PeerEvent]) -> None:
+        async for ev in events:
             if ev.connected:
                 self.request_sync(ev.peer_id)
+
+    async def _retry_loop(self) -> None:
+        while True:
+            await trio.sleep(self.retry_interval)
+            now = self.now_ms()
+            if now is None:
+                continue
+            try:
+                res = self.store.retry_timed(now)
+            except P2PServeError as exc:
+                log.warning("retrying waiting blocks failed: %s", exc)
+                continue
+            self._handle_result(res, None)
+
+    async def pull_from(self, peers: Sequence[str]) -> int:
+        """Pull from ``peers`` at once (each bounded by ``timeout``); how many answered."""
+        answered = 0
+
+        async def one(peer: str) -> None:
+            nonlocal answered
+            try:
+                await self.sync_with(peer)
+                answered += 1
+            except (TransportError, ProtocolError) as exc:
+                log.info("ledger sync with %s failed: %s", peer, exc)
+
+        async with trio.open_nursery() as nursery:
+            for peer in peers:
+                nursery.start_soon(one, peer)
+        return answered
 
     def request_sync(self, peer_id: str) -> None:
         """Pull from ``peer_id`` in the background (once at a time per peer)."""
@@ -257,14 +302,26 @@ class LedgerSync:
         except P2PServeError as exc:
             log.warning("could not ingest %d gossiped blocks: %s", len(batch), exc)
             return
-        for proof in res.proofs:
-            self._spawn_publish(proof.encode())
         if res.waiting:
             waiting = {id(b) for b in res.waiting}
             for block, peer in batch:
                 if id(block) in waiting and peer != self.transport.peer_id:
                     self.request_sync(peer)
+        if res.own_conflicts:
+            origin = {id(b): peer for b, peer in batch}
+            self._own_conflict(res.own_conflicts, origin.get(id(res.own_conflicts[0]), ""))
+        self._handle_result(res, None)
+
+    def _handle_result(self, res: IngestResult, peer: str | None) -> None:
+        for proof in res.proofs:
+            self._spawn_publish(proof.encode())
+        if res.own_conflicts and peer is not None:
+            self._own_conflict(res.own_conflicts, peer)
         self._applied(res.applied)
+
+    def _own_conflict(self, blocks: list[Block], peer: str) -> None:
+        if self.on_own_conflict is not None:
+            self.on_own_conflict(blocks, peer)
 
     def _applied(self, blocks: list[Block]) -> None:
         if blocks and self.on_applied is not None:
@@ -311,7 +368,7 @@ class LedgerSync:
                     return applied, msg.more
                 assert isinstance(msg, SyncBatch)
                 received += len(msg.blocks)
-                if received > self.max_blocks_per_session:
+                if received > self.max_blocks_per_session + self.max_side_per_session:
                     raise RemoteProtocolError(f"{peer_id} sent more than {self.max_blocks_per_session} blocks")
                 blocks = []
                 for raw in msg.blocks:
@@ -321,7 +378,7 @@ class LedgerSync:
                         continue
                 res = self.store.ingest(blocks, now_ms=self.now_ms())
                 applied += len(res.applied)
-                self._applied(res.applied)
+                self._handle_result(res, peer_id)
         finally:
             await fs.aclose()
 
@@ -347,6 +404,9 @@ class LedgerSync:
                     batch = []
             if batch:
                 await fs.send(SyncBatch(tuple(batch)), timeout=self.timeout)
+            side = self.store.side_rows()[: self.max_side_per_session]
+            for start in range(0, len(side), self.limits.max_blocks_per_batch):
+                await fs.send(SyncBatch(tuple(side[start : start + self.limits.max_blocks_per_batch])), timeout=self.timeout)
             await fs.send(SyncDone(more, tuple(self.store.proof_rows()[:64])), timeout=self.timeout)
         except (TransportError, ProtocolError) as exc:
             log.info("sync request from %s failed: %s", stream.remote_peer, exc)

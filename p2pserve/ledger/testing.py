@@ -35,6 +35,7 @@ TEST_PARAMS = NetworkParams(
     max_initial_staked=100 * CREDIT,
     unbonding_delay_ms=60_000,
     duel_penalty=2 * CREDIT,
+    max_clock_skew_ms=5_000,
 )
 
 
@@ -156,7 +157,7 @@ class World:
             amount = rng.randrange(1, 3 * CREDIT)
             return self.unstake(a, amount) if view.staked >= amount else None
         if r < 0.4:
-            self.now_ms += rng.randrange(0, 2 * self.params.unbonding_delay_ms)
+            self.now_ms += rng.randrange(0, 2 * (self.params.unbonding_delay_ms + self.params.max_clock_skew_ms))
             return None
         e = rng.choice([n for n in names if n != a])
         # mostly one receipt per pay, sometimes a batch (as a node's pay writer makes them)
