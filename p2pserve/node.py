@@ -30,6 +30,7 @@ from p2pserve.ledger.store import LedgerStore
 from p2pserve.openai_api import openai_routes
 from p2pserve.peers import PeerEntry, PeerTable
 from p2pserve.policies import load_policy
+from p2pserve.replay_log import REPLAY_NAME, ReplayLog
 from p2pserve.serve import Deadlines, ServeService
 from p2pserve.transport import Transport
 
@@ -75,9 +76,11 @@ class Node:
         ledger_store: LedgerStore | None = None,
         rng: random.Random | None = None,
         wall_clock: Callable[[], float] = time.time,
+        replay_log: ReplayLog | None = None,
     ) -> None:
         """``backends`` replaces the ones ``config.models`` describes (tests, simulator).
-        ``ledger_store`` is the node's ledger (default: an in-memory one, for tests)."""
+        ``ledger_store`` is the node's ledger (default: an in-memory one, for tests);
+        ``replay_log`` keeps the offers this node executed across restarts (default: none)."""
         if transport.peer_id != signer.peer_id:
             raise ValueError("transport and signer disagree on the peer id")
         self.config = config
@@ -126,10 +129,10 @@ class Node:
             dispatch={name: m.dispatch_params for name, m in models.items()},
             prices={name: round(m.price_per_1k * MICRO) for name, m in models.items()},
             deadlines=Deadlines(request_s=sp.request_timeout),
-            on_receipt=self.ledger.pay,
-            can_afford=self.ledger.can_afford,
+            wallet=self.ledger,
             stake_of=self._stake_of,
             wall_clock=wall_clock,
+            replay_log=replay_log,
         )
         self.started_at = 0.0
 
@@ -212,6 +215,8 @@ class Node:
             ],
             "served": dataclasses.asdict(self.serve.counters),
             "ledger": self.ledger.summary(),
+            "ledger_fingerprint": self.ledger.fingerprint(),
+            "offenders": self.serve.offenders.snapshot(now),
             "offloading": self._offloading(),
             "uptime_s": round(now - self.started_at, 3),
             "connected_peers": sorted(self.transport.connected_peers()),
@@ -276,9 +281,9 @@ async def run_libp2p_node(
     sp = config.server_params
     host, _, port = sp.api.rpartition(":")
     data_dir = Path(config.data_dir) if config.data_dir else default_data_dir()
-    with LedgerStore.in_data_dir(data_dir, config.ledger_params.network_params()) as store:
+    with LedgerStore.in_data_dir(data_dir, config.ledger_params.network_params(), own_account=signer.peer_id) as store:
         async with open_libp2p_transport(signer, list(sp.listen), announce_addrs=list(sp.announce) or None) as transport:
-            node = Node(config, signer, transport, ledger_store=store)
+            node = Node(config, signer, transport, ledger_store=store, replay_log=ReplayLog(data_dir / REPLAY_NAME))
             async with trio.open_nursery() as nursery:
                 await nursery.start(node.run)
                 app = build_app(status=node.status, metrics=node.metrics, api_key=sp.api_key, extra_routes=node.api_routes())

@@ -54,7 +54,9 @@ from p2pserve.errors import BackendError, BadRequest, NoCapacity, RequestFailed,
 from p2pserve.framed import FramedStream
 from p2pserve.peers import PeerEntry, PeerTable
 from p2pserve.policies import LocalModel, Offload, Policy, PolicyParams, Queue, RequestContext, RunLocal, Wait
-from p2pserve.receipts import ReplayGuard, check_receipt, price_for
+from p2pserve.offenders import OffenderBook
+from p2pserve.receipts import Bounds, ReplayGuard, check_receipt, price_for
+from p2pserve.replay_log import ReplayLog
 from p2pserve.routing import choose_candidates
 from p2pserve.serve_client import InferClient
 from p2pserve.serve_executor import InferExecutor
@@ -68,6 +70,7 @@ from p2pserve.serve_types import (
     ServeCounters,
     ServeEvent,
     Started,
+    Wallet,
 )
 from p2pserve.transport import Transport
 from p2pserve.wire.limits import DEFAULT_LIMITS
@@ -95,9 +98,11 @@ class ServeService:
 
     ``backends`` maps model name → backend (empty for a gateway). ``dispatch`` and
     ``prices`` (micro-credits per 1k output tokens, default 0) are per model.
-    ``on_receipt`` is awaited with every verified receipt (the ledger pays it; errors it
-    raises are logged, never shown to the user). ``can_afford(micro_credits)`` filters
-    candidates the node could not pay. ``stake_of`` is a peer's stake for PoS (the node
+    ``wallet`` (the node's ledger) holds each offer's worst-case price before it is sent,
+    pays receipts through the hold, and decides which peers' offers this node may take
+    (no wallet: everything is free, as in unit tests). ``on_receipt`` is awaited with every
+    verified receipt (an observer; errors it raises are logged, never shown to the user).
+    ``offenders`` remembers executors that misbehaved (cooling-off, then probation). ``stake_of`` is a peer's stake for PoS (the node
     passes its ledger's view; default: the stake the peer claims). ``wall_clock`` (seconds) stamps offers and checks
     their age; everything else uses trio's clock.
 
@@ -122,10 +127,12 @@ class ServeService:
         prices: Mapping[str, int] | None = None,
         deadlines: Deadlines = Deadlines(),
         on_receipt: Callable[[Receipt], Awaitable[None]] | None = None,
-        can_afford: Callable[[int], bool] | None = None,
+        wallet: Wallet | None = None,
         stake_of: Callable[[PeerEntry], int] | None = None,
         wall_clock: Callable[[], float] = time.time,
         load_interval: float = 1.0,
+        offenders: OffenderBook | None = None,
+        replay_log: ReplayLog | None = None,
     ) -> None:
         if transport.peer_id != signer.peer_id:
             raise ValueError("transport and signer disagree on the peer id")
@@ -141,7 +148,8 @@ class ServeService:
         self.prices = dict(prices or {})
         self.deadlines = deadlines
         self.on_receipt = on_receipt
-        self.can_afford = can_afford
+        self.wallet = wallet
+        self.offenders = offenders if offenders is not None else OffenderBook()
         self.stake_of: Callable[[PeerEntry], int] = stake_of or (lambda e: e.status.stake)
         self.wall_clock = wall_clock
         self.load_interval = load_interval
@@ -154,12 +162,13 @@ class ServeService:
         self._client = InferClient(
             transport, signer, network_id, peers, rng,
             deadlines=deadlines, counters=self.counters, on_receipt=on_receipt, wall_clock=wall_clock,
+            wallet=wallet, offenders=self.offenders,
         )
         self._executor = InferExecutor(
             signer, network_id, self.backends, self.prices, policy, rng,
             deadlines=deadlines, counters=self.counters, inflight=self._inflight,
             local_model=self._local_model, read_load=self._read_load, backlog=self.backlog,
-            wall_clock=wall_clock,
+            wall_clock=wall_clock, wallet=wallet, replay_log=replay_log,
         )
         self.replay: ReplayGuard = self._executor.replay
 
@@ -185,6 +194,8 @@ class ServeService:
         finally:
             with trio.CancelScope(shield=True):
                 await self._client.close_idle(math.inf)
+            if self._executor.replay_log is not None:
+                self._executor.replay_log.close()
 
     async def _load_loop(self) -> None:
         while True:
@@ -317,7 +328,7 @@ class ServeService:
                 else:
                     last_round = trio.current_time()
                     attempts: list[Attempt] = []
-                    async with aclosing(self._offer_round(candidates, kind, model, body_bytes, progress, attempts)) as sub:
+                    async with aclosing(self._offer_round(candidates, kind, model, body, body_bytes, progress, attempts)) as sub:
                         async for ev in sub:
                             yield ev
                     self.counters.failovers += sum(a.outcome == "refused" for a in attempts)
@@ -339,8 +350,8 @@ class ServeService:
                 self._waiting[model] -= 1
 
     async def _offer_round(
-        self, candidates: list[PeerEntry], kind: Kind, model: str, body_bytes: bytes, progress: Progress,
-        attempts: list[Attempt],
+        self, candidates: list[PeerEntry], kind: Kind, model: str, body: dict[str, Any], body_bytes: bytes,
+        progress: Progress, attempts: list[Attempt],
     ) -> AsyncGenerator[ServeEvent, None]:
         """Offer to the PoS-chosen candidates one after another until one does not refuse.
 
@@ -349,29 +360,41 @@ class ServeService:
         for peer in self._choose(candidates):
             attempt = Attempt()
             attempts.append(attempt)
-            async with aclosing(self._client.run_remote(peer, kind, model, body_bytes, progress, attempt)) as sub:
+            async with aclosing(self._client.run_remote(peer, kind, model, body, body_bytes, progress, attempt)) as sub:
                 async for ev in sub:
                     yield ev
             if attempt.outcome != "refused":
                 return
 
     def _choose(self, candidates: list[PeerEntry]) -> list[str]:
-        """The peers to offer a request to, in PoS order."""
-        return choose_candidates(
-            candidates, self.rng, self.params.offer_fanout, self.params.newcomer_share, stake_of=self.stake_of
+        """The peers to offer a request to: clean peers in PoS order, then peers on probation
+        (past offenders, see :mod:`p2pserve.offenders`) in PoS order, whatever their stake."""
+        by_id = {e.peer_id: e for e in candidates}
+        clean, probation = self.offenders.split(sorted(by_id), trio.current_time())
+        k = self.params.offer_fanout
+        first = choose_candidates(
+            [by_id[p] for p in clean], self.rng, k, self.params.newcomer_share, stake_of=self.stake_of
         )
+        if len(first) >= k or not probation:
+            return first
+        rest = choose_candidates(
+            [by_id[p] for p in probation], self.rng, k - len(first), self.params.newcomer_share, stake_of=self.stake_of
+        )
+        return first + rest
 
     def _candidate_entries(self, model: str, body: dict[str, Any], exclude: set[str]) -> list[Any]:
-        entries = self.peers.candidates(model, exclude=exclude)
-        if self.can_afford is None:
+        """Peers to consider: alive, accepting, not excluded for this request, not cooling
+        off after an offence, and (with a wallet) affordable at their worst-case price."""
+        now = trio.current_time()
+        entries = [e for e in self.peers.candidates(model, exclude=exclude) if not self.offenders.cooling(e.peer_id, now)]
+        if self.wallet is None:
             return entries
-        max_tokens = body.get("max_tokens")
         out = []
         for e in entries:
             m = e.model(model)
             assert m is not None
-            tokens = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else m.context_length
-            if self.can_afford(price_for(tokens, m.price_per_1k)):
+            worst = Bounds.of(body, 0, "", m.context_length).worst_case_tokens()
+            if self.wallet.can_afford(price_for(worst, m.price_per_1k)):
                 out.append(e)
         return out
 
@@ -390,7 +413,7 @@ class ServeService:
             self.counters.failovers += 1
             candidates = self._candidate_entries(model, body, progress.excluded)
             attempts: list[Attempt] = []
-            async with aclosing(self._offer_round(candidates, kind, model, body_bytes, progress, attempts)) as sub:
+            async with aclosing(self._offer_round(candidates, kind, model, body, body_bytes, progress, attempts)) as sub:
                 async for ev in sub:
                     yield ev
             attempt = attempts[-1] if attempts else Attempt()

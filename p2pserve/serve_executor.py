@@ -8,15 +8,21 @@ Per offer, on a session stream (messages in :mod:`p2pserve.wire.messages`)::
     requester → executor   InferRequest   signed by the requester, fresh 16-byte request_id
     executor  → requester  Accept | Reject(reason)
     executor  → requester  Chunk(0), Chunk(1), ...
+    requester → executor   Cancel(request_id)        (optional: its user left)
     executor  → requester  Done(finish_reason, Receipt) | Failure(code, message, partial Receipt?)
 
-Guarantees: it only runs requests signed for it, on its network, not seen before and
-created within ``replay_window_s`` of its clock, for a model it serves, at a price at or
-above its own, when its policy accepts; it signs a receipt for exactly the text it sent (a
-partial one if its backend fails after sending text). A session carries one offer at a
-time; an end of stream while a request runs stops generation at once. Chunks produced
-while a write is in flight go out together in the next write. Every task runs in a
-nursery of the session handler; nothing is fire-and-forget.
+Guarantees: it only runs requests signed for it, on its network, not seen before (also
+across restarts, with a :class:`~p2pserve.replay_log.ReplayLog`) and created within
+``replay_window_s`` of its clock, for a model it serves, at a price at or above its own,
+from a requester its wallet admits (an opened account whose credit covers the worst case
+and that pays what it owes: see ``LedgerService.admit``), when its policy accepts; it signs
+a receipt for exactly the text it sent, with token counts clamped to the bounds the
+requester checks (:class:`~p2pserve.receipts.Bounds`), and a partial one if its backend
+fails or the requester cancels after text was sent. A session carries one offer at a time;
+an end of stream while a request runs stops generation at once; a Cancel stops it within
+one chunk and answers with ``Failure("cancelled", ...)``. Chunks produced while a write is
+in flight go out together in the next write. Every task runs in a nursery of the session
+handler; nothing is fire-and-forget.
 """
 
 from __future__ import annotations
@@ -36,11 +42,12 @@ from p2pserve.crypto import Signer, sha256
 from p2pserve.errors import BackendError, ProtocolError, RemoteProtocolError, TransportError
 from p2pserve.framed import FramedStream
 from p2pserve.policies import LocalModel, OfferContext, Policy
-from p2pserve.receipts import ReplayGuard, price_for
-from p2pserve.serve_types import Deadlines, ServeCounters
+from p2pserve.receipts import Bounds, ReplayGuard, price_for
+from p2pserve.replay_log import ReplayLog
+from p2pserve.serve_types import Admission, Deadlines, ServeCounters, Wallet
 from p2pserve.transport import Stream
 from p2pserve.wire.limits import DEFAULT_LIMITS
-from p2pserve.wire.messages import Accept, Chunk, Done, Failure, InferRequest, Receipt, Reject
+from p2pserve.wire.messages import Accept, Cancel, Chunk, Done, Failure, InferRequest, Receipt, Reject
 
 __all__ = ["InferExecutor"]
 
@@ -57,6 +64,10 @@ class _Session:
     """The requester ended the stream (or it broke): no more offers, stop the running one."""
     running: trio.CancelScope | None = None
     """The running request's scope, cancelled when the requester goes."""
+    request_id: bytes = b""
+    """The running request's ID."""
+    generation: trio.CancelScope | None = None
+    """The running request's generation only, cancelled by the requester's Cancel."""
 
 
 class _Outbox:
@@ -144,6 +155,8 @@ class InferExecutor:
         read_load: Callable[[str], Awaitable[Load]],
         backlog: Callable[[], int],
         wall_clock: Callable[[], float],
+        wallet: Wallet | None = None,
+        replay_log: ReplayLog | None = None,
     ) -> None:
         self.signer = signer
         self.network_id = network_id
@@ -155,6 +168,11 @@ class InferExecutor:
         self.counters = counters
         self.wall_clock = wall_clock
         self.replay = ReplayGuard(int(deadlines.replay_window_s * 1000))
+        self.wallet = wallet
+        self.replay_log = replay_log
+        if replay_log is not None:
+            for requester, request_id, created_ms in replay_log.open(self._now_ms(), self.replay.window_ms):
+                self.replay.remember(requester, request_id, created_ms)
         self._inflight = inflight
         self._local_model = local_model
         self._read_load = read_load
@@ -163,6 +181,9 @@ class InferExecutor:
     @property
     def peer_id(self) -> str:
         return self.signer.peer_id
+
+    def _now_ms(self) -> int:
+        return int(self.wall_clock() * 1000)
 
     def _check_offer(self, req: InferRequest) -> str | None:
         """The reject reason for an offer, or None to consider it (pure but for the clock)."""
@@ -181,7 +202,12 @@ class InferExecutor:
             return "price"
         if req.continuation and not backend.supports_continuation:
             return "no-continuation"
-        return self.replay.check(req.requester, req.request_id, req.created_ms, int(self.wall_clock() * 1000))
+        reason = self.replay.check(req.requester, req.request_id, req.created_ms, self._now_ms())
+        if reason is None and self.replay_log is not None:
+            self.replay_log.append(req.requester, req.request_id, req.created_ms)
+            if self.replay_log.needs_compaction():
+                self.replay_log.compact(self.replay.entries())
+        return reason
 
     async def handle_offer(self, stream: Stream) -> None:
         """Executor side of ``/p2pserve/infer/1``: a session of offers, one after another.
@@ -224,9 +250,15 @@ class InferExecutor:
         async with out:
             try:
                 while True:
-                    msg = await fs.recv_or_eof(InferRequest)
+                    msg = await fs.recv_or_eof((InferRequest, Cancel))
                     if msg is None:
                         break
+                    if isinstance(msg, Cancel):
+                        # stop the running request's generation; late Cancels are harmless
+                        if session.generation is not None and msg.request_id == session.request_id:
+                            session.generation.cancel()
+                        continue
+                    assert isinstance(msg, InferRequest)
                     if session.busy:
                         raise RemoteProtocolError("an offer arrived while a request was running")
                     session.busy = True
@@ -250,11 +282,21 @@ class InferExecutor:
                 body = None
             if not isinstance(body, dict):
                 reason = "bad-body"
+        admission: Admission | None = None
+        bounds = Bounds.of(body, len(req.body), req.continuation, self.backends[req.model].context_length) if reason is None else None
         if reason is None:
             await self._read_load(req.model)
             offer = OfferContext(req.model, req.requester, bool(req.continuation))
             if not self.policy.accept(offer, [self._local_model(req.model)], self.backlog(), self.rng):
                 reason = "busy"
+        if reason is None and self.wallet is not None and bounds is not None:
+            worst = price_for(bounds.worst_case_tokens(), self.prices.get(req.model, 0))
+            if worst > 0:
+                admitted = self.wallet.admit(req.requester, worst)
+                if isinstance(admitted, str):
+                    reason = admitted
+                else:
+                    admission = admitted
         if reason is not None:
             self.counters.offers_rejected += 1
             session.busy = False
@@ -264,28 +306,46 @@ class InferExecutor:
                 log.debug("reject to %s not sent: %s", fs.remote_peer, exc)
                 return False
             return True
-        return await self._execute(fs, session, req, body)
+        assert bounds is not None
+        try:
+            return await self._execute(fs, session, req, body, bounds, admission)
+        finally:
+            if admission is not None:
+                admission.close()
 
-    async def _execute(self, fs: FramedStream, session: _Session, req: InferRequest, body: dict[str, Any]) -> bool:
+    async def _execute(
+        self, fs: FramedStream, session: _Session, req: InferRequest, body: dict[str, Any], bounds: Bounds,
+        admission: Admission | None,
+    ) -> bool:
         """Accept, run and answer ``req``; True when its final message went out."""
         backend = self.backends[req.model]
         outbox = _Outbox(fs, self.deadlines.send_s)
         sent: list[str] = []
+        job = _Job(req, bounds, admission)
         self._inflight[req.model] += 1
         gen = backend.generate(req.kind, body, continuation=req.continuation)  # type: ignore[arg-type]
         try:
             with trio.CancelScope() as scope:
                 session.running = scope
+                session.request_id = req.request_id
                 if session.gone:
                     scope.cancel()
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(outbox.run, scope)
                     await outbox.put(Accept(req.request_id))
-                    await self._generate(outbox, session, req, gen, sent)
+                    with trio.CancelScope() as generation:
+                        session.generation = generation
+                        await self._generate(outbox, session, job, gen, sent)
+                    session.generation = None
+                    if generation.cancelled_caught:  # the requester's Cancel: a partial receipt
+                        partial = self._receipt(job, "".join(sent), 0, len(sent), True) if sent else None
+                        session.busy = False
+                        await outbox.put(Failure("cancelled", "the requester cancelled the request", partial))
                     await outbox.flush()
                     nursery.cancel_scope.cancel()
         finally:
             session.running = None
+            session.generation = None
             self._inflight[req.model] -= 1
             aclose = getattr(gen, "aclose", None)
             if aclose is not None:
@@ -294,14 +354,14 @@ class InferExecutor:
         return not scope.cancelled_caught and outbox.error is None and not session.gone
 
     async def _generate(
-        self, outbox: _Outbox, session: _Session, req: InferRequest, gen: AsyncIterator[Any], sent: list[str]
+        self, outbox: _Outbox, session: _Session, job: _Job, gen: AsyncIterator[Any], sent: list[str]
     ) -> None:
         """Queue the answer's chunks and its final message (Done, or Failure on a backend error)."""
         index = 0
         try:
             async for ev in gen:
                 if isinstance(ev, Finished):
-                    receipt = self._receipt(req, "".join(sent), ev.prompt_tokens, ev.completion_tokens, False)
+                    receipt = self._receipt(job, "".join(sent), ev.prompt_tokens, ev.completion_tokens, False)
                     session.busy = False
                     await outbox.put(Done(ev.finish_reason, receipt))
                     self.counters.served_for_peers += 1
@@ -315,12 +375,17 @@ class InferExecutor:
                     index += 1
             raise BackendError("backend ended without a Finished event")
         except BackendError as exc:
-            partial = self._receipt(req, "".join(sent), 0, len(sent), True) if sent else None
+            partial = self._receipt(job, "".join(sent), 0, len(sent), True) if sent else None
             session.busy = False
             await outbox.put(Failure("backend-error", str(exc)[:4000], partial))
 
-    def _receipt(self, req: InferRequest, text: str, prompt_tokens: int, completion_tokens: int, partial: bool) -> Receipt:
-        return Receipt(
+    def _receipt(self, job: _Job, text: str, prompt_tokens: int, completion_tokens: int, partial: bool) -> Receipt:
+        """Our signed receipt for ``text``, token counts clamped to what the requester can
+        check (a backend's ``usage`` may count tokens it never sent, e.g. reasoning)."""
+        req = job.request
+        completion_tokens = min(completion_tokens, job.bounds.completion_tokens(text))
+        prompt_tokens = min(prompt_tokens, job.bounds.prompt_tokens())
+        receipt = Receipt(
             request_id=req.request_id,
             network_id=req.network_id,
             requester=req.requester,
@@ -332,6 +397,18 @@ class InferExecutor:
             completion_tokens=completion_tokens,
             price=price_for(completion_tokens, self.prices.get(req.model, 0)),
             partial=partial,
-            timestamp_ms=int(self.wall_clock() * 1000),
+            timestamp_ms=self._now_ms(),
             signature=b"",
         ).signed(self.signer)
+        if job.admission is not None:
+            job.admission.issued(receipt)
+        return receipt
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """One accepted offer: the request, its receipt bounds and its admission."""
+
+    request: InferRequest
+    bounds: Bounds
+    admission: Admission | None

@@ -18,8 +18,10 @@ from p2pserve.wire.messages import Receipt
 
 __all__ = [
     "INFER_PROTOCOL",
+    "Admission",
     "Attempt",
     "Completed",
+    "CreditHold",
     "Deadlines",
     "DispatchSettings",
     "Progress",
@@ -27,6 +29,7 @@ __all__ = [
     "ServeEvent",
     "Started",
     "TextDelta",
+    "Wallet",
 ]
 
 INFER_PROTOCOL = "/p2pserve/infer/1"
@@ -54,6 +57,8 @@ class Deadlines:
     """An executor ends an offer session (stream) that carried no new offer for this long."""
     pool_idle_s: float = 30.0
     """A requester reuses an idle session stream only this long (below ``session_idle_s``)."""
+    cancel_s: float = 5.0
+    """After its user left, how long a requester waits for the executor's partial receipt."""
 
 
 # --- events a request produces ------------------------------------------------------------
@@ -111,6 +116,38 @@ class ServeCounters:
     """Our own requests that ended in an error."""
     bad_receipts: int = 0
     """Receipts that did not verify (not paid)."""
+
+
+class CreditHold(Protocol):
+    """Credit set aside for one offered request (``ledger.service.Hold``)."""
+
+    amount: int
+
+    def pay(self, receipt: Receipt) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class Admission(Protocol):
+    """A peer's offer taken on (``ledger.service.Admission``)."""
+
+    def issued(self, receipt: Receipt) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Wallet(Protocol):
+    """What serving needs from the node's ledger (``ledger.service.LedgerService``)."""
+
+    def hold(self, amount: int) -> CreditHold | None:
+        """Set ``amount`` aside for a request about to be offered, or None if not free."""
+        ...
+
+    def can_afford(self, price: int) -> bool: ...
+
+    def admit(self, requester: str, worst_case: int) -> Admission | str:
+        """Take on a peer's offer, or the reason to refuse it (no account, credit, unpaid)."""
+        ...
 
 
 class DispatchSettings(Protocol):

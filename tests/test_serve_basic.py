@@ -9,6 +9,7 @@ from p2pserve.backends.base import Load, TextDelta
 from p2pserve.crypto import sha256
 from p2pserve.errors import NoCapacity, UnknownModel
 from p2pserve.policies import PolicyParams
+from p2pserve.receipts import Bounds
 from p2pserve.serve import Completed, Started, check_receipt, price_for
 from tests.serve_harness import MiniNet, ScriptedBackend, collect, introduce, start_node, text_of
 
@@ -77,7 +78,7 @@ async def test_receipt_check_catches_every_mismatch(autojump_clock: trio.testing
     r = done.receipt
     fake_req = InferRequest(r.request_id, r.network_id, r.requester, r.executor, "m", "chat", b"{}", 0, "", 1000, b"")
     try:
-        check_receipt(r, fake_req, "Hello world", partial=False)
+        check_receipt(r, fake_req, "Hello world", partial=False, bounds=Bounds.of({}, 2, "", 4096))
     except RemoteProtocolError as exc:
         assert "request hash" in str(exc)
     else:

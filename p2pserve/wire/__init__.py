@@ -5,6 +5,7 @@ from p2pserve.wire.framing import FrameDecoder, encode_frame, encode_uvarint
 from p2pserve.wire.limits import DEFAULT_LIMITS, Limits
 from p2pserve.wire.messages import (
     Accept,
+    Cancel,
     Chunk,
     Done,
     Failure,
@@ -18,6 +19,7 @@ from p2pserve.wire.messages import (
 __all__ = [
     "DEFAULT_LIMITS",
     "Accept",
+    "Cancel",
     "Chunk",
     "Done",
     "Failure",

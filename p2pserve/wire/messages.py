@@ -13,6 +13,7 @@ from p2pserve.wire.limits import DEFAULT_LIMITS
 
 __all__ = [
     "Accept",
+    "Cancel",
     "Chunk",
     "Done",
     "Failure",
@@ -228,3 +229,16 @@ class Failure(Message):
     def _check(self) -> None:
         _short("code", self.code, 64)
         _short("message", self.message, 4096)
+
+
+@message(17)
+class Cancel(Message):
+    """The requester's user left: stop generating ``request_id`` now. The executor answers
+    with ``Failure("cancelled", ...)`` carrying a partial receipt for exactly the text it
+    sent, so the requester pays for what was produced and nothing more."""
+
+    request_id: bytes
+
+    def _check(self) -> None:
+        if len(self.request_id) != REQUEST_ID_SIZE:
+            raise MalformedMessage(f"request_id must be {REQUEST_ID_SIZE} bytes")

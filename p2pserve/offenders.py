@@ -1,0 +1,134 @@
+"""What this node remembers about executors that misbehaved towards it. Pure: no I/O; time is
+an argument (seconds of trio's clock).
+
+An *offence* is something an honest executor does not do to a requester: take an offer and
+then stall past a deadline, break the stream after accepting, break the protocol, sign a
+receipt outside the bounds the requester can check, or leave an offer unanswered. Each
+offence adds a strike and starts a cooling-off period of ``base_cooldown_s * 2**(strikes -
+1)`` (at most ``max_cooldown_s``), during which the peer is not offered work at all. After
+it, a peer with strikes left is *on probation*: it is offered work only after every clean
+candidate, whatever its stake, so stake alone cannot buy an offender back to the front of
+the queue. Each answer it completes with a valid receipt forgives ``forgive`` of a strike.
+
+Memory is bounded (``max_entries``; the least-struck peers are forgotten first).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Offence", "OffenderBook"]
+
+
+class Offence(enum.Enum):
+    """What an executor did wrong."""
+
+    NO_REPLY = "no-reply"
+    """It advertised capacity but left an offer unanswered."""
+    STALL = "stall"
+    """It accepted, then sent nothing for longer than a deadline."""
+    BROKEN = "broken"
+    """It accepted, then its stream broke before the answer ended."""
+    PROTOCOL = "protocol"
+    """It sent something the infer protocol does not allow."""
+    BAD_RECEIPT = "bad-receipt"
+    """It signed a receipt that does not match the answer or claims too much."""
+
+
+@dataclass(slots=True)
+class _Record:
+    strikes: float = 0.0
+    until: float = 0.0
+    last: Offence | None = None
+    offences: int = 0
+
+
+class OffenderBook:
+    """Strikes, cooling-off and probation per peer (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        base_cooldown_s: float = 30.0,
+        max_cooldown_s: float = 3600.0,
+        forgive: float = 0.25,
+        max_entries: int = 10_000,
+    ) -> None:
+        if base_cooldown_s <= 0 or max_cooldown_s < base_cooldown_s or not 0 < forgive <= 1:
+            raise ValueError("invalid offender book settings")
+        self.base_cooldown_s = base_cooldown_s
+        self.max_cooldown_s = max_cooldown_s
+        self.forgive = forgive
+        self.max_entries = max_entries
+        self._records: dict[str, _Record] = {}
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def offence(self, peer: str, kind: Offence, now: float) -> float:
+        """Record an offence; the cooling-off period it starts, in seconds."""
+        rec = self._records.get(peer)
+        if rec is None:
+            self._make_room()
+            rec = self._records[peer] = _Record()
+        rec.strikes += 1
+        rec.offences += 1
+        rec.last = kind
+        cooldown = min(self.base_cooldown_s * 2 ** (rec.strikes - 1), self.max_cooldown_s)
+        rec.until = max(rec.until, now + cooldown)
+        return cooldown
+
+    def served(self, peer: str) -> None:
+        """``peer`` completed an answer with a valid receipt: forgive part of a strike."""
+        rec = self._records.get(peer)
+        if rec is None:
+            return
+        rec.strikes = max(0.0, rec.strikes - self.forgive)
+        if rec.strikes == 0.0:
+            del self._records[peer]
+
+    def cooling(self, peer: str, now: float) -> bool:
+        """Whether ``peer`` is in a cooling-off period (offer it nothing)."""
+        rec = self._records.get(peer)
+        return rec is not None and now < rec.until
+
+    def on_probation(self, peer: str) -> bool:
+        """Whether ``peer`` has strikes left (offer it work only after every clean peer)."""
+        return peer in self._records
+
+    def strikes(self, peer: str) -> float:
+        rec = self._records.get(peer)
+        return 0.0 if rec is None else rec.strikes
+
+    def split(self, peers: Sequence[str], now: float) -> tuple[list[str], list[str]]:
+        """``(clean, probation)``: the peers not cooling off, in their given order."""
+        clean, probation = [], []
+        for p in peers:
+            rec = self._records.get(p)
+            if rec is None:
+                clean.append(p)
+            elif now >= rec.until:
+                probation.append(p)
+        return clean, probation
+
+    def snapshot(self, now: float) -> list[dict[str, Any]]:
+        """Every remembered offender, most struck first (for status output)."""
+        rows = sorted(self._records.items(), key=lambda kv: (-kv[1].strikes, kv[0]))
+        return [
+            {
+                "peer_id": peer,
+                "strikes": round(rec.strikes, 2),
+                "offences": rec.offences,
+                "last": rec.last.value if rec.last else None,
+                "cooling_off_s": round(max(0.0, rec.until - now), 1),
+            }
+            for peer, rec in rows
+        ]
+
+    def _make_room(self) -> None:
+        while len(self._records) >= self.max_entries:
+            victim = min(self._records, key=lambda p: (self._records[p].strikes, p))
+            del self._records[victim]
