@@ -82,7 +82,10 @@ class MemoryTransport:
         self._stream_counter = itertools.count()
         self._events: weakref.WeakSet[_PeerEvents] = weakref.WeakSet()
         self._subs: dict[str, list[MemorySubscription]] = {}
-        self._pub_seq = itertools.count(1)
+        # message ids are (origin, seq); a restarted peer gets a new index, so its ids never
+        # collide with those of its previous run that peers still remember (as libp2p's
+        # seqno, which starts from the clock, does not either)
+        self._pub_seq = itertools.count(index << 40)
         self._inbox: list[_Msg] = []
         self._inbox_counter = itertools.count()
         self._inbox_lot = trio.lowlevel.ParkingLot()

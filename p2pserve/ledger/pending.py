@@ -117,6 +117,10 @@ class PendingPool:
         """``(block, key)`` of every waiting block, oldest first."""
         return [(e.prepared, e.key) for e in self._entries.values()]
 
+    def keys(self) -> list[Key]:
+        """Every key some block waits on."""
+        return list(self._by_key)
+
     def claims_waiting(self) -> list[tuple[str, int]]:
         """``(source account, source height)`` of every claim waiting for its payment."""
         out = []

@@ -8,7 +8,8 @@ node's own chain, under one lock, so heights never collide.
 * **Sync before write.** No block of ours is written before the node has pulled its peers'
   copy of the ledger (its own chain included) from at least one peer, so a node restarted on
   a stale data dir learns the blocks it forgot instead of writing other blocks at those
-  heights. A brand-new node (no block of its own in its store) that finds no peer within
+  heights; until then its sync answers leave its own chain out, so a stale block of its own
+  never reaches a peer that holds the real one. A brand-new node (no block of its own in its store) that finds no peer within
   ``open_delay`` writes its ``open`` anyway: it is the first node of a network. A node with
   blocks of its own waits for a peer however long it takes, saying so in the log.
 * **Repair, not fork.** When a peer holds another block at a height of our own chain (a
@@ -188,6 +189,8 @@ class LedgerService:
         self._lock = trio.Lock()
         self._writable = trio.Event()
         self._opened = trio.Event()
+        self._conflicts: list[tuple[list[Block], str]] = []
+        self.sync.withhold = self.account  # peers get our own chain only once it is confirmed
         self._nursery: trio.Nursery | None = None
         self._queue: dict[str, list[Receipt]] = {}
         """Receipts to pay, per executor, in the order they came."""
@@ -264,6 +267,8 @@ class LedgerService:
         while True:
             peers = sorted(self.sync.transport.connected_peers())[:4]
             if peers and await self.sync.pull_from(peers):
+                while self._conflicts:
+                    await self._repair(*self._conflicts.pop(0))
                 break
             mine = self.store.state.account(self.account)
             waited = trio.current_time() - started
@@ -274,6 +279,7 @@ class LedgerService:
                 log.warning("not writing to the ledger until a peer confirms our chain head (height %d here)", mine.height)
             await trio.sleep(min(1.0, self.open_delay))
         self._writable.set()
+        self.sync.withhold = None
         log.info("ledger writable (our height %s)", getattr(self.store.state.account(self.account), "height", None))
 
     async def wait_writable(self, timeout: float) -> None:
@@ -339,8 +345,11 @@ class LedgerService:
             self._report_own_rejected()
 
     def _on_own_conflict(self, blocks: list[Block], peer: str) -> None:
-        """A peer holds other blocks at heights of our own chain: repair in the background."""
-        if self._nursery is not None:
+        """A peer holds other blocks at heights of our own chain: repair (before we become
+        writable, in line with the head check; afterwards in the background)."""
+        if not self.writable:
+            self._conflicts.append((blocks, peer))
+        elif self._nursery is not None:
             self._nursery.start_soon(self._repair, blocks, peer)
 
     async def _repair(self, theirs: list[Block], peer: str) -> None:
@@ -358,7 +367,8 @@ class LedgerService:
             self.store.ingest(sorted(theirs, key=lambda b: b.height), now_ms=self.now_ms())
             self.repairs += 1
             self._requeue(dropped)
-        self.sync.request_sync(peer)
+        if self.writable:
+            self.sync.request_sync(peer)
 
     def _requeue(self, dropped: list[Block]) -> None:
         """Queue again the receipts our dropped pay blocks settled, unless paid after all."""

@@ -55,6 +55,8 @@ __all__ = ["DB_NAME", "DEFAULT_MAX_PENDING", "IngestResult", "LedgerStore", "Sto
 log = logging.getLogger(__name__)
 
 DB_NAME = "ledger.sqlite3"
+FORK_WINDOW = 16
+"""Blocks below a forked height a sync answer includes (repairs forks up to this deep per round)."""
 MAX_SIDE_PER_ACCOUNT = 256
 """Most off-choice blocks kept per frozen account (a cheater cannot fill the disk)."""
 _SCHEMA_VERSION = 2
@@ -570,6 +572,21 @@ class LedgerStore:
             want(account, height)
         return out
 
+    def wanted_hashes(self) -> list[bytes]:
+        """Hashes of the payments pending claims cite (to ask peers for them by hash)."""
+        return [k[1] for k in self.pending.keys() if k[0] == "p" and isinstance(k[1], bytes)]
+
+    def blocks_by_hash(self, hashes: Sequence[bytes]) -> list[bytes]:
+        """Raw blocks (applied or on the side) with these hashes, those we have."""
+        out = []
+        for h in hashes:
+            row = self._query_one("SELECT raw FROM blocks WHERE hash = ?", (h,)) or self._query_one(
+                "SELECT raw FROM side WHERE hash = ?", (h,)
+            )
+            if row is not None:
+                out.append(bytes(row[0]))
+        return out
+
     def heads(self) -> dict[str, tuple[int, bytes]]:
         """``account -> (height, hash)`` of each chain's newest block."""
         return self.state.heads()
@@ -592,14 +609,23 @@ class LedgerStore:
             raise StoreError(f"{self.path}: {exc}") from exc
         return [self._decode(bytes(r[0])) for r in rows]
 
-    def raw_blocks_missing(self, heads: dict[str, int]) -> Iterator[bytes]:
-        """Raw blocks above ``heads`` (``account -> height held``; absent: none held), in
-        acceptance order, so every block comes after what it depends on. Reads only the
-        chains the asker lacks blocks of (indexed by account), not the whole table."""
+    def raw_blocks_missing(self, heads: dict[str, tuple[int, bytes]], *, skip: str | None = None) -> Iterator[bytes]:
+        """Raw blocks the asker lacks, in acceptance order (each after what it depends on).
+
+        ``heads`` is ``account -> (height held, hash there)`` (absent: none held). Blocks
+        above the asker's height are sent; where we hold another block at its height, our
+        last :data:`FORK_WINDOW` blocks of that chain up to its height are sent too, so
+        the asker sees the fork. Reads only the chains concerned (indexed by account), not
+        the whole table. ``skip`` names an account left out."""
         wanted: list[tuple[int, bytes]] = []
+        state = self.state
         try:
-            for account, (height, _) in self.state.heads().items():
-                theirs = heads.get(account, -1)
+            for account, (height, _) in state.heads().items():
+                if account == skip:
+                    continue
+                theirs, their_hash = heads.get(account, (-1, b""))
+                if 0 <= theirs <= height and state.hash_at(account, theirs) != their_hash:
+                    theirs = max(-1, theirs - FORK_WINDOW)
                 if height > theirs:
                     wanted += self._db.execute(
                         "SELECT seq, raw FROM blocks WHERE account = ? AND height > ?", (account, theirs)

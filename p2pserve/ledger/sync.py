@@ -69,18 +69,34 @@ def blocks_topic(network_id: str) -> str:
 
 @message(40)
 class SyncHead(Message):
-    """The requester holds ``account``'s chain up to ``height`` (inclusive)."""
+    """The requester holds ``account``'s chain up to ``height`` (inclusive), ending in the
+    block ``hash``: a responder holding another block there sends its own recent blocks of
+    that chain, so a fork at equal heights is seen (an equivocation, or a stale copy of
+    the requester's own chain)."""
 
     account: str
     height: int
+    hash: bytes
+
+
+MAX_WANTS = 64
+"""Most blocks a sync request may ask for by hash."""
 
 
 @message(41)
 class SyncHeads(Message):
-    """Sync request: the requester's heads (at most MAX_ITEMS accounts)."""
+    """Sync request: the requester's heads (at most MAX_ITEMS accounts), and the hashes of
+    blocks it waits for (payments its pending claims cite): those may sit at heights it
+    already fills with another block (an equivocator's other branch), which heads alone
+    would never fetch."""
 
     network_id: str
     heads: tuple[SyncHead, ...]
+    wants: tuple[bytes, ...]
+
+    def _check(self) -> None:
+        if len(self.wants) > MAX_WANTS or any(len(w) != 32 for w in self.wants):
+            raise MalformedMessage(f"at most {MAX_WANTS} wanted block hashes of 32 bytes")
 
 
 @message(42)
@@ -144,6 +160,8 @@ class LedgerSync:
         self.max_side_per_session = max_side_per_session
         self.on_applied = on_applied
         self.on_own_conflict = on_own_conflict
+        self.withhold: str | None = None
+        """An account whose blocks sync answers leave out (our own, until it is confirmed)."""
         self._nursery: trio.Nursery | None = None
         self._syncing: set[str] = set()
 
@@ -354,7 +372,8 @@ class LedgerSync:
             heads = sorted(self.store.heads().items())
             if len(heads) > MAX_ITEMS:  # only the first MAX_ITEMS; the rest come as "new"
                 heads = heads[:MAX_ITEMS]
-            req = SyncHeads(self.store.params.network_id, tuple(SyncHead(a, h) for a, (h, _) in heads))
+            wants = tuple(self.store.wanted_hashes()[:MAX_WANTS])
+            req = SyncHeads(self.store.params.network_id, tuple(SyncHead(a, h, hh) for a, (h, hh) in heads), wants)
             await fs.send(req, timeout=self.timeout)
             received = 0
             while True:
@@ -368,7 +387,7 @@ class LedgerSync:
                     return applied, msg.more
                 assert isinstance(msg, SyncBatch)
                 received += len(msg.blocks)
-                if received > self.max_blocks_per_session + self.max_side_per_session:
+                if received > self.max_blocks_per_session + self.max_side_per_session + MAX_WANTS:
                     raise RemoteProtocolError(f"{peer_id} sent more than {self.max_blocks_per_session} blocks")
                 blocks = []
                 for raw in msg.blocks:
@@ -389,11 +408,11 @@ class LedgerSync:
             if req.network_id != self.store.params.network_id:
                 await fs.send(SyncDone(False, ()), timeout=self.timeout)
                 return
-            theirs = {h.account: h.height for h in req.heads}
+            theirs = {h.account: (h.height, h.hash) for h in req.heads}
             batch: list[bytes] = []
             sent = 0
             more = False
-            for raw in self.store.raw_blocks_missing(theirs):
+            for raw in self.store.raw_blocks_missing(theirs, skip=self.withhold):
                 if sent >= self.max_blocks_per_session:
                     more = True
                     break
@@ -404,6 +423,9 @@ class LedgerSync:
                     batch = []
             if batch:
                 await fs.send(SyncBatch(tuple(batch)), timeout=self.timeout)
+            wanted = self.store.blocks_by_hash(req.wants[:MAX_WANTS])
+            if wanted:
+                await fs.send(SyncBatch(tuple(wanted)), timeout=self.timeout)
             side = self.store.side_rows()[: self.max_side_per_session]
             for start in range(0, len(side), self.limits.max_blocks_per_batch):
                 await fs.send(SyncBatch(tuple(side[start : start + self.limits.max_blocks_per_batch])), timeout=self.timeout)

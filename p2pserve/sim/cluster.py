@@ -22,6 +22,7 @@ import trio
 from p2pserve.backends.base import Backend
 from p2pserve.config import NodeConfig
 from p2pserve.crypto import Signer, sha256
+from p2pserve.ledger.store import LedgerStore
 from p2pserve.node import Node
 from transports.memory import MemoryNetwork
 
@@ -43,6 +44,8 @@ class Cluster:
         self.seed = seed
         self.nodes: list[Node] = []
         self._scopes: list[trio.CancelScope] = []
+        self._configs: list[NodeConfig] = []
+        self._ended: list[trio.Event] = []
         self._nursery = nursery
 
     def __len__(self) -> int:
@@ -54,37 +57,74 @@ class Cluster:
     def alive(self) -> list[Node]:
         return [n for n, s in zip(self.nodes, self._scopes) if not s.cancel_called]
 
-    async def add(self, config: NodeConfig, backends: dict[str, Backend] | None = None) -> Node:
-        """Start one more node (bootstrapping from node 0 if it exists); return it once running."""
+    async def add(
+        self, config: NodeConfig, backends: dict[str, Backend] | None = None, *, ledger_store: LedgerStore | None = None
+    ) -> Node:
+        """Start one more node (bootstrapping from node 0 if it exists); return it once running.
+        ``ledger_store`` is its ledger (default: in memory)."""
         index = len(self.nodes)
+        self.nodes.append(None)  # type: ignore[arg-type]  # filled in by _run_node
+        self._scopes.append(trio.CancelScope())
+        self._configs.append(config)
+        self._ended.append(trio.Event())
+        return await self._start(index, config, backends, ledger_store)
+
+    async def restart(
+        self, i: int, backends: dict[str, Backend] | None = None, *, ledger_store: LedgerStore | None = None
+    ) -> Node:
+        """Start node ``i`` again (after :meth:`kill`) with the same identity and config."""
+        if not self._scopes[i].cancel_called:
+            raise RuntimeError(f"node {i} is still running")
+        await self._ended[i].wait()  # the old node has left the network
+        self._scopes[i] = trio.CancelScope()
+        self._ended[i] = trio.Event()
+        return await self._start(i, self._configs[i], backends, ledger_store)
+
+    async def _start(
+        self, index: int, config: NodeConfig, backends: dict[str, Backend] | None, ledger_store: LedgerStore | None
+    ) -> Node:
         signer = signer_for(self.seed, index)
-        if self.nodes and not config.server_params.bootstrap:
+        if index and not config.server_params.bootstrap:
             boot = tuple(self.nodes[0].transport.listen_addrs())
             config = dataclasses.replace(config, server_params=dataclasses.replace(config.server_params, bootstrap=boot))
-        node: Node = await self._nursery.start(self._run_node, config, signer, backends, index)
+        node: Node = await self._nursery.start(self._run_node, config, signer, index, (backends, ledger_store))
         return node
 
     async def _run_node(
         self,
         config: NodeConfig,
         signer: Signer,
-        backends: dict[str, Backend] | None,
         index: int,
+        parts: tuple[dict[str, Backend] | None, LedgerStore | None],
         *,
         task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        with trio.CancelScope() as scope:
+        try:
+            await self._serve_node(config, signer, parts[0], index, parts[1], task_status)
+        finally:
+            self._ended[index].set()
+
+    async def _serve_node(
+        self,
+        config: NodeConfig,
+        signer: Signer,
+        backends: dict[str, Backend] | None,
+        index: int,
+        ledger_store: LedgerStore | None,
+        task_status: trio.TaskStatus[Node],
+    ) -> None:
+        with self._scopes[index]:
             async with self.network.open_transport(signer) as transport:
                 node = Node(
                     config,
                     signer,
                     transport,
                     backends=backends if backends is not None else {},
+                    ledger_store=ledger_store,
                     rng=random.Random(f"{self.seed}/{index}"),
                     wall_clock=lambda: EPOCH + trio.current_time(),
                 )
-                self.nodes.append(node)
-                self._scopes.append(scope)
+                self.nodes[index] = node
                 async with trio.open_nursery() as nursery:
                     await nursery.start(node.run)
                     task_status.started(node)
