@@ -362,7 +362,7 @@ class InferClient:
                         continue
                     assert isinstance(msg, (Done, Failure))
                     if msg.receipt is not None and texts:
-                        self._check_and_pay(x, msg.receipt, "".join(texts), partial=isinstance(msg, Failure))
+                        await self._settle(x, msg.receipt, "".join(texts), partial=isinstance(msg, Failure))
                     return True
             except P2PServeError as exc:
                 log.debug("cancelling %s on %s: %s", x.request.request_id.hex(), x.peer, exc)

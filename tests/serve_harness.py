@@ -303,6 +303,7 @@ async def start_node(
     prices: Mapping[str, int] | None = None,
     deadlines: Deadlines | None = None,
     seed: int | None = None,
+    **serve_kw: Any,
 ) -> Node:
     """A started ServeService for test node ``i`` (its peer table starts empty: see ``introduce``)."""
     s = signer(i)
@@ -330,6 +331,7 @@ async def start_node(
         deadlines=deadlines or Deadlines(),
         on_receipt=on_receipt,
         wall_clock=wall_clock,
+        **serve_kw,
     )
     await nursery.start(serve.run)
     return Node(s, t, serve, receipts)

@@ -10,10 +10,10 @@ from p2pserve.backends.base import Load
 from p2pserve.errors import NoCapacity, RequestFailed
 from p2pserve.framed import FramedStream
 from p2pserve.policies import PolicyParams
-from p2pserve.serve import INFER_PROTOCOL, Completed, Deadlines, Started
+from p2pserve.serve import INFER_PROTOCOL, Completed, Deadlines, Started, TextDelta, price_for
 from p2pserve.transport import Stream
 from p2pserve.wire.messages import Accept, Chunk, InferRequest
-from tests.serve_harness import Fail, Hang, MiniNet, Node, ScriptedBackend, collect, introduce, start_node, text_of
+from tests.serve_harness import Fail, Hang, MiniNet, Node, ScriptedBackend, Sleep, collect, introduce, start_node, text_of
 
 BUSY = Load(running=4, queued=2, token_usage=0.95, source="metrics")
 FAST = Deadlines(accept_s=2.0, first_token_s=5.0, idle_s=3.0)
@@ -254,4 +254,35 @@ async def test_cancelling_the_consumer_closes_the_remote_stream(autojump_clock: 
         await trio.sleep(1)
         assert backend.running == 0
         assert gw.serve.backlog() == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_user_who_leaves_mid_answer_stops_the_executor_and_pays_only_what_it_produced(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Issue 7, item 10: a client that hung up mid-stream did not cancel the remote
+    generation, and the gateway still paid the whole answer. Now the requester sends Cancel,
+    the executor stops within one chunk and signs a partial receipt for exactly what it
+    sent, which the requester verifies and pays; the session stays usable."""
+    async with trio.open_nursery() as nursery:
+        net = MiniNet(nursery)
+        gw = await start_node(nursery, net, 1, {})
+        words = [w for i in range(50) for w in (f" w{i}", Sleep(0.5))]
+        backend = ScriptedBackend(script=words)
+        ex = await start_node(nursery, net, 2, {"m": backend})
+        introduce(gw, [ex])
+        seen = 0
+        async with gw.serve.submit("chat", "m", {"messages": [{"role": "user", "content": "hi"}]}) as chan:
+            async for ev in chan:
+                if isinstance(ev, TextDelta):
+                    seen += 1
+                    if seen == 3:
+                        break  # the user went away
+        await trio.sleep(2)
+        assert backend.running == 0  # generation stopped
+        (receipt,) = gw.receipts
+        assert receipt.partial and 3 <= receipt.completion_tokens <= 4
+        assert receipt.price == price_for(receipt.completion_tokens, 1000)
+        assert gw.serve.counters.bad_receipts == 0
+        assert len(gw.serve._idle.get(ex.signer.peer_id, [])) == 1  # the session ended cleanly
         nursery.cancel_scope.cancel()

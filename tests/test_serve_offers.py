@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 
 from p2pserve.framed import FramedStream
+from p2pserve.replay_log import REPLAY_NAME, ReplayLog
 from p2pserve.serve import INFER_PROTOCOL, ReplayGuard
 from p2pserve.wire.messages import Accept, Done, InferRequest, Reject
 from tests.serve_harness import NETWORK, MiniNet, ScriptedBackend, signer, start_node, wall_clock
@@ -64,6 +66,45 @@ async def test_offer_checks(autojump_clock: trio.testing.MockClock) -> None:
         assert ex.serve.counters.offers_rejected == 1 + 1 + len(cases)
         assert ex.serve.counters.served_for_peers == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_a_replay_is_refused_across_an_executor_restart(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Issue 7, item 10: the replay guard did not survive an executor restart, so an offer
+    replayed within the window right after a restart was executed again (free work for
+    whoever replays it). Offers taken are now in <data-dir>/replay.log."""
+    async with trio.open_nursery() as nursery:
+        net = MiniNet(nursery)
+        requester = net.add(signer(1))
+        good = offer(signer(2).peer_id)
+        for run in range(2):
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as inner:
+                    ex = await start_node(inner, net, 2, {"m": ScriptedBackend()},
+                                          replay_log=ReplayLog(tmp_path / REPLAY_NAME))
+                    reply = await send_offer(requester, ex.signer.peer_id, good)
+                    if run == 0:
+                        assert isinstance(reply, Done)
+                    else:
+                        assert reply == Reject(good.request_id, "replay")
+                        assert ex.serve.counters.served_for_peers == 0
+                    scope.cancel()
+        nursery.cancel_scope.cancel()
+
+
+def test_replay_log_keeps_only_the_window_and_survives_a_torn_tail(tmp_path: Path) -> None:
+    log = ReplayLog(tmp_path / REPLAY_NAME)
+    assert log.open(10_000, 1_000) == []
+    log.append("a", b"1" * 16, 9_500)
+    log.append("b", b"2" * 16, 5_000)
+    log.append("c", b"3" * 16, 10_000)
+    log.close()
+    path = tmp_path / REPLAY_NAME
+    path.write_bytes(path.read_bytes()[:-3])  # killed inside the last write
+    again = ReplayLog(path)
+    assert again.open(10_100, 1_000) == [("a", b"1" * 16, 9_500)]  # b left the window, c was torn
+    again.close()
 
 
 def test_replay_guard_window_and_bound() -> None:
