@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from p2pserve.errors import ConfigError
+from p2pserve.errors import ConfigError, MalformedMessage
 from p2pserve.ledger.blocks import NetworkParams
 from p2pserve.policies import DispatchParams, PolicyParams
 
@@ -389,6 +389,10 @@ def parse_config(raw: Any, source: str = "<config>") -> NodeConfig:
             loader.fail(f"models[{i}].base_url", "required for backend: openai")
     if cfg.server_params.peer_ttl < cfg.server_params.status_interval:
         loader.fail("server_params.peer_ttl", "must be at least status_interval")
+    try:
+        cfg.ledger_params.network_params().check_genesis()
+    except MalformedMessage as exc:
+        loader.fail("ledger_params", f"not a sound network genesis: {exc}")
     return cfg
 
 

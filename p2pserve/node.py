@@ -286,6 +286,9 @@ async def run_libp2p_node(
             node = Node(config, signer, transport, ledger_store=store, replay_log=ReplayLog(data_dir / REPLAY_NAME))
             async with trio.open_nursery() as nursery:
                 await nursery.start(node.run)
-                app = build_app(status=node.status, metrics=node.metrics, api_key=sp.api_key, extra_routes=node.api_routes())
+                app = build_app(
+                    status=node.status, metrics=node.metrics, api_key=sp.api_key, extra_routes=node.api_routes(),
+                    host=host, port=int(port), allowed_hosts=sp.allowed_hosts, allowed_origins=sp.allowed_origins,
+                )
                 url = await nursery.start(serve_app, app, host, int(port))
                 task_status.started((node, url))

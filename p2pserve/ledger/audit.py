@@ -3,9 +3,10 @@
 Owns the replay used by ``p2pserve audit``. Unlike the store (which trusts what it
 wrote), the audit trusts nothing: each block is re-decoded from its raw bytes (canonical
 encoding required), re-hashed and compared with the stored hash, account and height
-columns, its signature and every receipt it cites are verified, and the whole history is
-replayed through :mod:`p2pserve.ledger.rules` (links, heights, timestamps, claims,
-balances), then the supply invariants are re-checked and stored equivocation proofs
+columns, its signature and every receipt it cites are verified, and the whole history (the
+off-choice blocks of frozen accounts included) is replayed through
+:func:`p2pserve.ledger.forks.replay` (links, heights, timestamps, claims, balances, fork
+choices), then the supply invariants are re-checked and stored equivocation proofs
 verified. It does not stop at the first problem: each problem is one
 :class:`Problem` (account, height, block hash, reason), and blocks that follow an invalid
 one on the same chain are reported as ``unreachable``.
@@ -42,9 +43,10 @@ from typing import Any
 
 from p2pserve.crypto import sha256
 from p2pserve.errors import InvalidBlock, MalformedMessage, StoreError
-from p2pserve.ledger import rules
-from p2pserve.ledger.blocks import ClaimBody, EquivocationProof, NetworkParams, VerdictBody, decode_block
-from p2pserve.ledger.rules import DEPENDENCY_REASONS, LedgerState, Prepared
+from p2pserve.ledger import forks, rules
+from p2pserve.ledger.blocks import EquivocationProof, NetworkParams, decode_block
+from p2pserve.ledger.rules import Prepared
+from p2pserve.ledger.state import LedgerState
 from p2pserve.wire.codec import Message, decode
 from p2pserve.wire.framing import FrameDecoder
 
@@ -172,100 +174,90 @@ class AuditReport:
         }
 
 
-def _dependency(p: Prepared, reason: str) -> tuple[str, str, Any]:
-    b = p.block
-    if reason == "height-gap":
-        return ("h", b.account, b.height - 1)
-    body = p.body
-    if reason == "unknown-pay" and isinstance(body, ClaimBody):
-        return ("p", "", body.source_hash)
-    assert isinstance(body, VerdictBody)
-    return ("a", body.loser, 0)
-
-
 def audit(source: AuditSource) -> AuditReport:
-    """Replay ``source`` and report every problem (pure: no I/O)."""
+    """Replay ``source`` and report every problem (pure: no I/O).
+
+    The replay is :func:`p2pserve.ledger.forks.replay` over every block the source holds
+    (its off-choice blocks of frozen accounts included), with every signature verified, so
+    the state and fingerprint are those every node holding these blocks computes."""
     params = source.params
-    state = LedgerState.genesis(params)
     problems: list[Problem] = []
-    parked: dict[tuple[str, str, Any], list[Prepared]] = {}
-    first_bad: dict[str, int] = {}
+    prepared: list[Prepared] = []
     blocks = 0
-
-    def bad(account: str, height: int | None, h: bytes | None, reason: str, detail: str = "") -> None:
-        problems.append(Problem(account, height, h, reason, detail))
-        if height is not None:
-            first_bad[account] = min(first_bad.get(account, height), height)
-
-    def run_one(p: Prepared) -> None:
-        nonlocal state
-        queue = deque([p])
-        while queue:
-            p = queue.popleft()
-            b = p.block
-            try:
-                pl = rules.plan(p, state)
-            except InvalidBlock as exc:
-                if exc.reason in DEPENDENCY_REASONS:
-                    parked.setdefault(_dependency(p, exc.reason), []).append(p)
-                else:
-                    bad(b.account, b.height, p.hash, exc.reason, exc.detail)
-                continue
-            state = rules.commit(pl, state)
-            queue.extend(parked.pop(("h", b.account, b.height), ()))
-            queue.extend(parked.pop(("p", "", p.hash), ()))
-            if b.height == 0:
-                queue.extend(parked.pop(("a", b.account, 0), ()))
-
+    seen: set[bytes] = set()
     for rec in source.records:
         blocks += 1
-        fallback_hash = rec.hash if rec.hash is not None else sha256(rec.raw)
-        try:
-            block = decode_block(rec.raw)
-            p = rules.prepare(block, rec.raw)
-        except (MalformedMessage, InvalidBlock) as exc:
-            bad(rec.account or "?", rec.height, fallback_hash, "malformed", str(exc))
+        p = _checked(rec, problems)
+        if p is None:
             continue
-        # locate problems by the stored columns when there are any: they name the row
-        where_account = rec.account if rec.account is not None else block.account
-        where_height = rec.height if rec.height is not None else block.height
-        if rec.hash is not None and rec.hash != p.hash:
-            bad(where_account, where_height, rec.hash, "hash-mismatch", f"bytes hash to {p.hash.hex()}")
+        if p.hash in seen:  # only possible in a raw stream: a store keeps each block once
+            problems.append(Problem(p.block.account, p.block.height, p.hash, "duplicate", "the block appears twice"))
             continue
-        if (where_account, where_height) != (block.account, block.height):
-            detail = f"the block says {block.account} height {block.height}"
-            bad(where_account, where_height, p.hash, "row-mismatch", detail)
-            continue
-        run_one(p)
+        seen.add(p.hash)
+        prepared.append(p)
+    proofs, offences = _proofs(source.proofs, params, problems)
+    res = forks.replay(params, prepared, proofs, verify=True)
+    first_bad: dict[str, int] = {}
+    for p, exc in res.rejected:
+        b = p.block
+        problems.append(Problem(b.account, b.height, p.hash, exc.reason, exc.detail))
+        first_bad[b.account] = min(first_bad.get(b.account, b.height), b.height)
+    for p, exc in res.waiting:
+        b = p.block
+        if b.account in first_bad and first_bad[b.account] < b.height:
+            problems.append(Problem(b.account, b.height, p.hash, "unreachable",
+                                    f"follows the invalid block at height {first_bad[b.account]}"))
+        else:
+            problems.append(Problem(b.account, b.height, p.hash, exc.reason, "never resolved"))
+    for sentence in rules.invariant_violations(res.state):
+        problems.append(Problem("-", None, None, "invariant", sentence))
+    return AuditReport(params, blocks, res.state, problems, source.label, offences)
 
-    for key, waiting in parked.items():
-        for p in waiting:
-            b = p.block
-            if key[0] == "h" and b.account in first_bad and first_bad[b.account] < b.height:
-                detail = f"follows the invalid block at height {first_bad[b.account]}"
-                problems.append(Problem(b.account, b.height, p.hash, "unreachable", detail))
-            else:
-                reason = {"h": "height-gap", "p": "unknown-pay", "a": "unknown-account"}[key[0]]
-                problems.append(Problem(b.account, b.height, p.hash, reason, "never resolved"))
 
+def _checked(rec: Record, problems: list[Problem]) -> Prepared | None:
+    """The record's block, if it decodes canonically and matches its stored columns."""
+    fallback_hash = rec.hash if rec.hash is not None else sha256(rec.raw)
+    try:
+        block = decode_block(rec.raw)
+        p = rules.prepare(block, rec.raw)
+    except (MalformedMessage, InvalidBlock) as exc:
+        problems.append(Problem(rec.account or "?", rec.height, fallback_hash, "malformed", str(exc)))
+        return None
+    # locate problems by the stored columns when there are any: they name the row
+    where_account = rec.account if rec.account is not None else block.account
+    where_height = rec.height if rec.height is not None else block.height
+    if rec.hash is not None and rec.hash != p.hash:
+        problems.append(Problem(where_account, where_height, rec.hash, "hash-mismatch", f"bytes hash to {p.hash.hex()}"))
+        return None
+    if (where_account, where_height) != (block.account, block.height):
+        detail = f"the block says {block.account} height {block.height}"
+        problems.append(Problem(where_account, where_height, p.hash, "row-mismatch", detail))
+        return None
+    return p
+
+
+def _proofs(
+    raws: Iterable[bytes], params: NetworkParams, problems: list[Problem]
+) -> tuple[list[EquivocationProof], list[Problem]]:
+    """Valid proofs (each an offence found) and, into ``problems``, the invalid ones."""
+    state = LedgerState.genesis(params)
+    proofs: list[EquivocationProof] = []
     offences: list[Problem] = []
-    for raw in source.proofs:
+    for raw in raws:
         try:
             proof = decode(raw, expect=EquivocationProof)
         except MalformedMessage as exc:
             problems.append(Problem("?", None, sha256(raw), "bad-proof", str(exc)))
             continue
         try:
-            state = rules.apply_proof(proof, state)  # verifies: bad-proof, wrong-network
+            rules.verify_proof(proof, state)  # bad-proof, wrong-network
         except InvalidBlock as exc:
             problems.append(Problem(proof.account, proof.height, sha256(raw), exc.reason, exc.detail))
             continue
+        proofs.append(proof)
         detail = f"blocks {proof.first.digest().hex()} and {proof.second.digest().hex()}"
         offences.append(Problem(proof.account, proof.height, proof.second.digest(), "equivocation", detail))
-
-    for sentence in rules.invariant_violations(state):
-        problems.append(Problem("-", None, None, "invariant", sentence))
-    return AuditReport(params, blocks, state, problems, source.label, offences)
+    return proofs, offences
 
 
 # --- sources ---------------------------------------------------------------------------------
@@ -289,6 +281,7 @@ def load_db(path: Path | str) -> AuditSource:
         except MalformedMessage as exc:
             raise StoreError(f"{path}: unreadable network params: {exc}") from exc
         rows = db.execute("SELECT account, height, hash, raw FROM blocks ORDER BY seq").fetchall()
+        rows += db.execute("SELECT account, height, hash, raw FROM side ORDER BY account, height, hash").fetchall()
         proofs = [bytes(r[0]) for r in db.execute("SELECT raw FROM proofs ORDER BY account")]
     except sqlite3.Error as exc:
         raise StoreError(f"{path}: {exc}") from exc

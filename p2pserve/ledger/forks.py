@@ -108,19 +108,18 @@ def replay(
     blocks: Sequence[Prepared],
     proofs: Iterable[EquivocationProof],
     *,
-    claims: Sequence[Prepared] | None = None,
     verify: bool = False,
 ) -> ReplayResult:
     """The state holding every block of ``blocks`` that the rules accept, with every
     proven equivocator frozen under its fork choice. ``blocks`` may come in any order
     (each waits for what it depends on); proofs must already be verified or ``verify``.
-    ``claims`` are the claims the fork choice counts (default: every claim in ``blocks``).
+    Every claim in ``blocks`` counts for the fork choices (the store and the audit replay
+    the same set, so they agree).
 
     Raises InvalidBlock("bad-proof") for a proof that proves nothing."""
     state = LedgerState.genesis(params)
     unique = list({p.hash: p for p in blocks}.values())
-    if claims is None:
-        claims = [p for p in unique if isinstance(p.body, ClaimBody)]
+    claims = [p for p in unique if isinstance(p.body, ClaimBody)]
     for proof in lowest_proofs(proofs).values():
         view = choose(proof.account, proof.height, unique, claims)
         state = apply_proof(proof, state, view)

@@ -3,7 +3,7 @@
 * ``GET /p2pserve/ledger``: this node's account summary (JSON);
 * ``GET /p2pserve/ledger/blocks``: every stored block as length-prefixed frames
   (``application/octet-stream``): the network params first, then blocks in acceptance
-  order, then equivocation proofs (see :func:`p2pserve.ledger.audit.encode_stream`);
+  order, then frozen accounts' off-choice blocks, then equivocation proofs (see :func:`p2pserve.ledger.audit.encode_stream`);
 * ``GET /p2pserve/ledger/heads``: ``{"network_id", "fingerprint" (hex), "blocks", "heads":
   {account: [height, hash hex]}, "frozen": [accounts]}``, what ``p2pserve audit --compare``
   compares across nodes to make forks visible (see :class:`p2pserve.ledger.audit.Heads`);
@@ -44,7 +44,7 @@ def ledger_routes(ledger: LedgerService, *, api_key: str | None = None) -> list[
         if denied:
             return denied
         store = ledger.store
-        raws = [r.raw for r in store.rows()] + store.proof_rows()
+        raws = [r.raw for r in store.rows()] + store.side_rows() + store.proof_rows()
         return Response(b"".join(encode_stream(store.params, raws)), media_type="application/octet-stream")
 
     async def heads(request: Request) -> Response:

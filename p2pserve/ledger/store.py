@@ -219,10 +219,8 @@ class LedgerStore:
                 proofs.append(decode(raw, expect=EquivocationProof))
             except MalformedMessage as exc:
                 raise StoreError(f"{self.path}: invalid stored equivocation proof: {exc}") from exc
-        claims = [p for p in blocks if isinstance(p.body, ClaimBody)]
-        counted = {p.hash for p in claims}
         try:
-            res = forks.replay(self.params, [*blocks, *side], proofs, claims=claims)
+            res = forks.replay(self.params, [*blocks, *side], proofs)
         except InvalidBlock as exc:
             raise StoreError(f"{self.path}: invalid stored equivocation proof: {exc}") from exc
         frozen = res.state.core.forks
@@ -233,7 +231,7 @@ class LedgerStore:
             if view is not None and p.block.height >= view.height:
                 self._frozen_blocks[p.block.account][p.hash] = p
             body = p.body
-            if isinstance(body, ClaimBody) and body.source_account in frozen and p.hash in counted:
+            if isinstance(body, ClaimBody) and body.source_account in frozen:
                 self._claims_citing[body.source_account][p.hash] = p
         return res
 
@@ -545,6 +543,9 @@ class LedgerStore:
         view = self.state.fork(p.block.account)
         if view is not None and p.block.height >= view.height:
             self._frozen_blocks.setdefault(p.block.account, {})[p.hash] = p
+        body = p.body
+        if isinstance(body, ClaimBody) and body.source_account in self._claims_citing:
+            self._claims_citing[body.source_account][p.hash] = p  # every known claim counts
 
     # --- reads -------------------------------------------------------------------------------
 
