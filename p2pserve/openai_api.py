@@ -16,7 +16,9 @@ Shapes follow OpenAI's API so the official ``openai`` package works unchanged:
   ends it with one ``data: {"error": ...}`` event, then ``data: [DONE]``.
 
 Nothing is answered until the first token (or the error) is known, so a request that fails
-before any token gets a real HTTP status, not a 200 with an error inside.
+before any token gets a real HTTP status, not a 200 with an error inside. A client that
+hangs up stops its request (an executor elsewhere is told to stop and paid for what it
+produced until then).
 
 The two completion routes are raw ASGI apps (no Starlette Request, no per-request wrapper
 apps): they are the hot path of every user request. Streamed chunks are rendered from
@@ -31,6 +33,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import trio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -165,10 +168,16 @@ class _Answer(Response):
         self._tail += "\n\n"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.stream:
-            await self._streamed(scope, receive, send)
-        else:
-            await self._whole(scope, receive, send)
+        # The server drops writes to a client that hung up without telling us, so a watcher
+        # listens for http.disconnect and stops the request: the serving path then tells a
+        # remote executor to stop (Cancel) and pays only for what it produced.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
+            if self.stream:
+                await self._streamed(scope, receive, send)
+            else:
+                await self._whole(scope, receive, send)
+            nursery.cancel_scope.cancel()
 
     async def _whole(self, scope: Scope, receive: Receive, send: Send) -> None:
         parts: list[str] = []
@@ -265,6 +274,15 @@ class _Answer(Response):
             event(error_body(exc))
         event("[DONE]")
         await flush(more=False)
+
+
+async def _watch_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
+    """Cancel ``scope`` when the client goes away (the body was already read)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            scope.cancel()
+            return
 
 
 def openai_routes(

@@ -200,3 +200,35 @@ async def test_oversized_body_is_refused_with_413(autojump_clock: trio.testing.M
         assert r.json()["error"]["code"] == "request_too_large"
         r = await client.post("/v1/chat/completions", json=CHAT)  # the node still serves
         assert r.status_code == 200
+
+
+async def test_a_client_that_hangs_up_stops_the_remote_generation() -> None:
+    """Issue 7, item 10: a client that hung up mid-stream did not cancel the remote
+    generation, and the gateway paid the whole answer (the HTTP server silently drops
+    writes to a gone client). Real Hypercorn on 127.0.0.1: the client reads three chunks
+    and closes; the executor's backend stops and the gateway pays a partial receipt only."""
+    from p2pserve.api import build_app, serve_app
+    from tests.serve_harness import Sleep
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            net = MiniNet(nursery)
+            gw = await start_node(nursery, net, 1, {})
+            backend = ScriptedBackend(script=[x for i in range(200) for x in (f" w{i}", Sleep(0.02))])
+            ex = await start_node(nursery, net, 2, {"m": backend})
+            introduce(gw, [ex])
+            app = build_app(status=dict, metrics=str, host="127.0.0.1", port=0, extra_routes=openai_routes(gw.serve))
+            url = await nursery.start(serve_app, app, "127.0.0.1", 0)
+            async with httpx.AsyncClient(base_url=url) as client:
+                async with client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as r:
+                    seen = 0
+                    async for line in r.aiter_lines():
+                        seen += line.startswith("data: ")
+                        if seen == 4:  # the role chunk and three words
+                            break
+            while not gw.receipts:
+                await trio.sleep(0.01)
+            (receipt,) = gw.receipts
+            assert receipt.partial and receipt.completion_tokens < 50
+            assert backend.running == 0
+            nursery.cancel_scope.cancel()
