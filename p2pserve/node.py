@@ -22,16 +22,16 @@ from p2pserve.backends.base import Backend
 from p2pserve.backends.registry import BackendSpec, build_backend
 from p2pserve.config import MICRO, NodeConfig
 from p2pserve.crypto import Signer
-from p2pserve.gossip import GossipService, LocalState
+from p2pserve.membership.gossip import GossipService, LocalState
 from p2pserve.identity import default_data_dir
-from p2pserve.ledger.http import ledger_routes
+from p2pserve.api.ledger import ledger_routes
 from p2pserve.ledger.service import LedgerService
 from p2pserve.ledger.store import LedgerStore
-from p2pserve.openai_api import openai_routes
-from p2pserve.peers import PeerEntry, PeerTable
+from p2pserve.api.openai import openai_routes
+from p2pserve.membership.table import PeerEntry, PeerTable
 from p2pserve.policies import load_policy
-from p2pserve.replay_log import REPLAY_NAME, ReplayLog
-from p2pserve.serve import Deadlines, ServeService
+from p2pserve.serving.replay_log import REPLAY_NAME, ReplayLog
+from p2pserve.serving.service import Deadlines, ServeService
 from p2pserve.transport import Transport
 
 __all__ = ["Node", "backend_specs", "run_libp2p_node"]
@@ -158,7 +158,7 @@ class Node:
         )
 
     def api_routes(self) -> list[Any]:
-        """The OpenAI-compatible ``/v1`` routes for :func:`p2pserve.api.build_app`."""
+        """The OpenAI-compatible ``/v1`` routes for :func:`p2pserve.api.app.build_app`."""
         api_key = self.config.server_params.api_key
         return [
             *openai_routes(self.serve, api_key=api_key, wall_clock=self.wall_clock),
@@ -275,7 +275,7 @@ async def run_libp2p_node(
     ``started`` with ``(node, api_base_url)`` once the host listens, the first status is
     published and the API accepts connections.
     """
-    from p2pserve.api import build_app, serve_app
+    from p2pserve.api.app import build_app, serve_app
     from transports.libp2p import open_libp2p_transport
 
     sp = config.server_params

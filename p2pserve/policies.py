@@ -1,7 +1,7 @@
 """Dispatch and accept policies: where a request runs, and whether to take someone else's.
 
 Pure decisions: time and randomness are arguments, nothing here does I/O. The serving
-service (:mod:`p2pserve.serve`) gathers the inputs (backend loads, its own queue, whether
+service (:mod:`p2pserve.serving.service`) gathers the inputs (backend loads, its own queue, whether
 remote candidates exist), asks the policy, and acts on the :data:`Decision`.
 
 A policy is chosen by name in config (``server_params.policy``) through :func:`load_policy`:

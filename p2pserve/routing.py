@@ -7,7 +7,7 @@ rely on it).
 The rule (DESIGN §6.3, §6.5):
 
 * Candidates are the peers the caller passes in: peers that serve the model, are alive
-  (not expired), accept work and are not frozen (:meth:`p2pserve.peers.PeerTable.candidates`
+  (not expired), accept work and are not frozen (:meth:`p2pserve.membership.table.PeerTable.candidates`
   already filters that).
 * Staked peers are ordered by Efraimidis–Spirakis weighted sampling without replacement:
   each gets the key ``u ** (1 / stake)`` with ``u ~ U(0, 1)``, highest key first. The first
@@ -29,7 +29,7 @@ import math
 import random
 from collections.abc import Callable, Sequence
 
-from p2pserve.peers import PeerEntry
+from p2pserve.membership.table import PeerEntry
 
 __all__ = ["choose_candidates", "pos_order"]
 

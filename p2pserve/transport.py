@@ -2,7 +2,7 @@
 
 Two implementations ship: ``transports.libp2p`` (the product: TCP, Noise, Yamux,
 gossipsub) and ``transports.memory`` (in-process, simulated latency/loss/partitions, driven
-by trio's clock for tests and the simulator). Both pass ``tests/transport_conformance.py``.
+by trio's clock for tests and the simulator). Both pass ``p2pserve.testing.transport_suite``.
 This module is an interface only: it does no I/O and imports no async library.
 
 Semantics every implementation guarantees:

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from p2pserve.api import build_app, serve_app
+from p2pserve.api.app import build_app, serve_app
 from p2pserve.backends.registry import BackendSpec, build_backend
 from p2pserve.config import NodeConfig, parse_config
 from p2pserve.crypto import Signer, sha256

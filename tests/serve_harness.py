@@ -19,9 +19,9 @@ from p2pserve.backends.base import Backend, Finished, GenerationEvent, Kind, Loa
 from p2pserve.crypto import Signer
 from p2pserve.errors import BackendUnavailable, ConnectionBroken, DialError, P2PServeError, ServingError, StreamClosed
 from p2pserve.transport import StreamHandler
-from p2pserve.peers import PeerEntry, PeerTable
+from p2pserve.membership.table import PeerEntry, PeerTable
 from p2pserve.policies import PolicyParams, load_policy
-from p2pserve.serve import Deadlines, ServeService
+from p2pserve.serving.service import Deadlines, ServeService
 from p2pserve.wire.messages import ModelStatus, Receipt, Status
 from transports.memory import MemoryNetwork
 

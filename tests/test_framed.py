@@ -14,7 +14,7 @@ from p2pserve.errors import (
     PeerTimeout,
     StreamClosed,
 )
-from p2pserve.framed import FramedStream
+from p2pserve.net.framed import FramedStream
 from p2pserve.transport import Stream
 from p2pserve.wire.codec import encode
 from p2pserve.wire.framing import encode_frame, encode_uvarint

@@ -16,10 +16,10 @@ import pytest
 from rich.console import Console
 
 from p2pserve.ledger import audit, rules
-from p2pserve.ledger.audit_cli import run_audit
+from p2pserve.cli.audit import run_audit
 from p2pserve.ledger.blocks import Block, ClaimBody, EquivocationProof, StakeBody, UnstakeBody
 from p2pserve.ledger.store import DB_NAME, LedgerStore
-from p2pserve.ledger.testing import CREDIT, TEST_PARAMS, World
+from p2pserve.testing.ledger import CREDIT, TEST_PARAMS, World
 
 
 def make_db(tmp_path: Path, seed: int = 1, steps: int = 40) -> tuple[World, Path]:

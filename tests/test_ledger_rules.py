@@ -28,7 +28,7 @@ from p2pserve.ledger.blocks import (
     make_block,
 )
 from p2pserve.ledger.rules import LedgerState, apply, apply_proof, check, fingerprint, invariant_violations
-from p2pserve.ledger.testing import CREDIT, TEST_PARAMS, World
+from p2pserve.testing.ledger import CREDIT, TEST_PARAMS, World
 from p2pserve.wire.codec import decode
 
 

@@ -20,7 +20,7 @@ from p2pserve.ledger.blocks import Block, ClaimBody, Kind, PayBody
 from p2pserve.ledger.rules import fingerprint, invariant_violations
 from p2pserve.ledger.service import LedgerService
 from p2pserve.ledger.store import LedgerStore
-from p2pserve.ledger.testing import CREDIT, TEST_PARAMS, make_receipt
+from p2pserve.testing.ledger import CREDIT, TEST_PARAMS, make_receipt
 from p2pserve.ledger.unpaid import UNPAID_NAME, UnpaidLog
 from p2pserve.wire.messages import Receipt
 from transports.memory import MemoryNetwork

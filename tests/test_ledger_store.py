@@ -16,7 +16,7 @@ from p2pserve.ledger import rules
 from p2pserve.ledger.blocks import StakeBody, UnstakeBody
 from p2pserve.ledger.rules import fingerprint
 from p2pserve.ledger.store import DB_NAME, LedgerStore
-from p2pserve.ledger.testing import CREDIT, TEST_PARAMS, World
+from p2pserve.testing.ledger import CREDIT, TEST_PARAMS, World
 
 
 def history(seed: int = 1, steps: int = 40) -> World:

@@ -17,7 +17,7 @@ from p2pserve.ledger.blocks import Block, StakeBody
 from p2pserve.ledger.rules import fingerprint
 from p2pserve.ledger.store import LedgerStore
 from p2pserve.ledger.sync import LedgerSync, blocks_topic
-from p2pserve.ledger.testing import CREDIT, TEST_PARAMS, World
+from p2pserve.testing.ledger import CREDIT, TEST_PARAMS, World
 from transports.memory import MemoryNetwork, MemoryTransport
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from p2pserve.offenders import Offence, OffenderBook
+from p2pserve.serving.offenders import Offence, OffenderBook
 
 
 def test_cooling_off_doubles_and_is_capped() -> None:

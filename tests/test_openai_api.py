@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 
 from p2pserve.backends.base import Load
 from p2pserve.errors import BadRequest
-from p2pserve.openai_api import openai_routes, validate_body
+from p2pserve.api.openai import openai_routes, validate_body
 from p2pserve.policies import PolicyParams
 from p2pserve.wire import Receipt, decode
 from tests.serve_harness import Fail, Hang, MiniNet, Node, ScriptedBackend, introduce, start_node
@@ -191,7 +191,7 @@ async def test_official_openai_client_unchanged(autojump_clock: trio.testing.Moc
 
 
 async def test_oversized_body_is_refused_with_413(autojump_clock: trio.testing.MockClock) -> None:
-    from p2pserve.openai_api import MAX_BODY
+    from p2pserve.api.openai import MAX_BODY
 
     async with api() as (client, node, _):
         huge = {"model": "m", "messages": [{"role": "user", "content": "x" * (MAX_BODY + 1)}]}
@@ -207,7 +207,7 @@ async def test_a_client_that_hangs_up_stops_the_remote_generation() -> None:
     generation, and the gateway paid the whole answer (the HTTP server silently drops
     writes to a gone client). Real Hypercorn on 127.0.0.1: the client reads three chunks
     and closes; the executor's backend stops and the gateway pays a partial receipt only."""
-    from p2pserve.api import build_app, serve_app
+    from p2pserve.api.app import build_app, serve_app
     from tests.serve_harness import Sleep
 
     with trio.fail_after(30):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from p2pserve.crypto import Signer
-from p2pserve.peers import PeerTable, UpdateResult
+from p2pserve.membership.table import PeerTable, UpdateResult
 from p2pserve.wire.messages import ModelStatus, Status
 
 A, B, ME = (Signer(bytes([i]) * 32) for i in (1, 2, 3))

@@ -9,8 +9,8 @@ from p2pserve.backends.base import Load, TextDelta
 from p2pserve.crypto import sha256
 from p2pserve.errors import NoCapacity, UnknownModel
 from p2pserve.policies import PolicyParams
-from p2pserve.receipts import Bounds
-from p2pserve.serve import Completed, Started, check_receipt, price_for
+from p2pserve.serving.receipts import Bounds
+from p2pserve.serving.service import Completed, Started, check_receipt, price_for
 from tests.serve_harness import MiniNet, ScriptedBackend, collect, introduce, start_node, text_of
 
 BUSY = Load(running=4, queued=2, token_usage=0.95, source="metrics")

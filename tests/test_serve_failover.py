@@ -8,9 +8,9 @@ import trio.testing
 
 from p2pserve.backends.base import Load
 from p2pserve.errors import NoCapacity, RequestFailed
-from p2pserve.framed import FramedStream
+from p2pserve.net.framed import FramedStream
 from p2pserve.policies import PolicyParams
-from p2pserve.serve import INFER_PROTOCOL, Completed, Deadlines, Started, TextDelta, price_for
+from p2pserve.serving.service import INFER_PROTOCOL, Completed, Deadlines, Started, TextDelta, price_for
 from p2pserve.transport import Stream
 from p2pserve.wire.messages import Accept, Chunk, InferRequest
 from tests.serve_harness import Fail, Hang, MiniNet, Node, ScriptedBackend, Sleep, collect, introduce, start_node, text_of

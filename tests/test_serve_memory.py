@@ -8,7 +8,7 @@ import trio.testing
 
 from p2pserve.errors import NoCapacity
 from p2pserve.policies import PolicyParams
-from p2pserve.serve import Completed, Deadlines, Started
+from p2pserve.serving.service import Completed, Deadlines, Started
 from tests.serve_harness import Hang, ScriptedBackend, collect, connect_all, make_status, start_node, text_of
 from transports.memory import MemoryNetwork
 

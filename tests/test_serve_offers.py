@@ -9,9 +9,9 @@ import pytest
 import trio
 import trio.testing
 
-from p2pserve.framed import FramedStream
-from p2pserve.replay_log import REPLAY_NAME, ReplayLog
-from p2pserve.serve import INFER_PROTOCOL, ReplayGuard
+from p2pserve.net.framed import FramedStream
+from p2pserve.serving.replay_log import REPLAY_NAME, ReplayLog
+from p2pserve.serving.service import INFER_PROTOCOL, ReplayGuard
 from p2pserve.wire.messages import Accept, Done, InferRequest, Reject
 from tests.serve_harness import NETWORK, MiniNet, ScriptedBackend, signer, start_node, wall_clock
 
@@ -122,7 +122,7 @@ def test_replay_guard_window_and_bound() -> None:
 
 @pytest.mark.parametrize("n", [0, 1, 999, 1000, 1001])
 def test_price_rounds_up(n: int) -> None:
-    from p2pserve.serve import price_for
+    from p2pserve.serving.service import price_for
 
     assert price_for(n, 1000) == n
     assert price_for(n, 1) == (n + 999) // 1000

@@ -8,8 +8,8 @@ import trio
 import trio.testing
 
 from p2pserve.errors import ConnectionBroken
-from p2pserve.framed import FramedStream
-from p2pserve.serve import INFER_PROTOCOL, Completed, Deadlines, Started
+from p2pserve.net.framed import FramedStream
+from p2pserve.serving.service import INFER_PROTOCOL, Completed, Deadlines, Started
 from p2pserve.wire.messages import REQUEST_ID_SIZE, Accept, Chunk, Done, InferRequest
 from tests.serve_harness import (
     NETWORK,

@@ -25,7 +25,7 @@ from p2pserve.errors import (
     TransportError,
 )
 from p2pserve.transport import PeerEvent, Stream, Transport
-from tests.transport_conformance import OpenTransport, TransportConformance
+from p2pserve.testing.transport_suite import OpenTransport, TransportConformance
 from transports.libp2p import Libp2pTransport, open_libp2p_transport
 
 pytestmark = pytest.mark.libp2p

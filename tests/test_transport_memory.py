@@ -13,7 +13,7 @@ import trio.testing
 from p2pserve.errors import ConnectionBroken, DialError, StreamClosed, TransportError
 from p2pserve.transport import PeerEvent, PubsubMessage, Stream, Transport
 from tests.conftest import signer_for
-from tests.transport_conformance import (
+from p2pserve.testing.transport_suite import (
     KillFn,
     OpenTransport,
     TransportConformance,

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from p2pserve.cli import ask, demo, join, keys, stake, status
-from p2pserve.ledger.audit_cli import audit
+from p2pserve.cli.audit import audit
 
 __all__ = ["app", "main"]
 

@@ -349,7 +349,7 @@ def load_api(url: str, api_key: str | None = None, timeout: float = 60.0) -> Aud
 
 
 def encode_stream(params: NetworkParams, raws: Iterable[bytes]) -> Iterator[bytes]:
-    """Frames for the API endpoint: params first, then each block/proof (helper for api.py)."""
+    """Frames for the API endpoint: params first, then each block/proof (used by ``p2pserve.api.ledger``)."""
     from p2pserve.wire.framing import encode_frame
 
     yield encode_frame(params.encode())

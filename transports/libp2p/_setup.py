@@ -3,7 +3,7 @@
 What this module owns, and its invariants:
 
 * **The logger.** ``log`` is the ``transports.libp2p`` logger (the public module's name,
-  which is what applications configure), shared by every ``transports._libp2p_*`` module.
+  which is what applications configure), shared by every ``transports.libp2p._*`` module.
   libp2p's own WARNING and above is forwarded to ``transports.libp2p.library``.
 * **Workarounds for 0.8.1** (measured in ``/work/shared/research/libp2p.md``): the 250 ms
   happy-eyeballs dial delay is set to 0; ``PY_YAMUX_RELEASE_ON_READ=0``; libp2p modules

@@ -32,11 +32,11 @@ from libp2p.pubsub.pubsub import Pubsub
 
 from p2pserve.errors import DialError, LocalProtocolError, StreamClosed, TransportError
 from p2pserve.transport import PeerEvent, Stream, StreamHandler, Validator
-from transports._libp2p_addrs import _interface_ipv4s, _is_quic, _parse_peer_id, _strip_p2p
-from transports._libp2p_events import _PeerEventIterator, _PeerNotifee
-from transports._libp2p_pubsub import Libp2pSubscription, _drain, _Topic, _topic_validator
-from transports._libp2p_setup import log
-from transports._libp2p_stream import _STREAM_CLOSE_TIMEOUT, Libp2pStream, _remote_peer
+from transports.libp2p._addrs import _interface_ipv4s, _is_quic, _parse_peer_id, _strip_p2p
+from transports.libp2p._events import _PeerEventIterator, _PeerNotifee
+from transports.libp2p._pubsub import Libp2pSubscription, _drain, _Topic, _topic_validator
+from transports.libp2p._setup import log
+from transports.libp2p._stream import _STREAM_CLOSE_TIMEOUT, Libp2pStream, _remote_peer
 
 __all__ = ["Libp2pTransport"]
 
@@ -265,7 +265,7 @@ class Libp2pTransport:
             raise TransportError(f"publish on {topic!r} failed: {exc!r}") from exc
 
     async def subscribe(self, topic: str, validator: Validator | None = None) -> Libp2pSubscription:
-        """Subscribe to ``topic``. See :mod:`transports._libp2p_pubsub` for how validators combine."""
+        """Subscribe to ``topic``. See :mod:`transports.libp2p._pubsub` for how validators combine."""
         self._check_open()
         subscription = Libp2pSubscription(self, topic, validator)
         async with self._topic_lock:

@@ -13,7 +13,7 @@ from libp2p.abc import INetStream
 from libp2p.network.stream.exceptions import StreamEOF
 
 from p2pserve.errors import ConnectionBroken, StreamClosed
-from transports._libp2p_setup import log
+from transports.libp2p._setup import log
 
 __all__ = ["Libp2pStream"]
 

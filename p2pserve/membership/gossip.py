@@ -4,7 +4,7 @@ Every ``interval`` seconds the node publishes a :class:`~p2pserve.wire.messages.
 ``/p2pserve/<network_id>/status/1``. The topic validator accepts only well-formed statuses of
 our network whose signature verifies and whose signer is the pubsub origin, so forged or
 garbled statuses are neither delivered nor relayed. Received statuses go into the pure
-:class:`~p2pserve.peers.PeerTable`; peers silent for ``peer_ttl`` are expired. While fewer
+:class:`~p2pserve.membership.table.PeerTable`; peers silent for ``peer_ttl`` are expired. While fewer
 than ``target_connections`` peers are connected, the service dials known peers' advertised
 addresses (and the bootstrap addresses while it has no connection at all), so a node given
 one bootstrap address ends up knowing everyone without a tracker.
@@ -33,7 +33,7 @@ import trio
 
 from p2pserve.crypto import Signer
 from p2pserve.errors import MalformedMessage, P2PServeError, ProtocolError
-from p2pserve.peers import PeerTable, UpdateResult
+from p2pserve.membership.table import PeerTable, UpdateResult
 from p2pserve.transport import PubsubMessage, Transport
 from p2pserve.wire.codec import decode
 from p2pserve.wire.limits import DEFAULT_LIMITS

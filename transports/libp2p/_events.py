@@ -19,10 +19,10 @@ import trio
 from libp2p.abc import INetConn, INetStream, INetwork, INotifee
 
 from p2pserve.transport import PeerEvent
-from transports._libp2p_setup import log
+from transports.libp2p._setup import log
 
 if TYPE_CHECKING:
-    from transports._libp2p_transport import Libp2pTransport
+    from transports.libp2p._transport import Libp2pTransport
 
 _PEER_EVENT_BUFFER = 1024
 

@@ -19,7 +19,7 @@ import trio
 from p2pserve.transport import PeerEvent, PubsubMessage, Validator
 
 if TYPE_CHECKING:
-    from transports._memory_transport import MemoryTransport
+    from transports.memory._transport import MemoryTransport
 
 __all__ = ["MemorySubscription"]
 

@@ -7,7 +7,7 @@ per local :class:`Libp2pSubscription`. The topic validator libp2p runs before de
 local subscriptions on that topic (py-libp2p allows one validator per topic); a validator
 that raises rejects the message. Our own ``publish`` runs it too; a message it rejects is
 dropped silently. Subscribing and unsubscribing (which owns the topic table) is
-:class:`~transports._libp2p_transport.Libp2pTransport`'s job.
+:class:`~transports.libp2p._transport.Libp2pTransport`'s job.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
 
 from p2pserve.transport import PubsubMessage, Validator
-from transports._libp2p_setup import log
+from transports.libp2p._setup import log
 
 if TYPE_CHECKING:
-    from transports._libp2p_transport import Libp2pTransport
+    from transports.libp2p._transport import Libp2pTransport
 
 __all__ = ["Libp2pSubscription"]
 

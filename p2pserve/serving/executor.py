@@ -12,12 +12,12 @@ Per offer, on a session stream (messages in :mod:`p2pserve.wire.messages`)::
     executor  → requester  Done(finish_reason, Receipt) | Failure(code, message, partial Receipt?)
 
 Guarantees: it only runs requests signed for it, on its network, not seen before (also
-across restarts, with a :class:`~p2pserve.replay_log.ReplayLog`) and created within
+across restarts, with a :class:`~p2pserve.serving.replay_log.ReplayLog`) and created within
 ``replay_window_s`` of its clock, for a model it serves, at a price at or above its own,
 from a requester its wallet admits (an opened account whose credit covers the worst case
 and that pays what it owes: see ``LedgerService.admit``), when its policy accepts; it signs
 a receipt for exactly the text it sent, with token counts clamped to the bounds the
-requester checks (:class:`~p2pserve.receipts.Bounds`), and a partial one if its backend
+requester checks (:class:`~p2pserve.serving.receipts.Bounds`), and a partial one if its backend
 fails or the requester cancels after text was sent. A session carries one offer at a time;
 an end of stream while a request runs stops generation at once; a Cancel stops it within
 one chunk and answers with ``Failure("cancelled", ...)``. Chunks produced while a write is
@@ -40,11 +40,11 @@ import trio
 from p2pserve.backends.base import Backend, Finished, Load
 from p2pserve.crypto import Signer, sha256
 from p2pserve.errors import BackendError, ProtocolError, RemoteProtocolError, TransportError
-from p2pserve.framed import FramedStream
+from p2pserve.net.framed import FramedStream
 from p2pserve.policies import LocalModel, OfferContext, Policy
-from p2pserve.receipts import Bounds, ReplayGuard, price_for
-from p2pserve.replay_log import ReplayLog
-from p2pserve.serve_types import Admission, Deadlines, ServeCounters, Wallet
+from p2pserve.serving.receipts import Bounds, ReplayGuard, price_for
+from p2pserve.serving.replay_log import ReplayLog
+from p2pserve.serving.events import Admission, Deadlines, ServeCounters, Wallet
 from p2pserve.transport import Stream
 from p2pserve.wire.limits import DEFAULT_LIMITS
 from p2pserve.wire.messages import Accept, Cancel, Chunk, Done, Failure, InferRequest, Receipt, Reject

@@ -2,7 +2,7 @@
 
 A Starlette app served by Hypercorn's trio worker inside the node's own trio process, so it
 shares the node's nursery, clock and state. The ``/v1`` routes come from
-:mod:`p2pserve.openai_api`; this module assembles the app, guards it and runs the server.
+:mod:`p2pserve.api.openai`; this module assembles the app, guards it and runs the server.
 
 Browsers are kept from using the API against its owner. The API spends credit and moves
 stake, and by default has no key, so a web page must not be able to call it:

@@ -13,23 +13,23 @@ Entry point::
 What this module owns, and its invariants:
 
 * **Translation at the edge.** No libp2p, multiaddr or yamux exception leaves this module
-  or the ``transports._libp2p_*`` modules behind it: every call that reaches into libp2p
+  or the ``transports.libp2p._*`` modules behind it: every call that reaches into libp2p
   catches ``Exception`` and raises a :class:`~p2pserve.errors.TransportError` subclass
   ``from`` it. Only p2pserve errors and trio cancellation escape.
 * **Host settings for 0.8.1** (measured in ``/work/shared/research/libp2p.md``): gossipsub
   gets a real heartbeat, no adaptive gossip, v1.1 only, no spam protection and short
   backoffs; the auto-connector is off (node code decides whom to dial). The process-wide
-  workarounds are in ``transports._libp2p_setup``, applied on first use.
+  workarounds are in ``transports.libp2p._setup``, applied on first use.
 * **Shutdown.** Leaving the context ends every subscription and event iterator, cancels
   handlers and drain tasks, then ``host.close()`` (bounded by ``close_timeout``) closes
   inbound *and* outbound connections before the host and then pubsub stop, in that order.
   Each transport must be entered and exited by the same task (libp2p opens nurseries in
   ``host.run``).
 
-Where the rest lives: ``_libp2p_setup`` (process-wide workarounds, the logger),
-``_libp2p_addrs`` (listen/dial addresses), ``_libp2p_stream`` (:class:`Libp2pStream`),
-``_libp2p_pubsub`` (subscriptions, topic validators), ``_libp2p_events`` (peer events),
-``_libp2p_transport`` (:class:`Libp2pTransport`). This module runs the host.
+Where the rest lives: ``_setup`` (process-wide workarounds, the logger),
+``_addrs`` (listen/dial addresses), ``_stream`` (:class:`Libp2pStream`),
+``_pubsub`` (subscriptions, topic validators), ``_events`` (peer events),
+``_transport`` (:class:`Libp2pTransport`). This module runs the host.
 """
 
 from __future__ import annotations
@@ -60,11 +60,11 @@ from libp2p.tools.anyio_service import background_trio_service
 from p2pserve.crypto import Signer
 from p2pserve.errors import ConfigError, TransportError
 from p2pserve.wire.limits import DEFAULT_LIMITS
-from transports._libp2p_addrs import _parse_listen_addr, _probe_port, _strip_p2p
-from transports._libp2p_pubsub import Libp2pSubscription
-from transports._libp2p_setup import _configure_process, log
-from transports._libp2p_stream import Libp2pStream
-from transports._libp2p_transport import Libp2pTransport
+from transports.libp2p._addrs import _parse_listen_addr, _probe_port, _strip_p2p
+from transports.libp2p._pubsub import Libp2pSubscription
+from transports.libp2p._setup import _configure_process, log
+from transports.libp2p._stream import Libp2pStream
+from transports.libp2p._transport import Libp2pTransport
 
 __all__ = [
     "Libp2pStream",

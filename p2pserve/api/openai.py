@@ -39,11 +39,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from p2pserve.api import bearer_denied, check_bearer
+from p2pserve.api.app import bearer_denied, check_bearer
 from p2pserve.backends.base import Kind, TextDelta
 from p2pserve.errors import BadRequest, RequestTooLarge, ServingError
 from p2pserve.wire.limits import DEFAULT_LIMITS
-from p2pserve.serve import Completed, ServeService, Started
+from p2pserve.serving.service import Completed, ServeService, Started
 
 __all__ = ["EXECUTOR_HEADER", "error_body", "openai_routes", "validate_body"]
 

@@ -3,7 +3,7 @@ session stream, relaying its answer, checking its receipt and paying it through 
 
 This module owns :class:`InferClient`: the pool of idle session streams per executor and
 one remote try (:meth:`InferClient.run_remote`). Which executor to try, fail-over and
-continuation are the serving service's decisions (:mod:`p2pserve.serve`).
+continuation are the serving service's decisions (:mod:`p2pserve.serving.service`).
 
 A stream is a *session*: after an offer's last message (Reject, Done, Failure) the requester
 may send the next offer on the same stream (a new stream costs a multistream-select
@@ -15,14 +15,14 @@ any reply is stale (the executor ended the idle session, or the connection died)
 its idle siblings are dropped and the offer is sent once more on a new stream, with a new
 request_id; that is not a fail-over. Chunks that arrived together become one TextDelta.
 
-Guarantees of one try: every wait is bounded (:class:`~p2pserve.serve_types.Deadlines`);
+Guarantees of one try: every wait is bounded (:class:`~p2pserve.serving.events.Deadlines`);
 the try ends with ``attempt.outcome`` set and its stream either back in the pool (only
 after a clean final message, nothing unread) or closed, so a late reply is never read;
 the worst-case price is held before the offer and a receipt is paid only through that
-hold, after :func:`~p2pserve.receipts.check_receipt` (token bounds the requester can check
+hold, after :func:`~p2pserve.serving.receipts.check_receipt` (token bounds the requester can check
 itself, price, hashes); an executor that stalls after accepting, breaks the stream or the
 protocol, leaves an offer unanswered or signs a bad receipt is recorded in the
-:class:`~p2pserve.offenders.OffenderBook`; a try closed early by its caller (the user
+:class:`~p2pserve.serving.offenders.OffenderBook`; a try closed early by its caller (the user
 left) sends :class:`~p2pserve.wire.messages.Cancel` and pays the partial receipt for what
 the executor produced until then.
 """
@@ -49,11 +49,11 @@ from p2pserve.errors import (
     StreamClosed,
     TransportError,
 )
-from p2pserve.framed import FramedStream
-from p2pserve.peers import PeerTable
-from p2pserve.offenders import Offence, OffenderBook
-from p2pserve.receipts import Bounds, check_receipt, price_for
-from p2pserve.serve_types import (
+from p2pserve.net.framed import FramedStream
+from p2pserve.membership.table import PeerTable
+from p2pserve.serving.offenders import Offence, OffenderBook
+from p2pserve.serving.receipts import Bounds, check_receipt, price_for
+from p2pserve.serving.events import (
     INFER_PROTOCOL,
     Attempt,
     Completed,

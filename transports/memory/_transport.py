@@ -44,8 +44,8 @@ import trio
 
 from p2pserve.errors import DialError, StreamClosed
 from p2pserve.transport import PeerEvent, PubsubMessage, Stream, StreamHandler, Validator
-from transports._memory_queues import MemorySubscription, _PeerEvents
-from transports._memory_streams import MemoryStream, _Pipe
+from transports.memory._queues import MemorySubscription, _PeerEvents
+from transports.memory._streams import MemoryStream, _Pipe
 
 if TYPE_CHECKING:
     from transports.memory import MemoryNetwork

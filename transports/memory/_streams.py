@@ -26,7 +26,7 @@ import trio
 from p2pserve.errors import ConnectionBroken, StreamClosed
 
 if TYPE_CHECKING:
-    from transports._memory_transport import MemoryTransport
+    from transports.memory._transport import MemoryTransport
     from transports.memory import MemoryNetwork
 
 __all__ = ["MemoryStream"]

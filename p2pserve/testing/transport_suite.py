@@ -9,7 +9,7 @@ context manager yielding a started Transport``. The suite runs each context in a
 owned by a fixture (see :class:`TransportPool`), so transports are entered and exited in
 the right task, and "peer vanishes" means leaving that context::
 
-    from tests.transport_conformance import TransportConformance
+    from p2pserve.testing.transport_suite import TransportConformance
 
     @pytest.mark.libp2p                      # marks every inherited test
     class TestLibp2pConformance(TransportConformance):
@@ -56,7 +56,7 @@ import trio
 
 from p2pserve.crypto import Signer
 from p2pserve.errors import ConnectionBroken, DialError, P2PServeError, StreamClosed
-from p2pserve.framed import FramedStream
+from p2pserve.net.framed import FramedStream
 from p2pserve.transport import PeerEvent, PubsubMessage, Stream, Subscription, Transport
 from p2pserve.wire.messages import Failure
 

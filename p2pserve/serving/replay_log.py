@@ -1,7 +1,7 @@
 """The executor's replay log: offers it has taken, kept on disk so that a restart does not
 forget them (``<data-dir>/replay.log``).
 
-An offer is fresh only once (:class:`~p2pserve.receipts.ReplayGuard`), but the guard lives
+An offer is fresh only once (:class:`~p2pserve.serving.receipts.ReplayGuard`), but the guard lives
 in memory: without this file, an offer replayed to an executor that restarted within the
 replay window would be executed again, for free to whoever replays it. Each accepted
 offer is one uvarint-length-prefixed frame ``msgpack([requester, request_id, created_ms])``

@@ -2,7 +2,7 @@
 
 A :class:`MemoryNetwork` is a virtual network; ``network.open_transport(signer)`` yields a
 :class:`MemoryTransport` that satisfies :class:`p2pserve.transport.Transport` and passes
-``tests/transport_conformance.py``. Everything is driven by trio's clock
+``p2pserve.testing.transport_suite``. Everything is driven by trio's clock
 (``trio.current_time``, deadlines), so it runs under ``MockClock(autojump_threshold=0)``:
 the simulator and tests run hundreds of nodes in virtual time.
 
@@ -16,9 +16,9 @@ Model and invariants:
   link)``, not draws from a shared RNG, so they do not depend on trio's task scheduling
   order: the same seed and the same sends give the same drops and delays.
 
-Where the rest lives: ``_memory_streams`` (:class:`MemoryStream` and its pipes: stream
-timing, back pressure, resets), ``_memory_queues`` (:class:`MemorySubscription` and the
-peer-event iterators), ``_memory_transport`` (:class:`MemoryTransport`: dialing, handlers,
+Where the rest lives: ``_streams`` (:class:`MemoryStream` and its pipes: stream
+timing, back pressure, resets), ``_queues`` (:class:`MemorySubscription` and the
+peer-event iterators), ``_transport`` (:class:`MemoryTransport`: dialing, handlers,
 gossip, vanishing). This module owns the network: links, partitions and membership.
 
 Addresses are ``/memory/<n>/p2p/<peer id>``, ``n`` unique per transport instance in the
@@ -40,9 +40,9 @@ import trio
 from p2pserve.crypto import Signer
 from p2pserve.errors import DialError, TransportError
 from p2pserve.transport import PeerEvent
-from transports._memory_queues import MemorySubscription
-from transports._memory_streams import MemoryStream, _Pipe
-from transports._memory_transport import MemoryTransport
+from transports.memory._queues import MemorySubscription
+from transports.memory._streams import MemoryStream, _Pipe
+from transports.memory._transport import MemoryTransport
 
 __all__ = ["LinkSpec", "MemoryNetwork", "MemoryStream", "MemorySubscription", "MemoryTransport"]
 

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from p2pserve.api import check_bearer
+from p2pserve.api.app import check_bearer
 from p2pserve.errors import InvalidBlock, P2PServeError
 from p2pserve.ledger.audit import Heads, encode_stream
 from p2pserve.config import MICRO

@@ -16,7 +16,7 @@ import multiaddr
 from libp2p.peer.id import ID
 
 from p2pserve.errors import ConfigError, DialError, TransportError
-from transports._libp2p_setup import log
+from transports.libp2p._setup import log
 
 
 def _interface_ipv4s() -> list[str]:

@@ -5,12 +5,12 @@ point: it holds both sides of the infer protocol and the node's own request queu
 decides where each of its users' requests runs. The pieces live in modules of their own,
 and every name they export that callers use is re-exported here:
 
-* :mod:`p2pserve.serve_types`: the protocol id, :class:`Deadlines`, the events a request
+* :mod:`p2pserve.serving.events`: the protocol id, :class:`Deadlines`, the events a request
   yields, :class:`ServeCounters` (pure data);
-* :mod:`p2pserve.receipts`: :func:`price_for`, :func:`check_receipt`, :class:`ReplayGuard`
+* :mod:`p2pserve.serving.receipts`: :func:`price_for`, :func:`check_receipt`, :class:`ReplayGuard`
   (pure);
-* :mod:`p2pserve.serve_client`: the requester's session streams and one remote try;
-* :mod:`p2pserve.serve_executor`: the executor side, answering peers' offers.
+* :mod:`p2pserve.serving.client`: the requester's session streams and one remote try;
+* :mod:`p2pserve.serving.executor`: the executor side, answering peers' offers.
 
 Deadlines on every step (:class:`Deadlines`). The requester's guarantees:
 
@@ -26,7 +26,7 @@ Deadlines on every step (:class:`Deadlines`). The requester's guarantees:
 * receipts are checked (signature, executor, requester, request hash, response hash of the
   text received, price within the advertised price) before ``on_receipt`` pays them.
 
-The executor's guarantees are in :mod:`p2pserve.serve_executor`.
+The executor's guarantees are in :mod:`p2pserve.serving.executor`.
 
 Every loop runs in the nursery of :meth:`ServeService.run`; requests run in the task of
 whoever iterates :meth:`ServeService.submit`, as an async generator closed by its context
@@ -51,16 +51,16 @@ import trio
 from p2pserve.backends.base import Backend, Finished, Kind, Load, TextDelta
 from p2pserve.crypto import Signer
 from p2pserve.errors import BackendError, BadRequest, NoCapacity, RequestFailed, UnknownModel
-from p2pserve.framed import FramedStream
-from p2pserve.peers import PeerEntry, PeerTable
+from p2pserve.net.framed import FramedStream
+from p2pserve.membership.table import PeerEntry, PeerTable
 from p2pserve.policies import LocalModel, Offload, Policy, PolicyParams, Queue, RequestContext, RunLocal, Wait
-from p2pserve.offenders import OffenderBook
-from p2pserve.receipts import Bounds, ReplayGuard, check_receipt, price_for
-from p2pserve.replay_log import ReplayLog
+from p2pserve.serving.offenders import OffenderBook
+from p2pserve.serving.receipts import Bounds, ReplayGuard, check_receipt, price_for
+from p2pserve.serving.replay_log import ReplayLog
 from p2pserve.routing import choose_candidates
-from p2pserve.serve_client import InferClient
-from p2pserve.serve_executor import InferExecutor
-from p2pserve.serve_types import (
+from p2pserve.serving.client import InferClient
+from p2pserve.serving.executor import InferExecutor
+from p2pserve.serving.events import (
     INFER_PROTOCOL,
     Attempt,
     Completed,
@@ -106,8 +106,8 @@ class ServeService:
     passes its ledger's view; default: the stake the peer claims). ``wall_clock`` (seconds) stamps offers and checks
     their age; everything else uses trio's clock.
 
-    The requester's remote tries run in an :class:`~p2pserve.serve_client.InferClient` and
-    peers' offers in an :class:`~p2pserve.serve_executor.InferExecutor`; both share this
+    The requester's remote tries run in an :class:`~p2pserve.serving.client.InferClient` and
+    peers' offers in an :class:`~p2pserve.serving.executor.InferExecutor`; both share this
     service's ``backends``, ``prices`` and ``counters`` objects (a price changed here
     applies to the next offer).
     """
@@ -368,7 +368,7 @@ class ServeService:
 
     def _choose(self, candidates: list[PeerEntry]) -> list[str]:
         """The peers to offer a request to: clean peers in PoS order, then peers on probation
-        (past offenders, see :mod:`p2pserve.offenders`) in PoS order, whatever their stake."""
+        (past offenders, see :mod:`p2pserve.serving.offenders`) in PoS order, whatever their stake."""
         by_id = {e.peer_id: e for e in candidates}
         clean, probation = self.offenders.split(sorted(by_id), trio.current_time())
         k = self.params.offer_fanout

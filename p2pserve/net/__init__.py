@@ -1,0 +1,1 @@
+"""Async plumbing shared by every stream protocol: framed messages (:mod:`.framed`)."""
