@@ -19,8 +19,8 @@ Run: ``.venv/bin/python bench/serve_overhead.py [--requests N] [--price 0]``.
 from __future__ import annotations
 
 import argparse
-import os
 import json
+import os
 import socket
 import statistics
 import subprocess

@@ -24,6 +24,7 @@ import yaml
 from p2pserve.errors import ConfigError, MalformedMessage
 from p2pserve.ledger.blocks import NetworkParams
 from p2pserve.policies import DispatchParams, PolicyParams
+from p2pserve.units import MICRO
 
 __all__ = [
     "DispatchParams",
@@ -41,8 +42,6 @@ __all__ = [
 T = TypeVar("T")
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
-MICRO = 1_000_000
-"""Micro-credits per credit: configs speak credits, the ledger and the wire micro-credits."""
 DEVNET = "devnet"
 """The default network_id: a local or test network, where accounts open with free credit."""
 DEVNET_INITIAL_CREDIT = 1000.0

@@ -10,29 +10,29 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from p2pserve.api.ledger import ledger_routes
+from p2pserve.api.openai import openai_routes
 from p2pserve.backends.base import Backend
 from p2pserve.backends.registry import BackendSpec, build_backend
-from p2pserve.config import MICRO, NodeConfig
+from p2pserve.clock import SYSTEM_CLOCK, Clock
+from p2pserve.config import NodeConfig
 from p2pserve.crypto import Signer
-from p2pserve.membership.gossip import GossipService, LocalState
 from p2pserve.identity import default_data_dir
-from p2pserve.api.ledger import ledger_routes
 from p2pserve.ledger.service import LedgerService
 from p2pserve.ledger.store import LedgerStore
-from p2pserve.api.openai import openai_routes
+from p2pserve.membership.gossip import GossipService, LocalState
 from p2pserve.membership.table import PeerEntry, PeerTable
 from p2pserve.policies import load_policy
+from p2pserve.rng import derive, fresh_seed
 from p2pserve.serving.replay_log import REPLAY_NAME, ReplayLog
 from p2pserve.serving.service import Deadlines, ServeService
 from p2pserve.transport import Transport
+from p2pserve.units import MICRO
 
 __all__ = ["Node", "backend_specs", "run_libp2p_node"]
 
@@ -74,8 +74,8 @@ class Node:
         *,
         backends: dict[str, Backend] | None = None,
         ledger_store: LedgerStore | None = None,
-        rng: random.Random | None = None,
-        wall_clock: Callable[[], float] = time.time,
+        seed: int | None = None,
+        clock: Clock = SYSTEM_CLOCK,
         replay_log: ReplayLog | None = None,
     ) -> None:
         """``backends`` replaces the ones ``config.models`` describes (tests, simulator).
@@ -86,8 +86,8 @@ class Node:
         self.config = config
         self.signer = signer
         self.transport = transport
-        self.rng = rng or random.Random()
-        self.wall_clock = wall_clock
+        self.seed = seed if seed is not None else fresh_seed()
+        self.clock = clock
         sp = config.server_params
         self.network_id = config.ledger_params.network_id
         self.peers = PeerTable(signer.peer_id, self.network_id, sp.peer_ttl, ttl_intervals=sp.peer_ttl / sp.status_interval)
@@ -100,8 +100,8 @@ class Node:
             target_connections=sp.target_connections,
             bootstrap=sp.bootstrap,
             local_state=self.local_state,
-            rng=random.Random(self.rng.random()),
-            wall_clock=wall_clock,
+            rng=derive(self.seed, "gossip"),
+            clock=clock,
         )
         if backends is None:
             backends = {spec.model_path: build_backend(spec) for spec in backend_specs(config)}
@@ -113,7 +113,7 @@ class Node:
             signer,
             ledger_store if ledger_store is not None else LedgerStore(":memory:", lp.network_params()),
             initial_staked=round(lp.initial_staked * MICRO),
-            wall_clock=wall_clock,
+            clock=clock,
             open_delay=sp.status_interval,
             claim_interval=sp.status_interval,
         )
@@ -125,13 +125,13 @@ class Node:
             backends,
             load_policy(sp.policy, sp.policy_params()),
             sp.policy_params(),
-            random.Random(self.rng.random()),
+            derive(self.seed, "serve"),
             dispatch={name: m.dispatch_params for name, m in models.items()},
             prices={name: round(m.price_per_1k * MICRO) for name, m in models.items()},
             deadlines=Deadlines(request_s=sp.request_timeout),
             wallet=self.ledger,
             stake_of=self._stake_of,
-            wall_clock=wall_clock,
+            clock=clock,
             replay_log=replay_log,
         )
         self.started_at = 0.0
@@ -161,7 +161,7 @@ class Node:
         """The OpenAI-compatible ``/v1`` routes for :func:`p2pserve.api.app.build_app`."""
         api_key = self.config.server_params.api_key
         return [
-            *openai_routes(self.serve, api_key=api_key, wall_clock=self.wall_clock),
+            *openai_routes(self.serve, api_key=api_key, clock=self.clock),
             *ledger_routes(self.ledger, api_key=api_key),
         ]
 

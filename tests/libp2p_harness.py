@@ -3,7 +3,6 @@ node 0's policy forces offloading. Shared by the serving and ledger libp2p tests
 
 from __future__ import annotations
 
-import random
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -50,7 +49,7 @@ async def three_nodes(stores: Sequence[LedgerStore] | None = None) -> AsyncItera
         cfg = config(i, boot)
         async with open_libp2p_transport(signer, ["/ip4/127.0.0.1/tcp/0"]) as transport:
             node = Node(cfg, signer, transport, backends={MODEL: build_backend(BackendSpec(MODEL, kind="fake"))},
-                        ledger_store=stores[i] if stores else None, rng=random.Random(i))
+                        ledger_store=stores[i] if stores else None, seed=i)
             async with trio.open_nursery() as nursery:
                 await nursery.start(node.run)
                 app = build_app(status=node.status, metrics=node.metrics, extra_routes=node.api_routes())

@@ -13,15 +13,17 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import trio
+import trio.lowlevel
 import trio.testing
 
 from p2pserve.backends.base import Backend, Finished, GenerationEvent, Kind, Load, TextDelta
+from p2pserve.clock import virtual_clock
 from p2pserve.crypto import Signer
 from p2pserve.errors import BackendUnavailable, ConnectionBroken, DialError, P2PServeError, ServingError, StreamClosed
-from p2pserve.transport import StreamHandler
 from p2pserve.membership.table import PeerEntry, PeerTable
 from p2pserve.policies import PolicyParams, load_policy
 from p2pserve.serving.service import Deadlines, ServeService
+from p2pserve.transport import StreamHandler
 from p2pserve.wire.messages import ModelStatus, Receipt, Status
 from transports.memory import MemoryNetwork
 
@@ -119,7 +121,7 @@ class ScriptedBackend(Backend):
                 if isinstance(step, str):
                     n += 1
                     yield TextDelta(step)
-                    await trio.sleep(0)
+                    await trio.lowlevel.checkpoint()
                 elif isinstance(step, Sleep):
                     await trio.sleep(step.seconds)
                 elif isinstance(step, Fail):
@@ -330,7 +332,7 @@ async def start_node(
         prices=prices or {m: 1000 for m in (backends or {})},
         deadlines=deadlines or Deadlines(),
         on_receipt=on_receipt,
-        wall_clock=wall_clock,
+        clock=virtual_clock(WALL0),
         **serve_kw,
     )
     await nursery.start(serve.run)

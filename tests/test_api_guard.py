@@ -23,10 +23,10 @@ import trio
 import trio.testing
 
 from p2pserve.api.app import HostPolicy, build_app, serve_app
+from p2pserve.api.ledger import ledger_routes
 from p2pserve.backends.registry import BackendSpec, build_backend
 from p2pserve.config import parse_config
 from p2pserve.errors import ConfigError
-from p2pserve.api.ledger import ledger_routes
 from p2pserve.ledger.service import LedgerService
 from p2pserve.node import Node
 from p2pserve.sim.cluster import open_cluster

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 from p2pserve.errors import (
@@ -87,7 +88,7 @@ async def test_byte_by_byte_delivery() -> None:
         async def trickle() -> None:
             for i in range(len(frame)):
                 await raw.send_all(frame[i : i + 1])
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
 
         nursery.start_soon(trickle)
         assert await f.recv(Failure) == FAIL

@@ -82,3 +82,39 @@ def test_transports_do_not_import_node_logic() -> None:
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module:
                 assert node.module.split(".")[:2] != ["p2pserve", "node"], f"{path.name} imports the node"
+
+
+def test_only_the_clock_module_reads_the_wall_clock() -> None:
+    """Same seed, same result: node logic takes a Clock; ``time.time`` (and friends) appear in
+    ``p2pserve/clock.py`` alone."""
+    wall = {("time", "time"), ("time", "time_ns"), ("datetime", "now"), ("datetime", "utcnow"), ("date", "today")}
+    offenders = []
+    for root in (PKG, ROOT / "transports"):
+        for path in root.rglob("*.py"):
+            if path == PKG / "clock.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and (node.value.id, node.attr) in wall:
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+                if isinstance(node, ast.ImportFrom) and node.module == "time" and any(a.name in ("time", "time_ns") for a in node.names):
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == []
+
+
+def test_no_unseeded_random_streams() -> None:
+    """Every random choice draws from a seeded stream (``p2pserve.rng.derive``): no
+    ``random.Random()`` without a seed, and no use of the global ``random`` functions."""
+    offenders = []
+    global_fns = {"random", "randint", "randrange", "choice", "choices", "shuffle", "sample", "uniform", "getrandbits", "randbytes"}
+    for root in (PKG, ROOT / "transports"):
+        for path in root.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                    continue
+                f = node.func
+                if isinstance(f.value, ast.Name) and f.value.id == "random":
+                    if f.attr == "Random" and not node.args and not node.keywords:
+                        offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} unseeded random.Random()")
+                    elif f.attr in global_fns:
+                        offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} global random.{f.attr}()")
+    assert offenders == []

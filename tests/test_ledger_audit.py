@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from p2pserve.ledger import audit, rules
 from p2pserve.cli.audit import run_audit
+from p2pserve.ledger import audit, rules
 from p2pserve.ledger.blocks import Block, ClaimBody, EquivocationProof, StakeBody, UnstakeBody
 from p2pserve.ledger.store import DB_NAME, LedgerStore
 from p2pserve.testing.ledger import CREDIT, TEST_PARAMS, World

@@ -20,11 +20,11 @@ import pytest
 from starlette.applications import Starlette
 from typer.testing import CliRunner
 
+from p2pserve.api.ledger import ledger_routes
 from p2pserve.cli import app
 from p2pserve.ledger import audit, rules
 from p2pserve.ledger.audit import Heads, compare_heads
 from p2pserve.ledger.blocks import Block, StakeBody, UnstakeBody
-from p2pserve.api.ledger import ledger_routes
 from p2pserve.ledger.service import LedgerService
 from p2pserve.ledger.store import LedgerStore
 from p2pserve.testing.ledger import CREDIT, TEST_PARAMS, World

@@ -15,21 +15,21 @@ from pathlib import Path
 import trio
 import trio.testing
 
+from p2pserve.clock import virtual_clock
 from p2pserve.crypto import Signer
 from p2pserve.ledger.blocks import Block, ClaimBody, Kind, PayBody
 from p2pserve.ledger.rules import fingerprint, invariant_violations
 from p2pserve.ledger.service import LedgerService
 from p2pserve.ledger.store import LedgerStore
-from p2pserve.testing.ledger import CREDIT, TEST_PARAMS, make_receipt
 from p2pserve.ledger.unpaid import UNPAID_NAME, UnpaidLog
+from p2pserve.testing.ledger import CREDIT, TEST_PARAMS, make_receipt
 from p2pserve.wire.messages import Receipt
 from transports.memory import MemoryNetwork
 
 RNG = random.Random(5)
 
 
-def clock() -> float:
-    return 1_700_000_000 + trio.current_time()
+CLOCK = virtual_clock(1_700_000_000)
 
 
 def signer(name: str) -> Signer:
@@ -47,7 +47,7 @@ async def services(
         for name, store in zip(names, stores):
             t = await nursery.start(_transport, net, signer(name))
             transports.append(t)
-            out.append(LedgerService(t, signer(name), store, wall_clock=clock, open_delay=0.1, **kw))  # type: ignore[arg-type]
+            out.append(LedgerService(t, signer(name), store, clock=CLOCK, open_delay=0.1, **kw))  # type: ignore[arg-type]
         for t in transports[1:]:
             await t.connect(transports[0].listen_addrs()[0])
         for s in out:

@@ -12,10 +12,10 @@ from p2pserve.backends.registry import BackendSpec, build_backend
 from p2pserve.config import parse_config
 from p2pserve.crypto import Signer, sha256
 from p2pserve.errors import ConnectionBroken, PeerTimeout, RemoteProtocolError
-from p2pserve.net.framed import FramedStream
-from p2pserve.membership.gossip import status_topic
 from p2pserve.ledger.rules import fingerprint
 from p2pserve.ledger.sync import SYNC_PROTOCOL, blocks_topic
+from p2pserve.membership.gossip import status_topic
+from p2pserve.net.framed import FramedStream
 from p2pserve.serving.service import INFER_PROTOCOL
 from p2pserve.sim.cluster import open_cluster
 from p2pserve.wire.framing import encode_uvarint

@@ -12,12 +12,13 @@ import httpx
 import openai
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 from starlette.applications import Starlette
 
+from p2pserve.api.openai import openai_routes, validate_body
 from p2pserve.backends.base import Load
 from p2pserve.errors import BadRequest
-from p2pserve.api.openai import openai_routes, validate_body
 from p2pserve.policies import PolicyParams
 from p2pserve.wire import Receipt, decode
 from tests.serve_harness import Fail, Hang, MiniNet, Node, ScriptedBackend, introduce, start_node
@@ -183,7 +184,7 @@ async def test_official_openai_client_unchanged(autojump_clock: trio.testing.Moc
         assert "".join(parts) == "Hello world"
         del stream
         gc.collect()
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         models = await oai.models.list()
         assert [m.id for m in models.data] == ["m"]
         with pytest.raises(openai.NotFoundError):

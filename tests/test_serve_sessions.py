@@ -18,8 +18,8 @@ from tests.serve_harness import (
     ScriptedBackend,
     collect,
     introduce,
-    start_node,
     signer,
+    start_node,
     text_of,
     wall_clock,
 )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 import trio
+import trio.lowlevel
 
 from p2pserve.crypto import Signer
 from p2pserve.errors import (
@@ -24,8 +25,8 @@ from p2pserve.errors import (
     StreamClosed,
     TransportError,
 )
-from p2pserve.transport import PeerEvent, Stream, Transport
 from p2pserve.testing.transport_suite import OpenTransport, TransportConformance
+from p2pserve.transport import PeerEvent, Stream, Transport
 from transports.libp2p import Libp2pTransport, open_libp2p_transport
 
 pytestmark = pytest.mark.libp2p
@@ -300,7 +301,7 @@ async def test_pubsub_through_a_line_of_three_hosts(nodes: Nodes) -> None:
         assert a.peer_id not in c.connected_peers()
 
         def no_bad(msg: object) -> bool:
-            return not getattr(msg, "data").startswith(b"bad")
+            return not msg.data.startswith(b"bad")
 
         subs = [await t.subscribe("line", no_bad) for t in (a, b, c)]
         # publish until the mesh carries messages end to end (a mesh forms in heartbeats)
@@ -364,7 +365,7 @@ async def test_shutdown_is_bounded_and_ends_iterators(nodes: Nodes) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(consume, "sub", sub)
             nursery.start_soon(consume, "events", a.peer_events())
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
             t0 = trio.current_time()
             await nodes.stop(a)
             assert trio.current_time() - t0 < 5

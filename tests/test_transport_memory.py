@@ -11,8 +11,6 @@ import trio
 import trio.testing
 
 from p2pserve.errors import ConnectionBroken, DialError, StreamClosed, TransportError
-from p2pserve.transport import PeerEvent, PubsubMessage, Stream, Transport
-from tests.conftest import signer_for
 from p2pserve.testing.transport_suite import (
     KillFn,
     OpenTransport,
@@ -22,6 +20,8 @@ from p2pserve.testing.transport_suite import (
     read_all,
     wait_until,
 )
+from p2pserve.transport import PeerEvent, PubsubMessage, Stream, Transport
+from tests.conftest import signer_for
 from transports.memory import LinkSpec, MemoryNetwork, MemoryTransport
 
 PROTO = "/p2pserve/test/mem/1"

@@ -23,8 +23,8 @@ from starlette.routing import Route
 from p2pserve.api.app import check_bearer
 from p2pserve.errors import InvalidBlock, P2PServeError
 from p2pserve.ledger.audit import Heads, encode_stream
-from p2pserve.config import MICRO
 from p2pserve.ledger.service import LedgerService
+from p2pserve.units import MICRO
 
 __all__ = ["ledger_routes"]
 

@@ -28,7 +28,6 @@ per-request byte templates, byte for byte what ``json.dumps`` of the chunk objec
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -41,9 +40,10 @@ from starlette.types import Receive, Scope, Send
 
 from p2pserve.api.app import bearer_denied, check_bearer
 from p2pserve.backends.base import Kind, TextDelta
+from p2pserve.clock import SYSTEM_CLOCK, Clock
 from p2pserve.errors import BadRequest, RequestTooLarge, ServingError
-from p2pserve.wire.limits import DEFAULT_LIMITS
 from p2pserve.serving.service import Completed, ServeService, Started
+from p2pserve.wire.limits import DEFAULT_LIMITS
 
 __all__ = ["EXECUTOR_HEADER", "error_body", "openai_routes", "validate_body"]
 
@@ -290,7 +290,7 @@ def openai_routes(
     *,
     api_key: str | None = None,
     known_models: Callable[[], set[str]] | None = None,
-    wall_clock: Callable[[], float] = time.time,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> list[Route]:
     """The ``/v1`` routes for ``serve``. ``known_models`` lists ``/v1/models`` (default: local
     models and every model a known peer serves). ``api_key``: require ``Bearer <key>``."""
@@ -333,7 +333,7 @@ def openai_routes(
                 return
             options = body.get("stream_options") or {}
             include_usage = bool(options.get("include_usage")) if stream else False
-            answer = _Answer(serve, self.kind, model, stream, backend_body, include_usage, int(wall_clock()))
+            answer = _Answer(serve, self.kind, model, stream, backend_body, include_usage, int(clock.wall()))
             await answer(scope, receive, send)
 
     async def list_models(request: Request) -> Response:

@@ -27,8 +27,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import threading
-from contextlib import aclosing
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from contextlib import aclosing
 from typing import Any, cast
 
 import trio

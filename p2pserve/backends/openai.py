@@ -25,8 +25,8 @@ from __future__ import annotations
 import codecs
 import json
 import math
-from contextlib import aclosing
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Literal
 

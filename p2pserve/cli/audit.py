@@ -18,7 +18,6 @@ be read.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -28,16 +27,17 @@ from rich.console import Console
 from rich.table import Table
 
 from p2pserve.errors import StoreError
+from p2pserve.identity import default_data_dir
 from p2pserve.ledger import audit as audit_mod
 from p2pserve.ledger.rules import fingerprint
+from p2pserve.units import format_credits
 
 __all__ = ["audit", "render", "render_comparison", "run_audit", "run_compare"]
 
-_CREDIT = 1_000_000
 
 
 def _credits(micro: int) -> str:
-    return f"{micro / _CREDIT:,.6f}".rstrip("0").rstrip(".")
+    return format_credits(micro)
 
 
 def render(report: audit_mod.AuditReport, console: Console) -> None:
@@ -86,7 +86,7 @@ def run_audit(
     ``strict``, offences), 2 unreadable."""
     console = console or Console()
     if data_dir is None and db is None and api is None:
-        data_dir = Path(os.environ.get("P2PSERVE_HOME") or "~/.p2pserve").expanduser()
+        data_dir = default_data_dir()
     try:
         report = audit_mod.run(data_dir=data_dir, db=db, api=api, api_key=api_key)
     except StoreError as exc:

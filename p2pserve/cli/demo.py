@@ -139,7 +139,7 @@ def demo(
             console.print(text, highlight=False, soft_wrap=True)
 
         say(f"\n[bold green]{nodes} nodes running[/] (data in {root})")
-        for i, (api, models) in enumerate(zip(apis, served)):
+        for i, (api, models) in enumerate(zip(apis, served, strict=True)):
             say(f"  node{i}: {api}  " + (f"serves {', '.join(models)}" if models else "gateway: serves nothing, offloads every request"))
         say("\nAsk the network from another terminal:")
         say(f'  .venv/bin/p2pserve ask "What is the capital of France?" --api {apis[0]}')

@@ -35,7 +35,6 @@ account.
 from __future__ import annotations
 
 import sqlite3
-from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -351,7 +351,7 @@ def _plan_pay(
 ) -> Plan:
     """The effects of a pay whose amounts and funds are checked: verify every receipt."""
     b = p.block
-    for r, sb in zip(body.receipts, p.receipt_signing_bytes):
+    for r, sb in zip(body.receipts, p.receipt_signing_bytes, strict=True):
         _verify_receipt(r, sb, verify)
     new = _Acct(b.height, p.hash, b.timestamp_ms, free_after, acct.staked, unbonding)
     keys = tuple((r.executor, r.request_id) for r in body.receipts)

@@ -44,14 +44,12 @@ node's own chain, under one lock, so heights never collide.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from p2pserve.config import MICRO
+from p2pserve.clock import SYSTEM_CLOCK, Clock
 from p2pserve.crypto import Signer
 from p2pserve.errors import InvalidBlock, LedgerError, P2PServeError
 from p2pserve.ledger import rules
@@ -73,6 +71,7 @@ from p2pserve.ledger.store import LedgerStore
 from p2pserve.ledger.sync import LedgerSync
 from p2pserve.ledger.unpaid import UNPAID_NAME, UnpaidLog
 from p2pserve.transport import Transport
+from p2pserve.units import MICRO
 from p2pserve.wire.messages import Receipt
 
 __all__ = ["Admission", "Hold", "LedgerService"]
@@ -157,7 +156,7 @@ class LedgerService:
         store: LedgerStore,
         *,
         initial_staked: int = 0,
-        wall_clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
         open_delay: float = 1.0,
         claim_interval: float = 1.0,
         pay_interval: float = 0.25,
@@ -173,7 +172,7 @@ class LedgerService:
         self.store = store
         store.own_account = signer.peer_id
         self.initial_staked = initial_staked
-        self.wall_clock = wall_clock
+        self.clock = clock
         self.open_delay = open_delay
         self.claim_interval = claim_interval
         self.pay_interval = pay_interval
@@ -220,7 +219,7 @@ class LedgerService:
         return self.signer.peer_id
 
     def now_ms(self) -> int:
-        return int(self.wall_clock() * 1000)
+        return self.clock.wall_ms()
 
     @property
     def writable(self) -> bool:

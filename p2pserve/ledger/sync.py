@@ -41,9 +41,9 @@ from p2pserve.errors import (
     RemoteProtocolError,
     TransportError,
 )
-from p2pserve.net.framed import FramedStream
 from p2pserve.ledger.blocks import Block, EquivocationProof, decode_block
 from p2pserve.ledger.store import IngestResult, LedgerStore
+from p2pserve.net.framed import FramedStream
 from p2pserve.transport import PeerEvent, PubsubMessage, Stream, Transport
 from p2pserve.wire.codec import MAX_ITEMS, Message, decode, message
 from p2pserve.wire.limits import DEFAULT_LIMITS, Limits

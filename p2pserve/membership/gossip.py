@@ -25,15 +25,16 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
 
+from p2pserve.clock import SYSTEM_CLOCK, Clock
 from p2pserve.crypto import Signer
 from p2pserve.errors import MalformedMessage, P2PServeError, ProtocolError
 from p2pserve.membership.table import PeerTable, UpdateResult
+from p2pserve.rng import derive, fresh_seed
 from p2pserve.transport import PubsubMessage, Transport
 from p2pserve.wire.codec import decode
 from p2pserve.wire.limits import DEFAULT_LIMITS
@@ -75,7 +76,7 @@ class GossipService:
         bootstrap: tuple[str, ...] = (),
         local_state: Callable[[], LocalState] = LocalState,
         rng: random.Random | None = None,
-        wall_clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.transport = transport
         self.signer = signer
@@ -87,9 +88,9 @@ class GossipService:
         self.target_connections = target_connections
         self.bootstrap = bootstrap
         self.local_state = local_state
-        self.rng = rng or random.Random()
-        self.wall_clock = wall_clock
-        self._seq = int(wall_clock() * 1000)
+        self.rng = rng if rng is not None else derive(fresh_seed(), "gossip")
+        self.clock = clock
+        self._seq = clock.wall_ms()
         self.published = 0
         self.received = 0
         self.rejected = 0
@@ -112,7 +113,7 @@ class GossipService:
             network_id=self.network_id,
             peer_id=self.signer.peer_id,
             seq=self._seq,
-            timestamp_ms=int(self.wall_clock() * 1000),
+            timestamp_ms=self.clock.wall_ms(),
             addrs=tuple(self.transport.listen_addrs()[: DEFAULT_LIMITS.max_peers_per_status]),
             models=st.models,
             accepting=st.accepting,

@@ -39,6 +39,7 @@ from typing import Any, cast
 import trio
 
 from p2pserve.backends.base import Kind, TextDelta
+from p2pserve.clock import Clock
 from p2pserve.crypto import Signer
 from p2pserve.errors import (
     ConnectionBroken,
@@ -49,10 +50,8 @@ from p2pserve.errors import (
     StreamClosed,
     TransportError,
 )
-from p2pserve.net.framed import FramedStream
 from p2pserve.membership.table import PeerTable
-from p2pserve.serving.offenders import Offence, OffenderBook
-from p2pserve.serving.receipts import Bounds, check_receipt, price_for
+from p2pserve.net.framed import FramedStream
 from p2pserve.serving.events import (
     INFER_PROTOCOL,
     Attempt,
@@ -65,6 +64,8 @@ from p2pserve.serving.events import (
     Started,
     Wallet,
 )
+from p2pserve.serving.offenders import Offence, OffenderBook
+from p2pserve.serving.receipts import Bounds, check_receipt, price_for
 from p2pserve.transport import Stream, Transport
 from p2pserve.wire.messages import REQUEST_ID_SIZE, Accept, Cancel, Chunk, Done, Failure, InferRequest, Receipt, Reject
 
@@ -77,7 +78,7 @@ class InferClient:
     """Offers requests to executors for one node, over pooled session streams.
 
     ``counters`` is the serving service's own object; ``on_receipt`` is awaited with every
-    verified receipt (errors it raises are logged). ``wall_clock`` (seconds) stamps offers;
+    verified receipt (errors it raises are logged). ``clock`` stamps offers;
     everything else uses trio's clock. Call :meth:`close_idle` with ``math.inf`` when the
     node stops.
     """
@@ -93,7 +94,7 @@ class InferClient:
         deadlines: Deadlines,
         counters: ServeCounters,
         on_receipt: Callable[[Receipt], Awaitable[None]] | None,
-        wall_clock: Callable[[], float],
+        clock: Clock,
         wallet: Wallet | None = None,
         offenders: OffenderBook | None = None,
     ) -> None:
@@ -105,7 +106,7 @@ class InferClient:
         self.deadlines = deadlines
         self.counters = counters
         self.on_receipt = on_receipt
-        self.wall_clock = wall_clock
+        self.clock = clock
         self.wallet = wallet
         self.offenders = offenders if offenders is not None else OffenderBook()
         self.idle: dict[str, list[tuple[float, FramedStream]]] = {}
@@ -225,7 +226,7 @@ class InferClient:
                 model=model,
                 kind=kind,
                 body=body_bytes,
-                created_ms=int(self.wall_clock() * 1000),
+                created_ms=self.clock.wall_ms(),
                 continuation=progress.text,
                 max_price_per_1k=price_per_1k,
                 signature=b"",

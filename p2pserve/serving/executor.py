@@ -38,13 +38,14 @@ from typing import Any
 import trio
 
 from p2pserve.backends.base import Backend, Finished, Load
+from p2pserve.clock import Clock
 from p2pserve.crypto import Signer, sha256
 from p2pserve.errors import BackendError, ProtocolError, RemoteProtocolError, TransportError
 from p2pserve.net.framed import FramedStream
 from p2pserve.policies import LocalModel, OfferContext, Policy
+from p2pserve.serving.events import Admission, Deadlines, ServeCounters, Wallet
 from p2pserve.serving.receipts import Bounds, ReplayGuard, price_for
 from p2pserve.serving.replay_log import ReplayLog
-from p2pserve.serving.events import Admission, Deadlines, ServeCounters, Wallet
 from p2pserve.transport import Stream
 from p2pserve.wire.limits import DEFAULT_LIMITS
 from p2pserve.wire.messages import Accept, Cancel, Chunk, Done, Failure, InferRequest, Receipt, Reject
@@ -135,7 +136,7 @@ class InferExecutor:
     It shares the serving service's state rather than copying it: ``backends``, ``prices``,
     ``counters`` and ``inflight`` are the service's own objects (a price changed there
     applies to the next offer), and ``local_model``, ``read_load`` and ``backlog`` are the
-    service's views of its local models and its own queue. ``wall_clock`` (seconds) checks
+    service's views of its local models and its own queue. ``clock`` checks
     offers' age and stamps receipts.
     """
 
@@ -154,7 +155,7 @@ class InferExecutor:
         local_model: Callable[[str], LocalModel],
         read_load: Callable[[str], Awaitable[Load]],
         backlog: Callable[[], int],
-        wall_clock: Callable[[], float],
+        clock: Clock,
         wallet: Wallet | None = None,
         replay_log: ReplayLog | None = None,
     ) -> None:
@@ -166,7 +167,7 @@ class InferExecutor:
         self.rng = rng
         self.deadlines = deadlines
         self.counters = counters
-        self.wall_clock = wall_clock
+        self.clock = clock
         self.replay = ReplayGuard(int(deadlines.replay_window_s * 1000))
         self.wallet = wallet
         self.replay_log = replay_log
@@ -183,7 +184,7 @@ class InferExecutor:
         return self.signer.peer_id
 
     def _now_ms(self) -> int:
-        return int(self.wall_clock() * 1000)
+        return self.clock.wall_ms()
 
     def _check_offer(self, req: InferRequest) -> str | None:
         """The reject reason for an offer, or None to consider it (pure but for the clock)."""

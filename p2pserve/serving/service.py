@@ -40,7 +40,6 @@ import json
 import logging
 import math
 import random
-import time
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, aclosing
@@ -49,17 +48,14 @@ from typing import Any
 import trio
 
 from p2pserve.backends.base import Backend, Finished, Kind, Load, TextDelta
+from p2pserve.clock import SYSTEM_CLOCK, Clock
 from p2pserve.crypto import Signer
 from p2pserve.errors import BackendError, BadRequest, NoCapacity, RequestFailed, UnknownModel
-from p2pserve.net.framed import FramedStream
 from p2pserve.membership.table import PeerEntry, PeerTable
+from p2pserve.net.framed import FramedStream
 from p2pserve.policies import LocalModel, Offload, Policy, PolicyParams, Queue, RequestContext, RunLocal, Wait
-from p2pserve.serving.offenders import OffenderBook
-from p2pserve.serving.receipts import Bounds, ReplayGuard, check_receipt, price_for
-from p2pserve.serving.replay_log import ReplayLog
 from p2pserve.routing import choose_candidates
 from p2pserve.serving.client import InferClient
-from p2pserve.serving.executor import InferExecutor
 from p2pserve.serving.events import (
     INFER_PROTOCOL,
     Attempt,
@@ -72,6 +68,10 @@ from p2pserve.serving.events import (
     Started,
     Wallet,
 )
+from p2pserve.serving.executor import InferExecutor
+from p2pserve.serving.offenders import OffenderBook
+from p2pserve.serving.receipts import Bounds, ReplayGuard, check_receipt, price_for
+from p2pserve.serving.replay_log import ReplayLog
 from p2pserve.transport import Transport
 from p2pserve.wire.limits import DEFAULT_LIMITS
 from p2pserve.wire.messages import ModelStatus, Receipt
@@ -103,7 +103,7 @@ class ServeService:
     (no wallet: everything is free, as in unit tests). ``on_receipt`` is awaited with every
     verified receipt (an observer; errors it raises are logged, never shown to the user).
     ``offenders`` remembers executors that misbehaved (cooling-off, then probation). ``stake_of`` is a peer's stake for PoS (the node
-    passes its ledger's view; default: the stake the peer claims). ``wall_clock`` (seconds) stamps offers and checks
+    passes its ledger's view; default: the stake the peer claims). ``clock`` stamps offers and checks
     their age; everything else uses trio's clock.
 
     The requester's remote tries run in an :class:`~p2pserve.serving.client.InferClient` and
@@ -129,7 +129,7 @@ class ServeService:
         on_receipt: Callable[[Receipt], Awaitable[None]] | None = None,
         wallet: Wallet | None = None,
         stake_of: Callable[[PeerEntry], int] | None = None,
-        wall_clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
         load_interval: float = 1.0,
         offenders: OffenderBook | None = None,
         replay_log: ReplayLog | None = None,
@@ -151,7 +151,7 @@ class ServeService:
         self.wallet = wallet
         self.offenders = offenders if offenders is not None else OffenderBook()
         self.stake_of: Callable[[PeerEntry], int] = stake_of or (lambda e: e.status.stake)
-        self.wall_clock = wall_clock
+        self.clock = clock
         self.load_interval = load_interval
         self.counters = ServeCounters()
         self._loads: dict[str, Load] = {m: Load() for m in self.backends}
@@ -161,14 +161,14 @@ class ServeService:
         """Our own users' requests per model not yet placed on an executor (our backlog)."""
         self._client = InferClient(
             transport, signer, network_id, peers, rng,
-            deadlines=deadlines, counters=self.counters, on_receipt=on_receipt, wall_clock=wall_clock,
+            deadlines=deadlines, counters=self.counters, on_receipt=on_receipt, clock=clock,
             wallet=wallet, offenders=self.offenders,
         )
         self._executor = InferExecutor(
             signer, network_id, self.backends, self.prices, policy, rng,
             deadlines=deadlines, counters=self.counters, inflight=self._inflight,
             local_model=self._local_model, read_load=self._read_load, backlog=self.backlog,
-            wall_clock=wall_clock, wallet=wallet, replay_log=replay_log,
+            clock=clock, wallet=wallet, replay_log=replay_log,
         )
         self.replay: ReplayGuard = self._executor.replay
 

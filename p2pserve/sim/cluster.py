@@ -13,22 +13,22 @@ Identities are derived from ``seed`` and the node index, wall clocks are virtual
 from __future__ import annotations
 
 import dataclasses
-import random
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import trio
 
 from p2pserve.backends.base import Backend
+from p2pserve.clock import virtual_clock
 from p2pserve.config import NodeConfig
 from p2pserve.crypto import Signer, sha256
 from p2pserve.ledger.store import LedgerStore
 from p2pserve.node import Node
+from p2pserve.rng import derive
 from transports.memory import MemoryNetwork
 
 __all__ = ["Cluster", "open_cluster", "signer_for"]
 
-EPOCH = 1_767_225_600.0  # 2026-01-01, the virtual wall clock's zero
 
 
 def signer_for(seed: int, index: int) -> Signer:
@@ -55,7 +55,7 @@ class Cluster:
         return self.nodes[i]
 
     def alive(self) -> list[Node]:
-        return [n for n, s in zip(self.nodes, self._scopes) if not s.cancel_called]
+        return [n for n, s in zip(self.nodes, self._scopes, strict=True) if not s.cancel_called]
 
     async def add(
         self, config: NodeConfig, backends: dict[str, Backend] | None = None, *, ledger_store: LedgerStore | None = None
@@ -121,8 +121,8 @@ class Cluster:
                     transport,
                     backends=backends if backends is not None else {},
                     ledger_store=ledger_store,
-                    rng=random.Random(f"{self.seed}/{index}"),
-                    wall_clock=lambda: EPOCH + trio.current_time(),
+                    seed=derive(self.seed, "node", index).getrandbits(64),
+                    clock=virtual_clock(),
                 )
                 self.nodes[index] = node
                 async with trio.open_nursery() as nursery:

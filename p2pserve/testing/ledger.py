@@ -24,11 +24,12 @@ from p2pserve.ledger.blocks import (
     VerdictBody,
 )
 from p2pserve.ledger.rules import LedgerState
+from p2pserve.units import MICRO
 from p2pserve.wire.messages import Receipt
 
 __all__ = ["CREDIT", "TEST_PARAMS", "World", "make_receipt"]
 
-CREDIT = 1_000_000
+CREDIT = MICRO
 TEST_PARAMS = NetworkParams(
     network_id="testnet",
     initial_credit=1_000 * CREDIT,

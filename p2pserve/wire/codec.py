@@ -82,7 +82,7 @@ class SignedMessage(Message):
 
     def verify(self) -> None:
         """Raise BadSignature unless the signature verifies for ``self.signer``'s key."""
-        verify_by_peer_id(self.signer, self.signing_bytes(), getattr(self, "signature"))
+        verify_by_peer_id(self.signer, self.signing_bytes(), getattr(self, "signature"))  # noqa: B009 (declared by subclasses)
 
 
 def registry() -> dict[int, type[Message]]:
@@ -193,7 +193,7 @@ def _build(cls: type[M], raw: Any) -> M:
     if len(values) != len(cls._decoders):
         raise MalformedMessage(f"{cls.__name__}: expected {len(cls._decoders)} fields, got {len(values)}")
     args = []
-    for name, dec, v in zip(cls._names, cls._decoders, values):
+    for name, dec, v in zip(cls._names, cls._decoders, values, strict=True):
         try:
             args.append(dec(v))
         except MalformedMessage as exc:

@@ -40,7 +40,6 @@ from collections.abc import AsyncIterator, Sequence
 
 import multiaddr
 import trio
-from libp2p import new_host
 from libp2p.abc import IHost
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
@@ -57,6 +56,7 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
+from libp2p import new_host
 from p2pserve.crypto import Signer
 from p2pserve.errors import ConfigError, TransportError
 from p2pserve.wire.limits import DEFAULT_LIMITS

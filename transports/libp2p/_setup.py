@@ -22,10 +22,11 @@ import os
 import sys
 from typing import Any
 
+import libp2p.network.swarm as _libp2p_swarm
+
 # Importing libp2p runs its logging setup, which wipes the "libp2p" logger's handlers:
 # our logging configuration below must come after this import.
 import libp2p  # noqa: F401  (import order matters)
-import libp2p.network.swarm as _libp2p_swarm
 
 log = logging.getLogger("transports.libp2p")
 

@@ -26,8 +26,8 @@ import trio
 from p2pserve.errors import ConnectionBroken, StreamClosed
 
 if TYPE_CHECKING:
-    from transports.memory._transport import MemoryTransport
     from transports.memory import MemoryNetwork
+    from transports.memory._transport import MemoryTransport
 
 __all__ = ["MemoryStream"]
 
