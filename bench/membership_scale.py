@@ -1,0 +1,154 @@
+"""Cost of membership gossip at scale: N real nodes on the memory transport, virtual time.
+
+Each N runs in a fresh subprocess (so peak RSS is that run's): N gateway nodes (``models:
+[]``, default config: status interval 2 s stretched to ``N / max_status_rate``, ttl 3
+intervals) started by :func:`p2pserve.sim.cluster.open_cluster` on
+``MemoryNetwork(seed=1, default_latency=0.02)`` under ``MockClock(autojump_threshold=0)``,
+node 0 first and the others bootstrapping from it. No requests: the nodes only gossip for
+``--seconds`` virtual seconds after the last one started. Run:
+
+    .venv/bin/python bench/membership_scale.py --nodes 100 200 500 --seconds 60
+    .venv/bin/python bench/membership_scale.py --nodes 100 --seconds 30 --profile /tmp/m.prof
+    .venv/bin/python bench/membership_scale.py --nodes 50 100 200 500 --plot docs/img/membership_scale.png
+
+Prints per N: wall time (start-up, gossip, total), peak RSS, statuses published and
+delivered to the receive loops, wall µs per delivered status, and how many nodes know every
+other node at the end (and the share of all (node, peer) pairs known).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio.testing
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from p2pserve.config import parse_config  # noqa: E402
+from p2pserve.sim.cluster import open_cluster  # noqa: E402
+from transports.memory import MemoryNetwork  # noqa: E402
+
+
+async def _gossip_only(n: int, seconds: float, seed: int) -> dict[str, Any]:
+    gateway = parse_config({"models": []})
+    wall0 = time.perf_counter()
+    async with open_cluster([gateway] * n, network=MemoryNetwork(seed=seed, default_latency=0.02), seed=seed) as cluster:
+        wall_started, virtual_started = time.perf_counter(), trio.current_time()
+        await trio.sleep(seconds)
+        nodes = cluster.nodes
+        known = [len(node.peers) for node in nodes]
+        out = {
+            "nodes": n,
+            "seconds": seconds,
+            "startup_virtual_s": virtual_started,
+            "startup_wall_s": wall_started - wall0,
+            "gossip_wall_s": time.perf_counter() - wall_started,
+            "published": sum(node.gossip.published for node in nodes),
+            "delivered": sum(node.gossip.received for node in nodes),
+            "rejected": sum(node.gossip.rejected for node in nodes),
+            "know_all": sum(k == n - 1 for k in known),
+            "pairs_known": sum(known) / max(1, n * (n - 1)),
+            "interval_s": nodes[0].gossip.current_interval(),
+        }
+        cluster.stop()
+    out["total_wall_s"] = time.perf_counter() - wall0
+    return out
+
+
+def run_one(n: int, seconds: float, seed: int, profile: str | None) -> dict[str, Any]:
+    """One run in this process; returns the measurements (peak RSS of this process)."""
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    if profile:
+        import cProfile
+
+        prof = cProfile.Profile()
+        out: dict[str, Any] = prof.runcall(trio.run, _gossip_only, n, seconds, seed, clock=clock)
+        prof.dump_stats(profile)
+    else:
+        out = trio.run(_gossip_only, n, seconds, seed, clock=clock)
+    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return out
+
+
+def run_fresh(n: int, seconds: float, seed: int, profile: str | None) -> dict[str, Any]:
+    """One run in a fresh interpreter, so peak RSS is per run."""
+    cmd = [sys.executable, __file__, "--one", str(n), "--seconds", str(seconds), "--seed", str(seed)]
+    if profile:
+        cmd += ["--profile", profile]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"run with {n} nodes failed:\n{done.stderr[-4000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    head = ("nodes", "start wall s", "gossip wall s", "total wall s", "peak RSS MiB", "published", "delivered",
+            "µs/delivery", "know all", "pairs known", "interval s")
+    print(" | ".join(head))
+    for r in rows:
+        per = 1e6 * r["gossip_wall_s"] / max(1, r["delivered"])
+        print(" | ".join((
+            str(r["nodes"]), f"{r['startup_wall_s']:.2f}", f"{r['gossip_wall_s']:.2f}", f"{r['total_wall_s']:.2f}",
+            f"{r['peak_rss_mib']:.0f}", str(r["published"]), str(r["delivered"]), f"{per:.1f}",
+            f"{r['know_all']}/{r['nodes']}", f"{100 * r['pairs_known']:.1f}%", f"{r['interval_s']:.1f}",
+        )))
+
+
+def plot(rows: list[dict[str, Any]], path: str, before: str | None) -> None:
+    """Per-node wall cost (ms per node per virtual second) vs N; ``before`` is an older JSON."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def series(rs: list[dict[str, Any]]) -> tuple[list[int], list[float]]:
+        return [r["nodes"] for r in rs], [1000 * r["total_wall_s"] / r["nodes"] / r["seconds"] for r in rs]
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if before:
+        ax.plot(*series(json.loads(Path(before).read_text())), "o--", label="before")
+    ax.plot(*series(rows), "o-", label="after" if before else "now")
+    ax.set_xlabel("nodes")
+    ax.set_ylabel("wall ms per node per virtual s")
+    ax.set_title("Membership gossip on the memory transport (one process)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--nodes", type=int, nargs="+", default=[100, 200])
+    ap.add_argument("--seconds", type=float, default=60.0, help="virtual seconds of gossip after start-up")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--profile", help="write a cProfile of the (single) run to this file")
+    ap.add_argument("--json", help="also write the rows to this JSON file")
+    ap.add_argument("--plot", help="write a PNG of per-node cost vs N to this file")
+    ap.add_argument("--before", help="a JSON written by --json earlier, drawn as 'before' in --plot")
+    ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # the child: one run, one JSON line
+    opts = ap.parse_args()
+    if opts.one:
+        print(json.dumps(run_one(opts.one, opts.seconds, opts.seed, opts.profile)))
+        return
+    rows = []
+    for n in opts.nodes:
+        rows.append(run_fresh(n, opts.seconds, opts.seed, opts.profile))
+        print(f"  {n} nodes: {rows[-1]['total_wall_s']:.1f} s wall", file=sys.stderr, flush=True)
+    print_table(rows)
+    if opts.json:
+        Path(opts.json).write_text(json.dumps(rows, indent=1) + "\n")
+    if opts.plot:
+        plot(rows, opts.plot, opts.before)
+
+
+if __name__ == "__main__":
+    main()
