@@ -1,14 +1,14 @@
-"""Test helpers for the serving path: signed statuses, peer entries, and a scripted backend.
+"""Test helpers for the serving path: signed statuses, peer entries, serving nodes.
 
-``ScriptedBackend`` plays a script of steps (text deltas, sleeps, errors, a hang) under
-trio's clock, so failover cases run in virtual time with ``autojump_clock``.
+The scripted backend (``ScriptedBackend`` and its steps ``Sleep``, ``Fail``, ``Hang``) ships
+in :mod:`p2pserve.testing.scripted`; it is re-exported here for the tests that import it
+from this module.
 """
 
 from __future__ import annotations
 
-import math
 import random
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -16,13 +16,14 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from p2pserve.backends.base import Backend, Finished, GenerationEvent, Kind, Load, TextDelta
+from p2pserve.backends.base import Backend, Kind, TextDelta
 from p2pserve.clock import virtual_clock
 from p2pserve.crypto import Signer
-from p2pserve.errors import BackendUnavailable, ConnectionBroken, DialError, P2PServeError, ServingError, StreamClosed
+from p2pserve.errors import ConnectionBroken, DialError, P2PServeError, ServingError, StreamClosed
 from p2pserve.membership.table import PeerEntry, PeerTable
 from p2pserve.policies import PolicyParams, load_policy
 from p2pserve.serving.service import Deadlines, ServeService
+from p2pserve.testing.scripted import Fail, Hang, ScriptedBackend, Sleep
 from p2pserve.transport import StreamHandler
 from p2pserve.wire.messages import ModelStatus, Receipt, Status
 from transports.memory import MemoryNetwork
@@ -73,69 +74,6 @@ def make_status(
 
 def make_entry(s: Signer, stake: int, *, models: Sequence[str] = ("m",)) -> PeerEntry:
     return PeerEntry(make_status(s, models, stake=stake), 0.0)
-
-
-@dataclass(frozen=True)
-class Sleep:
-    seconds: float
-
-
-@dataclass(frozen=True)
-class Fail:
-    message: str = "backend exploded"
-
-
-@dataclass(frozen=True)
-class Hang:
-    """Never produce anything again (until cancelled)."""
-
-
-Step = str | Sleep | Fail | Hang
-
-
-@dataclass
-class ScriptedBackend(Backend):
-    """A backend that plays ``script``: strings are deltas, then a Finished (``finish_reason``).
-
-    ``load_value`` is what :meth:`load` reports; when ``None`` it reports an in-flight load
-    from its own count of running generations. ``calls`` records (kind, body, continuation).
-    """
-
-    model: str = "m"
-    script: Sequence[Step] = ("Hello", " world")
-    finish_reason: str = "stop"
-    load_value: Load | None = None
-    max_concurrency: int = 4
-    supports_continuation: bool = False
-    calls: list[tuple[str, dict[str, Any], str]] = field(default_factory=list)
-    running: int = 0
-
-    async def generate(
-        self, kind: Kind, body: dict[str, Any], *, continuation: str = ""
-    ) -> AsyncIterator[GenerationEvent]:
-        self.calls.append((kind, body, continuation))
-        self.running += 1
-        try:
-            n = 0
-            for step in self.script:
-                if isinstance(step, str):
-                    n += 1
-                    yield TextDelta(step)
-                    await trio.lowlevel.checkpoint()
-                elif isinstance(step, Sleep):
-                    await trio.sleep(step.seconds)
-                elif isinstance(step, Fail):
-                    raise BackendUnavailable(step.message)
-                else:
-                    await trio.sleep(math.inf)
-            yield Finished(self.finish_reason, prompt_tokens=3, completion_tokens=n)
-        finally:
-            self.running -= 1
-
-    async def load(self) -> Load:
-        if self.load_value is not None:
-            return self.load_value
-        return Load(running=self.running, queued=0, source="inflight")
 
 
 # --- a minimal in-process transport (streams only) -----------------------------------------
