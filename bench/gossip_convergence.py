@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from p2pserve.cli.demo import read_banner, spawn_join, stop_processes  # noqa: E402
+from p2pserve.testing.processes import read_banner, spawn_join, stop_processes  # noqa: E402
 
 
 def run(n: int, interval: float, timeout: float) -> dict[str, object]:

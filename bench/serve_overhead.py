@@ -33,7 +33,7 @@ import httpx
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from p2pserve.cli.demo import read_banner, spawn_join, stop_processes  # noqa: E402
+from p2pserve.testing.processes import read_banner, spawn_join, stop_processes  # noqa: E402
 
 MODEL = "fake-model"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me about the sea."}], "max_tokens": 16, "stream": True}

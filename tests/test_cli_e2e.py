@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from p2pserve.cli.demo import read_banner, spawn_join
+from p2pserve.testing.processes import read_banner, spawn_join
 
 pytestmark = [pytest.mark.libp2p, pytest.mark.processes, pytest.mark.embedded]
 

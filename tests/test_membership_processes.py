@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from p2pserve.cli.demo import read_banner, spawn_join, stop_processes
+from p2pserve.testing.processes import read_banner, spawn_join, stop_processes
 
 pytestmark = [pytest.mark.libp2p, pytest.mark.processes]
 

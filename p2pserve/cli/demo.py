@@ -8,11 +8,9 @@ embedded model); command-line addresses override its listen/api/bootstrap.
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from p2pserve.cli.common import fail, resolve_data_dir
+from p2pserve.testing.processes import read_banner, spawn_join, stop_processes
 
 console = Console()
 
@@ -39,46 +38,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def spawn_join(args: list[str], *, stderr: int | None = None) -> subprocess.Popen[str]:
-    """Start ``python -m p2pserve join ARGS`` with its stdout piped (read it with read_banner)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "p2pserve", "join", *args],
-        stdout=subprocess.PIPE,
-        stderr=stderr,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-
-def stop_processes(procs: list[subprocess.Popen[str]], timeout: float = 15.0) -> None:
-    """SIGTERM every live process, then wait (killing what does not stop in ``timeout`` s)."""
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.communicate()
-
-
-def read_banner(proc: subprocess.Popen[str], timeout: float = 60.0) -> dict[str, list[str]]:
-    """Read a join process's ``key: value`` banner up to its ``api:`` line (the last one)."""
-    deadline = time.monotonic() + timeout
-    out: dict[str, list[str]] = {}
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"node exited with code {proc.wait()} before it was ready")
-        key, _, value = line.strip().partition(": ")
-        out.setdefault(key, []).append(value)
-        if key == "api":
-            return out
-    raise RuntimeError("node did not start in time")
 
 
 def demo(
