@@ -1,56 +1,69 @@
 """Node configuration: typed frozen dataclasses; YAML is only how they load.
 
 The layout keeps the original WWW.Serve names (``server_params``, ``ledger_params``,
-``models`` with ``model_path``, ``base_url``, ``api_key``, ``gen_params``,
-``dispatch_params``) and adds what a libp2p node needs. Every field has its default here and
-a docstring; ``configs/node.example.yaml`` documents them for operators. Unknown keys and
-bad values raise :class:`ConfigError` naming the file, the key and the reason.
+``models`` with ``model_path``, ``base_url``, ``api_key``, ``gen_params``, ``dispatch_params``)
+and adds what a libp2p node needs; ``configs/node.example.yaml`` documents every key. One type
+per concept, with its defaults and a docstring per field, validating itself in ``__post_init__``:
 
-``models`` absent means "serve the embedded default model"; ``models: []`` means "serve
-nothing, offload everything" (a user gateway).
+* :class:`ServerParams` (networking, API) embeds :class:`~p2pserve.policies.PolicyParams`
+  (the routing knobs), whose keys sit flat in YAML ``server_params``;
+* :class:`LedgerParams` (the network's genesis and this node's stake);
+* a ``models[]`` entry is a :class:`~p2pserve.backends.registry.BackendSpec`; the YAML names
+  that differ from its field names are mapped in one table, :data:`_MODEL_KEYS`. ``models``
+  absent: serve the embedded default model; ``models: []``: serve nothing (a user gateway);
+* ``limits`` is :class:`~p2pserve.wire.limits.Limits`;
+* :class:`NodeConfig` holds them and checks what spans sections.
+
+Contract between the dataclasses and the loader: a dataclass raises :class:`ConfigError`
+``"<field>: <reason>"``; the loader prefixes the file and the section's path and writes the
+field as its YAML key. The loader rejects unknown keys and wrongly typed values the same way.
+Command-line options go through the same loader (:func:`override`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import yaml
 
+from p2pserve.backends.registry import EMBEDDED_MODEL, BackendKind, BackendSpec
 from p2pserve.errors import ConfigError, MalformedMessage
-from p2pserve.ledger.blocks import NetworkParams
+from p2pserve.ledger.blocks import MAX_BODY, NetworkParams
 from p2pserve.policies import DispatchParams, PolicyParams
 from p2pserve.units import MICRO
+from p2pserve.wire.limits import Limits
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 __all__ = [
-    "DispatchParams",
-    "EMBEDDED_MODEL",
-    "GenParams",
-    "LedgerParams",
-    "ModelConfig",
-    "NodeConfig",
-    "PolicyParams",
-    "ServerParams",
-    "load_config",
-    "parse_config",
+    "DEFAULT_MODEL", "EMBEDDED_MODEL", "BackendSpec", "DispatchParams", "GenParams",
+    "LedgerParams", "Limits", "NodeConfig", "PolicyParams", "ServerParams", "load_config",
+    "override", "parse_config", "yaml_keys",
 ]
 
-T = TypeVar("T")
+T = TypeVar("T", bound="DataclassInstance")
 
-EMBEDDED_MODEL = "smollm2-135m-instruct"
 DEVNET = "devnet"
 """The default network_id: a local or test network, where accounts open with free credit."""
 DEVNET_INITIAL_CREDIT = 1000.0
 """Credits an account opens with on ``devnet`` when ``initial_credit`` is unset (the paper's value)."""
 
 
+def _invalid(key: str, reason: str, value: object) -> NoReturn:
+    raise ConfigError(f"{key}: {reason} (got {value!r})")
+
+
 @dataclass(frozen=True, slots=True)
 class ServerParams:
-    """Networking, API and routing policy of one node."""
+    """Networking, API and routing policy of one node (YAML ``server_params``)."""
 
     listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/4001",)
     """libp2p listen multiaddrs (TCP). Port 0 picks a free port."""
@@ -75,16 +88,8 @@ class ServerParams:
     are unaffected."""
     policy: str = "default"
     """Dispatch policy by name (``default``, ``local-only``, ``always-offload``) or ``module:Class``."""
-    offload_frequency: float = 0.8
-    """Probability of offloading when no local model is idle."""
-    queue_frequency: float = 0.2
-    """Probability of queueing locally when busy and not offloading."""
-    accept_frequency: float = 0.8
-    """Probability of considering an offer from a peer (only while idle)."""
-    newcomer_share: float = 0.05
-    """Share of offloads that go to capable peers with no stake, so newcomers can earn."""
-    offer_fanout: int = 3
-    """Candidates offered a request, in PoS order, before falling back to local."""
+    policy_params: PolicyParams = field(default_factory=PolicyParams)
+    """The policy's knobs (``offload_frequency``, ``offer_fanout``, ...); flat in YAML ``server_params``."""
     status_interval: float = 2.0
     """Seconds between signed status gossips."""
     peer_ttl: float = 6.0
@@ -97,22 +102,25 @@ class ServerParams:
     """Dial learned peers until this many are connected."""
     request_timeout: float = 300.0
     """Overall bound on one user request (seconds)."""
-    max_wait_s: float = 30.0
-    """Seconds a request may wait for an executor before the user gets 503 (no capacity)."""
-    retry_interval_s: float = 0.5
-    """Seconds a waiting request sleeps before the policy decides again."""
 
-    def policy_params(self) -> PolicyParams:
-        """The routing policy's knobs, taken from these server params."""
-        return PolicyParams(
-            offload_frequency=self.offload_frequency,
-            queue_frequency=self.queue_frequency,
-            accept_frequency=self.accept_frequency,
-            newcomer_share=self.newcomer_share,
-            offer_fanout=self.offer_fanout,
-            retry_interval_s=self.retry_interval_s,
-            max_wait_s=self.max_wait_s,
-        )
+    def __post_init__(self) -> None:
+        for name in ("status_interval", "peer_ttl", "max_status_rate", "request_timeout"):
+            if not getattr(self, name) > 0:
+                _invalid(name, "must be > 0", getattr(self, name))
+        if self.target_connections < 1:
+            _invalid("target_connections", "must be at least 1", self.target_connections)
+        if not _is_host_port(self.api):
+            _invalid("api", "must be HOST:PORT", self.api)
+        for name, check in (("allowed_hosts", split_host), ("allowed_origins", normalize_origin)):
+            problem = _bad_entries(getattr(self, name), check)
+            if problem:
+                _invalid(name, problem, getattr(self, name))
+        if not self.listen or not all(a.startswith("/") for a in self.listen):
+            _invalid("listen", "must be multiaddrs like /ip4/0.0.0.0/tcp/4001", self.listen)
+        if not all("/p2p/" in a for a in self.bootstrap):
+            _invalid("bootstrap", "each address must end in /p2p/<peer id>", self.bootstrap)
+        if self.peer_ttl < self.status_interval:
+            _invalid("peer_ttl", f"must be at least status_interval ({self.status_interval!r})", self.peer_ttl)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +147,17 @@ class LedgerParams:
     duel_penalty: float = 1.0
     """Credits a duel verdict moves from the loser's stake to the winner. Must match network-wide."""
 
+    def __post_init__(self) -> None:
+        # The genesis as a whole (check_genesis) is checked by NodeConfig: tests build unsound
+        # LedgerParams on purpose to show that the store refuses them.
+        if not self.network_id or len(self.network_id) > 64 or "/" in self.network_id:
+            _invalid("network_id", "must be 1-64 characters without '/'", self.network_id)
+        for name in ("initial_credit", "initial_staked", "unbonding_delay_s", "max_clock_skew_s",
+                     "max_initial_staked", "duel_penalty"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                _invalid(name, "must be >= 0", value)
+
     def effective_initial_credit(self) -> float:
         """``initial_credit``, or its network's default when unset (1000 on devnet, else 0)."""
         if self.initial_credit is not None:
@@ -159,37 +178,24 @@ class LedgerParams:
 
 @dataclass(frozen=True, slots=True)
 class GenParams:
-    """Generation defaults applied when a request does not set them."""
+    """The YAML shape of ``models[].gen_params``: generation defaults applied when a request
+    does not set them. Loaded into :attr:`BackendSpec.gen_params` by :meth:`as_mapping`."""
 
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
 
+    def __post_init__(self) -> None:
+        if self.max_tokens is not None and self.max_tokens <= 0:
+            _invalid("max_tokens", "must be > 0", self.max_tokens)
 
-@dataclass(frozen=True, slots=True)
-class ModelConfig:
-    """One local model behind one backend."""
+    def as_mapping(self) -> dict[str, Any]:
+        """The set values (None means "the backend's default", so it is left out)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
 
-    model_path: str
-    """The model's name in the network (and in requests to the backend)."""
-    backend: str = "openai"
-    """``openai`` (vLLM, SGLang, llama.cpp server, Ollama, any /v1 server), ``embedded`` or ``fake``."""
-    base_url: str | None = None
-    """Backend root URL; requests go to ``{base_url}/v1``, load is read from ``{base_url}/metrics``."""
-    api_key: str | None = None
-    """Bearer key for the backend, if it needs one."""
-    gen_params: GenParams = field(default_factory=GenParams)
-    dispatch_params: DispatchParams = field(default_factory=DispatchParams)
-    price_per_1k: float = 1.0
-    """Credits charged per 1000 output tokens when serving peers."""
-    context_length: int = 8192
-    """Advertised context length."""
-    timeout: float = 120.0
-    """Seconds to wait for the backend (connect + first token + idle between tokens)."""
-    metrics: str = "auto"
-    """``auto``: read ``/metrics`` if the backend has it, else count in-flight requests; ``off``."""
-    backend_model: str | None = None
-    """Model name sent to the backend, if different from ``model_path``."""
+
+DEFAULT_MODEL = BackendSpec(EMBEDDED_MODEL, kind="embedded", context_length=2048)
+"""What a config without a ``models`` key serves: the bundled SmolLM2-135M, in-process."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,51 +204,47 @@ class NodeConfig:
 
     server_params: ServerParams = field(default_factory=ServerParams)
     ledger_params: LedgerParams = field(default_factory=LedgerParams)
-    models: tuple[ModelConfig, ...] | None = None
+    models: tuple[BackendSpec, ...] | None = None
     """None (key absent): the embedded default model. Empty: a gateway that serves nothing."""
     data_dir: str | None = None
     """Where the key and ledger live; default ``$P2PSERVE_HOME`` or ``~/.p2pserve``."""
+    limits: Limits = field(default_factory=Limits)
+    """Bounds on what a peer or a client can make this node buffer or count."""
 
-    def effective_models(self) -> tuple[ModelConfig, ...]:
+    def __post_init__(self) -> None:
+        names = [m.model_path for m in self.models or ()]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ConfigError(f"models: model_path listed twice: {', '.join(sorted(dupes))}")
+        try:
+            self.ledger_params.network_params().check_genesis()
+        except MalformedMessage as exc:
+            raise ConfigError(f"ledger_params: not a sound network genesis: {exc}") from exc
+        _check_limits(self.limits)
+
+    def effective_models(self) -> tuple[BackendSpec, ...]:
+        """The local models: ``models``, or :data:`DEFAULT_MODEL` when the key is absent."""
         if self.models is None:
-            return (ModelConfig(model_path=EMBEDDED_MODEL, backend="embedded", context_length=2048),)
+            return (DEFAULT_MODEL,)
         return self.models
 
 
-_RULES: dict[tuple[str, str], typing.Callable[[Any], str | None]] = {
-    ("ServerParams", "offload_frequency"): lambda v: None if 0 <= v <= 1 else "must be between 0 and 1",
-    ("ServerParams", "queue_frequency"): lambda v: None if 0 <= v <= 1 else "must be between 0 and 1",
-    ("ServerParams", "accept_frequency"): lambda v: None if 0 <= v <= 1 else "must be between 0 and 1",
-    ("ServerParams", "newcomer_share"): lambda v: None if 0 <= v <= 1 else "must be between 0 and 1",
-    ("ServerParams", "offer_fanout"): lambda v: None if v >= 1 else "must be at least 1",
-    ("ServerParams", "status_interval"): lambda v: None if v > 0 else "must be > 0",
-    ("ServerParams", "peer_ttl"): lambda v: None if v > 0 else "must be > 0",
-    ("ServerParams", "max_status_rate"): lambda v: None if v > 0 else "must be > 0",
-    ("ServerParams", "request_timeout"): lambda v: None if v > 0 else "must be > 0",
-    ("ServerParams", "target_connections"): lambda v: None if v >= 1 else "must be at least 1",
-    ("ServerParams", "api"): lambda v: None if _is_host_port(v) else "must be HOST:PORT",
-    ("ServerParams", "allowed_hosts"): lambda v: _bad_entries(v, split_host),
-    ("ServerParams", "allowed_origins"): lambda v: _bad_entries(v, normalize_origin),
-    ("ServerParams", "listen"): lambda v: None if v and all(a.startswith("/") for a in v) else "must be multiaddrs like /ip4/0.0.0.0/tcp/4001",
-    ("ServerParams", "bootstrap"): lambda v: None if all("/p2p/" in a for a in v) else "each address must end in /p2p/<peer id>",
-    ("LedgerParams", "network_id"): lambda v: None if v and len(v) <= 64 and "/" not in v else "must be 1-64 characters without '/'",
-    ("LedgerParams", "initial_credit"): lambda v: None if v >= 0 else "must be >= 0",
-    ("LedgerParams", "initial_staked"): lambda v: None if v >= 0 else "must be >= 0",
-    ("LedgerParams", "unbonding_delay_s"): lambda v: None if v >= 0 else "must be >= 0",
-    ("LedgerParams", "max_clock_skew_s"): lambda v: None if v >= 0 else "must be >= 0",
-    ("LedgerParams", "max_initial_staked"): lambda v: None if v >= 0 else "must be >= 0",
-    ("LedgerParams", "duel_penalty"): lambda v: None if v >= 0 else "must be >= 0",
-    ("GenParams", "max_tokens"): lambda v: None if v is None or v > 0 else "must be > 0",
-    ("DispatchParams", "target_token_usage"): lambda v: None if v == -1 or 0 <= v <= 1 else "must be between 0 and 1, or -1",
-    ("DispatchParams", "max_concurrency"): lambda v: None if v >= 1 else "must be at least 1 (or null: the backend's own)",
-    ("ServerParams", "max_wait_s"): lambda v: None if v >= 0 else "must be >= 0",
-    ("ServerParams", "retry_interval_s"): lambda v: None if v > 0 else "must be > 0",
-    ("ModelConfig", "backend"): lambda v: None if v in ("openai", "embedded", "fake") else "must be openai, embedded or fake",
-    ("ModelConfig", "price_per_1k"): lambda v: None if v >= 0 else "must be >= 0",
-    ("ModelConfig", "timeout"): lambda v: None if v > 0 else "must be > 0",
-    ("ModelConfig", "metrics"): lambda v: None if v in ("auto", "off") else "must be auto or off",
-    ("ModelConfig", "model_path"): lambda v: None if v else "must not be empty",
-}
+def _check_limits(limits: Limits) -> None:
+    """Each limit is a positive count, and what travels inside something fits in it."""
+    for f in dataclasses.fields(limits):
+        if getattr(limits, f.name) < 1:
+            _invalid(f"limits.{f.name}", "must be at least 1", getattr(limits, f.name))
+    if 2 * limits.max_prompt >= limits.max_frame:
+        _invalid("limits.max_prompt", "must be below max_frame / 2 (an infer request carries a body and "
+                 "a continuation of up to max_prompt each in one frame)", limits.max_prompt)
+    if limits.max_text_chunk >= limits.max_frame:
+        _invalid("limits.max_text_chunk", "must be below max_frame (a chunk travels in one frame)", limits.max_text_chunk)
+    if limits.max_pubsub_message <= MAX_BODY:
+        _invalid("limits.max_pubsub_message", f"must be above {MAX_BODY} (a whole ledger block is one gossip message)",
+                 limits.max_pubsub_message)
+
+
+# -- host and origin syntax (shared with the API's Host/Origin guard) -------------------------
 
 
 def split_host(value: str) -> tuple[str, int | None]:
@@ -289,7 +291,7 @@ def normalize_origin(value: str) -> str:
     return f"{scheme}://{name}" if port is None else f"{scheme}://{name}:{port}"
 
 
-def _bad_entries(values: tuple[str, ...], check: typing.Callable[[str], object]) -> str | None:
+def _bad_entries(values: tuple[str, ...], check: Callable[[str], object]) -> str | None:
     for v in values:
         if v == "*":
             continue
@@ -305,94 +307,178 @@ def _is_host_port(v: str) -> bool:
     return bool(sep and host and port.isdigit() and 0 <= int(port) < 65536)
 
 
+# -- YAML keys ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    """One YAML key of a section: ``tp``, the type its value is checked against; ``fields``, the
+    dataclass fields it sets (one, named like the key, unless a table below maps it);
+    ``convert``, checked value -> one value per field (default: the value, for every field);
+    ``default``, its value when absent, where that differs from the fields' own (None: none)."""
+
+    tp: Any
+    fields: tuple[str, ...]
+    convert: Callable[[Any], tuple[Any, ...]] | None = None
+    default: Any = None
+
+
+_MODEL_KEYS: Mapping[str, _Key] = {
+    "backend": _Key(BackendKind, ("kind",)),
+    "backend_model": _Key(str | None, ("served_model",)),
+    "timeout": _Key(float, ("first_byte_timeout", "read_timeout")),
+    "gen_params": _Key(GenParams, ("gen_params",), lambda g: (g.as_mapping(),)),
+    "dispatch_params": _Key(DispatchParams, ("dispatch_params", "max_concurrency"), lambda d: (d, d.max_concurrency or 1)),
+    # WWW.Serve advertised 8192 unless told; the embedded kind's own default (2048) applies
+    # only to the model served when `models` is absent.
+    "context_length": _Key(int, ("context_length",), default=8192),
+}
+"""The YAML names of a ``models[]`` entry that are not simply :class:`BackendSpec` field names."""
+
+_FLAT: Mapping[type, tuple[str, type]] = {ServerParams: ("policy_params", PolicyParams)}
+"""Section -> (field, its dataclass) whose keys sit flat in the section's YAML mapping."""
+
+
+def _keys(cls: type) -> dict[str, _Key]:
+    """The YAML keys of section ``cls`` except flat ones: its fields, renamed per the tables."""
+    hints = typing.get_type_hints(cls)
+    overrides = _MODEL_KEYS if cls is BackendSpec else {}
+    keys: dict[str, _Key] = {}
+    for f in dataclasses.fields(cls):
+        mapped = next((name for name, key in overrides.items() if f.name in key.fields), None)
+        if mapped is not None:
+            keys.setdefault(mapped, overrides[mapped])
+        elif f.name not in _FLAT.get(cls, ()):
+            keys[f.name] = _Key(hints[f.name], (f.name,))
+    return keys
+
+
+def yaml_keys(cls: type) -> tuple[str, ...]:
+    """Every YAML key of section ``cls`` (flat keys included), as an operator writes them."""
+    flat = _FLAT.get(cls)
+    return (*_keys(cls), *(yaml_keys(flat[1]) if flat else ()))
+
+
+def _yaml_name(cls: type, field_name: str) -> str | None:
+    """The YAML key that sets ``field_name`` of ``cls`` (None: not one of its fields)."""
+    if field_name in _FLAT.get(cls, ()):
+        return None
+    return next((k for k, key in _keys(cls).items() if field_name in key.fields), None)
+
+
+# -- the loader ------------------------------------------------------------------------------
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
 class _Loader:
+    """Checks parsed YAML against the dataclasses' type hints and builds them."""
+
     def __init__(self, source: str) -> None:
         self.source = source
 
-    def fail(self, key: str, reason: str) -> typing.NoReturn:
+    def fail(self, key: str, reason: str) -> NoReturn:
         raise ConfigError(f"{self.source}: {key or '<top level>'}: {reason}")
 
-    def value(self, tp: Any, raw: Any, key: str) -> Any:
+    def value(self, tp: Any, raw: Any, key: str, base: Any = None) -> Any:
         origin = typing.get_origin(tp)
         if origin in (typing.Union, types.UnionType):
             args = [a for a in typing.get_args(tp) if a is not type(None)]
-            if raw is None:
-                return None
-            return self.value(args[0], raw, key)
+            return None if raw is None else self.value(args[0], raw, key, base)
+        if origin is typing.Literal:
+            if raw not in typing.get_args(tp):
+                self.fail(key, f"must be one of {', '.join(map(str, typing.get_args(tp)))} (got {raw!r})")
+            return raw
         if origin is tuple:
-            if raw is None:
-                raw = []
             item = typing.get_args(tp)[0]
-            if isinstance(raw, str) and item is str:
-                raw = [raw]
+            raw = [raw] if isinstance(raw, str) and item is str else [] if raw is None else raw
             if not isinstance(raw, list):
                 self.fail(key, f"expected a list, got {type(raw).__name__}")
             return tuple(self.value(item, x, f"{key}[{i}]") for i, x in enumerate(raw))
+        if origin is Mapping:
+            return dict(self.mapping(raw, key))
         if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-            return self.dataclass(tp, raw, key)
-        if tp is bool:
-            if not isinstance(raw, bool):
-                self.fail(key, f"expected true or false, got {raw!r}")
-            return raw
-        if tp is int:
-            if type(raw) is not int:
-                self.fail(key, f"expected an integer, got {raw!r}")
-            return raw
-        if tp is float:
-            if type(raw) not in (int, float):
-                self.fail(key, f"expected a number, got {raw!r}")
-            return float(raw)
-        if tp is str:
-            if not isinstance(raw, str):
-                self.fail(key, f"expected a string, got {raw!r}")
-            return raw
-        raise TypeError(f"unsupported config type {tp!r}")  # pragma: no cover
+            return self.dataclass(tp, raw, key, base)
+        return self.scalar(tp, raw, key)
 
-    def dataclass(self, cls: type[T], raw: Any, key: str) -> T:
+    def scalar(self, tp: Any, raw: Any, key: str) -> Any:
+        if tp in (bool, str) and isinstance(raw, tp) or tp is int and type(raw) is int:
+            return raw
+        if tp is float and type(raw) in (int, float):
+            return float(raw)
+        expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp)
+        if expected is None:  # pragma: no cover - a dataclass field of a type this loader lacks
+            raise TypeError(f"unsupported config type {tp!r}")
+        self.fail(key, f"expected {expected}, got {raw!r}")
+
+    def mapping(self, raw: Any, key: str) -> dict[str, Any]:
         if raw is None:
-            raw = {}
+            return {}
         if not isinstance(raw, dict):
             self.fail(key, f"expected a mapping, got {type(raw).__name__}")
-        hints = typing.get_type_hints(cls)
-        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return raw
+
+    def dataclass(self, cls: type[T], raw: Any, path: str, base: T | None = None) -> T:
+        """Section ``cls`` from mapping ``raw``; keys ``raw`` lacks keep ``base``'s values
+        (or the defaults, without ``base``)."""
+        raw = self.mapping(raw, path)
+        keys, flat = _keys(cls), _FLAT.get(cls)
+        flat_keys = set(yaml_keys(flat[1])) if flat else set()
         for k in raw:
-            if k not in names:
-                self.fail(f"{key}.{k}" if key else str(k), f"unknown key (known: {', '.join(sorted(names))})")
-        kwargs = {}
-        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-            if f.name not in raw:
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                    self.fail(f"{key}.{f.name}" if key else f.name, "required key missing")
+            if k not in keys and k not in flat_keys:
+                known = ", ".join(sorted({*keys, *flat_keys}))
+                self.fail(_join(path, str(k)), f"unknown key (known: {known})")
+        kwargs: dict[str, Any] = {}
+        if flat and (base is None or flat_keys & set(raw)):
+            name, flat_cls = flat
+            sub = {k: v for k, v in raw.items() if k in flat_keys}
+            kwargs[name] = self.dataclass(flat_cls, sub, path, getattr(base, name) if base is not None else None)
+        for name, key in keys.items():
+            if name in raw:
+                whole = key.convert is None and len(key.fields) == 1 and base is not None
+                v = self.value(key.tp, raw[name], _join(path, name), getattr(base, key.fields[0]) if whole else None)
+            elif base is None and key.default is not None:
+                v = key.default
+            elif base is None and _required(cls, key.fields[0]):
+                self.fail(_join(path, name), "required key missing")
+            else:
                 continue
-            sub = f"{key}.{f.name}" if key else f.name
-            v = self.value(hints[f.name], raw[f.name], sub)
-            rule = _RULES.get((cls.__name__, f.name))
-            if rule is not None and v is not None:
-                problem = rule(v)
-                if problem:
-                    self.fail(sub, f"{problem} (got {v!r})")
-            kwargs[f.name] = v
-        return cls(**kwargs)
+            kwargs.update(zip(key.fields, key.convert(v) if key.convert else [v] * len(key.fields), strict=True))
+        return self.build(cls, kwargs, path, base)
+
+    def build(self, cls: type[T], kwargs: dict[str, Any], path: str, base: T | None) -> T:
+        """``cls(**kwargs)`` (or ``base`` with them replaced); its ConfigError, which starts with
+        a field name, is re-raised naming the file and the YAML key."""
+        try:
+            return cls(**kwargs) if base is None else dataclasses.replace(base, **kwargs)
+        except ConfigError as exc:
+            where, sep, reason = str(exc).partition(": ")
+            head = re.match(r"\w+", where) if sep else None
+            yaml_name = _yaml_name(cls, head.group()) if head else None
+            if head is None or yaml_name is None:
+                self.fail(path, str(exc))
+            self.fail(_join(path, yaml_name + where[head.end() :]), reason)
+
+
+def _required(cls: type, name: str) -> bool:
+    return any(f.name == name and f.default is f.default_factory is dataclasses.MISSING for f in dataclasses.fields(cls))
 
 
 def parse_config(raw: Any, source: str = "<config>") -> NodeConfig:
-    """Build a NodeConfig from parsed YAML (a mapping, or None for all defaults)."""
-    loader = _Loader(source)
-    cfg = loader.dataclass(NodeConfig, raw, "")
-    names = [m.model_path for m in cfg.models or ()]
-    dupes = {n for n in names if names.count(n) > 1}
-    if dupes:
-        loader.fail("models", f"model_path listed twice: {', '.join(sorted(dupes))}")
-    for i, m in enumerate(cfg.models or ()):
-        if m.backend == "openai" and not m.base_url:
-            loader.fail(f"models[{i}].base_url", "required for backend: openai")
-    if cfg.server_params.peer_ttl < cfg.server_params.status_interval:
-        loader.fail("server_params.peer_ttl", "must be at least status_interval")
-    try:
-        cfg.ledger_params.network_params().check_genesis()
-    except MalformedMessage as exc:
-        loader.fail("ledger_params", f"not a sound network genesis: {exc}")
-    return cfg
+    """Build a NodeConfig from parsed YAML (a mapping, or None for all defaults).
+
+    Raises :class:`ConfigError` naming ``source``, the key and the reason.
+    """
+    return _Loader(source).dataclass(NodeConfig, raw, "")
+
+
+def override(config: NodeConfig, changes: Mapping[str, Any], source: str = "command line") -> NodeConfig:
+    """``config`` with ``changes`` applied: a mapping shaped like the YAML file (for example
+    ``{"server_params": {"bootstrap": [...]}}``), checked exactly like a file named ``source``.
+    Sections and keys ``changes`` lacks keep ``config``'s values; lists replace."""
+    return _Loader(source).dataclass(NodeConfig, dict(changes), "", config)
 
 
 def load_config(path: Path | None) -> NodeConfig:

@@ -41,26 +41,7 @@ log = logging.getLogger(__name__)
 
 def backend_specs(config: NodeConfig) -> tuple[BackendSpec, ...]:
     """The backend of every local model in ``config`` (``models`` absent: the embedded one)."""
-    out = []
-    for m in config.effective_models():
-        gen = {k: v for k, v in (("max_tokens", m.gen_params.max_tokens), ("temperature", m.gen_params.temperature),
-                                 ("top_p", m.gen_params.top_p)) if v is not None}
-        out.append(
-            BackendSpec(
-                model_path=m.model_path,
-                kind=m.backend,  # type: ignore[arg-type]
-                base_url=m.base_url,
-                api_key=m.api_key,
-                served_model=m.backend_model,
-                gen_params=gen,
-                max_concurrency=m.dispatch_params.max_concurrency or 1,
-                context_length=m.context_length,
-                first_byte_timeout=m.timeout,
-                read_timeout=m.timeout,
-                metrics=m.metrics,  # type: ignore[arg-type]
-            )
-        )
-    return tuple(out)
+    return config.effective_models()
 
 
 class Node:
@@ -123,8 +104,8 @@ class Node:
             self.network_id,
             self.peers,
             backends,
-            load_policy(sp.policy, sp.policy_params()),
-            sp.policy_params(),
+            load_policy(sp.policy, sp.policy_params),
+            sp.policy_params,
             derive(self.seed, "serve"),
             dispatch={name: m.dispatch_params for name, m in models.items()},
             prices={name: round(m.price_per_1k * MICRO) for name, m in models.items()},

@@ -60,7 +60,12 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class PolicyParams:
-    """Node-wide policy knobs (YAML ``server_params``); the defaults are WWW.Serve's."""
+    """Node-wide policy knobs; the defaults are WWW.Serve's.
+
+    This class is their only home: in YAML they sit flat in ``server_params``
+    (``server_params.offload_frequency``), and the config loader builds this from them.
+    Validation raises :class:`~p2pserve.errors.ConfigError` starting with the field's name.
+    """
 
     offload_frequency: float = 0.8
     """Probability (per decision) of offloading a request no idle local model can take. Default 0.8."""
@@ -81,13 +86,13 @@ class PolicyParams:
         for name in ("offload_frequency", "queue_frequency", "accept_frequency", "newcomer_share"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
-                raise ConfigError(f"server_params.{name}: must be within [0, 1], got {v!r}")
+                raise ConfigError(f"{name}: must be between 0 and 1 (got {v!r})")
         if self.offer_fanout < 1:
-            raise ConfigError(f"server_params.offer_fanout: must be >= 1, got {self.offer_fanout!r}")
+            raise ConfigError(f"offer_fanout: must be at least 1 (got {self.offer_fanout!r})")
         if not self.retry_interval_s > 0:
-            raise ConfigError(f"server_params.retry_interval_s: must be > 0, got {self.retry_interval_s!r}")
+            raise ConfigError(f"retry_interval_s: must be > 0 (got {self.retry_interval_s!r})")
         if self.max_wait_s < 0:
-            raise ConfigError(f"server_params.max_wait_s: must be >= 0, got {self.max_wait_s!r}")
+            raise ConfigError(f"max_wait_s: must be >= 0 (got {self.max_wait_s!r})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,15 +100,18 @@ class DispatchParams:
     """Per-model dispatch knobs (YAML ``models[].dispatch_params``)."""
 
     target_token_usage: float = 0.6
-    """KV-cache usage under which the model counts as idle. ``<= 0`` (WWW.Serve's -1): never
-    idle, so the node never runs new work there unless it queues. Default 0.6."""
+    """KV-cache usage under which the model counts as idle: between 0 and 1, or -1 (WWW.Serve's
+    value for "never idle", so the node never runs new work there unless it queues). Default 0.6."""
     max_concurrency: int | None = None
     """Requests the backend runs at once; ``None`` takes the backend's own ``max_concurrency``.
     Used by the idle test when load comes from in-flight counts. Default None."""
 
     def __post_init__(self) -> None:
+        if not (self.target_token_usage == -1 or 0.0 <= self.target_token_usage <= 1.0):
+            raise ConfigError(f"target_token_usage: must be between 0 and 1, or -1 (got {self.target_token_usage!r})")
         if self.max_concurrency is not None and self.max_concurrency < 1:
-            raise ConfigError(f"dispatch_params.max_concurrency: must be >= 1, got {self.max_concurrency!r}")
+            raise ConfigError(
+                f"max_concurrency: must be at least 1 (or null: the backend's own) (got {self.max_concurrency!r})")
 
 
 @dataclass(frozen=True, slots=True)

