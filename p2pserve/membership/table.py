@@ -7,13 +7,15 @@ Pure logic: no I/O, no clock (``now`` is an argument, in seconds of trio's clock
 * per peer the highest ``seq`` wins; an older or equal ``seq`` changes nothing;
 * a peer not heard from for ``ttl`` seconds, or for ``ttl_intervals`` of the gossip
   intervals it declares if that is longer (big networks gossip more slowly), is expired by
-  :meth:`PeerTable.expire`;
+  :meth:`PeerTable.expire`. Each update moves the peer's deadline; expiry pops a deadline
+  heap, so a call costs O(log n) per expired (or superseded) deadline, not a scan of the table;
 * frozen peers (e.g. proven equivocators on the ledger) stay listed but are never candidates.
 """
 
 from __future__ import annotations
 
 import enum
+import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -21,6 +23,9 @@ from p2pserve.errors import BadSignature, MalformedMessage
 from p2pserve.wire.messages import ModelStatus, Status
 
 __all__ = ["PeerEntry", "PeerTable", "UpdateResult"]
+
+_MAX_STALE_DEADLINES = 4
+"""Deadlines kept per live peer (superseded ones included) before the heap is rebuilt."""
 
 
 class UpdateResult(enum.Enum):
@@ -56,10 +61,38 @@ class PeerTable:
     def __init__(self, self_id: str, network_id: str, ttl: float, *, ttl_intervals: float = 3.0) -> None:
         self.self_id = self_id
         self.network_id = network_id
-        self.ttl = ttl
-        self.ttl_intervals = ttl_intervals
+        self._ttl = ttl
+        self._ttl_intervals = ttl_intervals
         self._entries: dict[str, PeerEntry] = {}
         self._frozen: set[str] = set()
+        # (deadline, peer id), lazily deleted: an update pushes the peer's new deadline and
+        # leaves the old one, which expire() discards when it surfaces. Rebuilt from the
+        # entries when stale deadlines outnumber live ones (a peer gossiping very fast).
+        self._deadlines: list[tuple[float, str]] = []
+
+    @property
+    def ttl(self) -> float:
+        """Seconds of silence after which any peer expires (at the least)."""
+        return self._ttl
+
+    @ttl.setter
+    def ttl(self, value: float) -> None:
+        self._ttl = value
+        self._rebuild_deadlines()
+
+    @property
+    def ttl_intervals(self) -> float:
+        """How many of its own declared gossip intervals a peer may stay silent."""
+        return self._ttl_intervals
+
+    @ttl_intervals.setter
+    def ttl_intervals(self, value: float) -> None:
+        self._ttl_intervals = value
+        self._rebuild_deadlines()
+
+    def _rebuild_deadlines(self) -> None:
+        self._deadlines = [(self._deadline(e), pid) for pid, e in self._entries.items()]
+        heapq.heapify(self._deadlines)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -81,19 +114,48 @@ class PeerTable:
                 status.verify()
             except (BadSignature, MalformedMessage):
                 return UpdateResult.BAD_SIGNATURE
-        self._entries[status.peer_id] = PeerEntry(status, now)
+        entry = PeerEntry(status, now)
+        self._entries[status.peer_id] = entry
+        if len(self._deadlines) > _MAX_STALE_DEADLINES * len(self._entries) + 64:
+            self._rebuild_deadlines()
+        else:
+            heapq.heappush(self._deadlines, (self._deadline(entry), status.peer_id))
         return UpdateResult.NEW if old is None else UpdateResult.UPDATED
 
     def ttl_of(self, entry: PeerEntry) -> float:
         """Seconds of silence after which ``entry`` expires."""
-        return max(self.ttl, self.ttl_intervals * entry.status.interval_ms / 1000)
+        return max(self._ttl, self._ttl_intervals * entry.status.interval_ms / 1000)
+
+    def _deadline(self, entry: PeerEntry) -> float:
+        return entry.last_seen + self.ttl_of(entry)
 
     def expire(self, now: float) -> list[str]:
-        """Drop peers silent for longer than their ttl (see :meth:`ttl_of`); return their IDs."""
-        gone = [pid for pid, e in self._entries.items() if now - e.last_seen > self.ttl_of(e)]
-        for pid in gone:
-            del self._entries[pid]
+        """Drop peers silent for longer than their ttl (see :meth:`ttl_of`); return their IDs,
+        in deadline order.
+
+        Only deadlines at or before ``now`` are examined. That misses no expired peer: float
+        rounding is monotonic, so ``last_seen + ttl > now`` implies ``now - last_seen <= ttl``.
+        """
+        heap, gone, keep = self._deadlines, [], []
+        while heap and heap[0][0] <= now:
+            deadline, pid = heapq.heappop(heap)
+            entry = self._entries.get(pid)
+            if entry is None:
+                continue  # removed, or expired through an earlier deadline
+            if now - entry.last_seen > self.ttl_of(entry):
+                del self._entries[pid]
+                gone.append(pid)
+            elif deadline == self._deadline(entry):
+                keep.append((deadline, pid))  # due exactly now: expires after, not at, its deadline
+            # else: superseded by an update, whose deadline is in the heap
+        for item in keep:
+            heapq.heappush(heap, item)
         return gone
+
+    def next_deadline(self) -> float | None:
+        """The earliest time :meth:`expire` may drop a peer (None with no peers); a lower bound,
+        since superseded deadlines linger in the heap until they surface."""
+        return self._deadlines[0][0] if self._deadlines else None
 
     def remove(self, peer_id: str) -> None:
         self._entries.pop(peer_id, None)
