@@ -3,7 +3,10 @@
 Every ``interval`` seconds the node publishes a :class:`~p2pserve.wire.messages.Status` on
 ``/p2pserve/<network_id>/status/1``. The topic validator accepts only well-formed statuses of
 our network whose signature verifies and whose signer is the pubsub origin, so forged or
-garbled statuses are neither delivered nor relayed. Received statuses go into the pure
+garbled statuses are neither delivered nor relayed. The validator and the receive loop share
+a :class:`~p2pserve.membership.verified.VerifiedStatuses` memo, so each message is decoded
+and verified once and the receive loop gets the object the validator accepted. Received
+statuses go into the pure
 :class:`~p2pserve.membership.table.PeerTable`; peers silent for ``peer_ttl`` are expired. While fewer
 than ``target_connections`` peers are connected, the service dials known peers' advertised
 addresses (and the bootstrap addresses while it has no connection at all), so a node given
@@ -32,11 +35,11 @@ import trio
 
 from p2pserve.clock import SYSTEM_CLOCK, Clock
 from p2pserve.crypto import Signer
-from p2pserve.errors import MalformedMessage, P2PServeError, ProtocolError
+from p2pserve.errors import P2PServeError
 from p2pserve.membership.table import PeerTable, UpdateResult
+from p2pserve.membership.verified import SHARED, VerifiedStatuses
 from p2pserve.rng import derive, fresh_seed
 from p2pserve.transport import PubsubMessage, Transport
-from p2pserve.wire.codec import decode
 from p2pserve.wire.limits import DEFAULT_LIMITS
 from p2pserve.wire.messages import MAX_STATUS_INTERVAL_MS, ModelStatus, Status
 
@@ -77,7 +80,9 @@ class GossipService:
         local_state: Callable[[], LocalState] = LocalState,
         rng: random.Random | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        verified: VerifiedStatuses | None = None,
     ) -> None:
+        """``verified`` remembers checked statuses (default: the process-wide memo)."""
         self.transport = transport
         self.signer = signer
         self.peers = peers
@@ -90,6 +95,7 @@ class GossipService:
         self.local_state = local_state
         self.rng = rng if rng is not None else derive(fresh_seed(), "gossip")
         self.clock = clock
+        self.verified = verified if verified is not None else SHARED
         self._seq = clock.wall_ms()
         self.published = 0
         self.received = 0
@@ -130,14 +136,16 @@ class GossipService:
         """Topic validator: our network, signed by the pubsub origin, signature valid."""
         if len(msg.data) > DEFAULT_LIMITS.max_pubsub_message:
             return False
-        try:
-            status = decode(msg.data, Status)
-            if status.network_id != self.network_id or status.peer_id != msg.from_peer:
-                return False
-            status.verify()
-        except ProtocolError:
-            return False
-        return True
+        network_id, origin = self.network_id, msg.from_peer
+        status = self.verified.status_of(msg.data, lambda s: s.network_id == network_id and s.peer_id == origin)
+        return status is not None
+
+    def accepted(self, msg: PubsubMessage) -> Status | None:
+        """The status a delivered ``msg`` carries: the object :meth:`validate` accepted
+        (remembered by its bytes), or checked afresh if it was forgotten meanwhile or never
+        validated; None for a message that fails the checks."""
+        origin = msg.from_peer
+        return self.verified.status_of(msg.data, lambda s: s.peer_id == origin)
 
     # -- service ---------------------------------------------------------------------------
 
@@ -179,12 +187,8 @@ class GossipService:
 
     async def _receive_loop(self, sub: object) -> None:
         async for msg in sub:  # type: ignore[attr-defined]
-            try:
-                status = decode(msg.data, Status)
-            except MalformedMessage:
-                self.rejected += 1
-                continue
-            if status.peer_id != msg.from_peer:
+            status = self.accepted(msg)
+            if status is None:
                 self.rejected += 1
                 continue
             result = self.peers.update(status, trio.current_time(), verified=True)
