@@ -4,7 +4,7 @@ memory transport has (latency, jitter, partitions, seeded loss, scale)."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import trio
@@ -28,6 +28,7 @@ PROTO = "/p2pserve/test/mem/1"
 
 
 class TestMemoryConformance(TransportConformance):
+    trio_stream_gaps = frozenset({"max_bytes_type"})
     @pytest.fixture
     def transport_clock(self, autojump_clock: trio.testing.MockClock) -> trio.abc.Clock:
         return autojump_clock
@@ -349,3 +350,33 @@ async def test_hundred_transports_connect_and_gossip(autojump_clock: trio.testin
         assert all(m.from_peer.encode() == m.data for m in box)
     assert spread < 1.0  # a handful of 20-30 ms hops in virtual time
     assert wall < 20  # generous: a shared 2-core machine; typically well under 2 s
+
+
+async def test_links_without_loss_or_jitter_draw_nothing(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The per-hop loss and jitter draws are hashes, so a link that needs neither skips them
+    (a cost per delivery at scale) and arrival times stay exactly the latency."""
+    import transports.memory._transport as impl
+
+    calls: list[tuple[object, ...]] = []
+    real = impl._unit_draws
+    monkeypatch.setattr(impl, "_unit_draws", lambda *parts: calls.append(parts) or real(*parts))
+    network = MemoryNetwork(seed=4, default_latency=0.05, pubsub_tick=0)
+    a, b, c = await start(nursery, network, 3)
+    network.set_link(a.peer_id, c.peer_id, jitter=0.01)
+    for t in (b, c):
+        await a.connect(t.listen_addrs()[0])
+    boxes: list[list[PubsubMessage]] = [[], []]
+    arrivals: list[list[float]] = [[], []]
+
+    def record(i: int) -> Callable[[PubsubMessage], bool]:
+        return lambda msg: arrivals[i].append(trio.current_time()) is None
+
+    for i, t in enumerate((b, c)):
+        nursery.start_soon(collect, await t.subscribe("/t", record(i)), boxes[i])
+    t0 = trio.current_time()
+    await a.publish("/t", b"m")
+    await trio.sleep(1)
+    assert arrivals[0] == [t0 + 0.05] and len(calls) == 1  # only the jittery a->c hop drew
+    assert t0 + 0.05 <= arrivals[1][0] < t0 + 0.06

@@ -282,10 +282,12 @@ class MemoryTransport:
             if network._cuts and network.blocked(self._peer_id, peer):
                 continue
             spec = network.link(self._peer_id, peer)
-            u_loss, u_jitter = _unit_draws(network.seed, mid[0], mid[1], self._peer_id, peer)
-            if u_loss < spec.loss:
-                continue
-            at = now + spec.latency + u_jitter * spec.jitter
+            at = now + spec.latency
+            if spec.loss or spec.jitter:  # the draws are hashes, so skipping unused ones changes nothing
+                u_loss, u_jitter = _unit_draws(network.seed, mid[0], mid[1], self._peer_id, peer)
+                if u_loss < spec.loss:
+                    continue
+                at += u_jitter * spec.jitter
             if tick:
                 at = math.ceil(at / tick - 1e-9) * tick
             target._enqueue(at, mid, msg, self._peer_id)
