@@ -10,6 +10,7 @@ before that executor's text, and exactly one Completed, last; counters only grow
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -23,6 +24,7 @@ __all__ = [
     "Completed",
     "CreditHold",
     "Deadlines",
+    "Outcome",
     "DispatchSettings",
     "Progress",
     "ServeCounters",
@@ -180,11 +182,39 @@ class Progress:
         return "".join(self.delivered)
 
 
+class Outcome(enum.Enum):
+    """How one attempt (a local run or one executor's try) ended."""
+
+    COMPLETED = "completed"
+    """The answer ended normally."""
+    REFUSED = "refused"
+    """Nothing was delivered: try elsewhere."""
+    FAILED = "failed"
+    """Text was delivered, then it broke: continue elsewhere or fail."""
+    CANCELLED = "cancelled"
+    """Our user left."""
+
+
 @dataclass(slots=True)
 class Attempt:
-    """One executor's try. ``outcome``: "completed", "refused" (nothing delivered), "failed"
-    (text delivered, then it broke)."""
+    """One executor's try: how it ended, the text it delivered, and the Completed event if
+    it finished the answer."""
 
-    outcome: str = "refused"
+    outcome: Outcome = Outcome.REFUSED
     sent_text: list[str] = field(default_factory=list)
     completed: Completed | None = None
+
+    def end(self, progress: Progress, who: str, outcome: Outcome, reason: str = "", *, exclude: bool = False,
+            tokens: int | None = None) -> None:
+        """Book this attempt's end (the one place it is done): its outcome, the tokens it
+        delivered (``tokens`` from a verified receipt, else one per chunk sent), why, and
+        whether ``who`` may be tried again for this request."""
+        self.outcome = outcome
+        if tokens is not None:
+            progress.completion_tokens += tokens
+        elif self.sent_text and outcome is not Outcome.COMPLETED:
+            progress.completion_tokens += len(self.sent_text)
+        if reason:
+            progress.reasons.append(f"{who[-8:]}: {reason}")
+        if exclude:
+            progress.excluded.add(who)

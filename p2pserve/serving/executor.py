@@ -29,21 +29,21 @@ from __future__ import annotations
 
 import json
 import logging
-import random
-from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
-from p2pserve.backends.base import Backend, Finished, Load
+from p2pserve.backends.base import Finished
 from p2pserve.clock import Clock
 from p2pserve.crypto import Signer, sha256
 from p2pserve.errors import BackendError, ProtocolError, RemoteProtocolError, TransportError
 from p2pserve.net.framed import FramedStream
-from p2pserve.policies import LocalModel, OfferContext, Policy
+from p2pserve.policies import OfferContext, Policy
+from p2pserve.rng import derive
 from p2pserve.serving.events import Admission, Deadlines, ServeCounters, Wallet
+from p2pserve.serving.local import LocalModels
 from p2pserve.serving.receipts import Bounds, ReplayGuard, price_for
 from p2pserve.serving.replay_log import ReplayLog
 from p2pserve.transport import Stream
@@ -133,38 +133,32 @@ class InferExecutor:
     """Answers peers' offers with this node's local models; :meth:`handle_offer` is the
     ``/p2pserve/infer/1`` handler.
 
-    It shares the serving service's state rather than copying it: ``backends``, ``prices``,
-    ``counters`` and ``inflight`` are the service's own objects (a price changed there
-    applies to the next offer), and ``local_model``, ``read_load`` and ``backlog`` are the
-    service's views of its local models and its own queue. ``clock`` checks
-    offers' age and stamps receipts.
+    ``local`` is the node's :class:`~p2pserve.serving.local.LocalModels` (backends, prices,
+    loads, what runs, our own backlog), shared with the requester side: a price changed
+    there applies to the next offer. ``seed`` derives each offer's random draws (the
+    policy's accept coin) from the offer itself, so the order offers arrive in does not
+    change them. ``clock`` checks offers' age and stamps receipts.
     """
 
     def __init__(
         self,
         signer: Signer,
         network_id: str,
-        backends: Mapping[str, Backend],
-        prices: Mapping[str, int],
+        local: LocalModels,
         policy: Policy,
-        rng: random.Random,
+        seed: int,
         *,
         deadlines: Deadlines,
         counters: ServeCounters,
-        inflight: Counter[str],
-        local_model: Callable[[str], LocalModel],
-        read_load: Callable[[str], Awaitable[Load]],
-        backlog: Callable[[], int],
         clock: Clock,
         wallet: Wallet | None = None,
         replay_log: ReplayLog | None = None,
     ) -> None:
         self.signer = signer
         self.network_id = network_id
-        self.backends = backends
-        self.prices = prices
+        self.local = local
         self.policy = policy
-        self.rng = rng
+        self.seed = seed
         self.deadlines = deadlines
         self.counters = counters
         self.clock = clock
@@ -174,10 +168,6 @@ class InferExecutor:
         if replay_log is not None:
             for requester, request_id, created_ms in replay_log.open(self._now_ms(), self.replay.window_ms):
                 self.replay.remember(requester, request_id, created_ms)
-        self._inflight = inflight
-        self._local_model = local_model
-        self._read_load = read_load
-        self.backlog = backlog
 
     @property
     def peer_id(self) -> str:
@@ -196,10 +186,10 @@ class InferExecutor:
             req.verify()
         except ProtocolError:
             return "bad-signature"
-        backend = self.backends.get(req.model)
+        backend = self.local.backends.get(req.model)
         if backend is None:
             return "unknown-model"
-        if req.max_price_per_1k < self.prices.get(req.model, 0):
+        if req.max_price_per_1k < self.local.price(req.model):
             return "price"
         if req.continuation and not backend.supports_continuation:
             return "no-continuation"
@@ -284,14 +274,15 @@ class InferExecutor:
             if not isinstance(body, dict):
                 reason = "bad-body"
         admission: Admission | None = None
-        bounds = Bounds.of(body, len(req.body), req.continuation, self.backends[req.model].context_length) if reason is None else None
+        bounds = Bounds.of(body, len(req.body), req.continuation, self.local.backends[req.model].context_length) if reason is None else None
         if reason is None:
-            await self._read_load(req.model)
+            await self.local.read_load(req.model)
             offer = OfferContext(req.model, req.requester, bool(req.continuation))
-            if not self.policy.accept(offer, [self._local_model(req.model)], self.backlog(), self.rng):
+            rng = derive(self.seed, "offer", req.requester, req.request_id)
+            if not self.policy.accept(offer, [self.local.view(req.model)], self.local.backlog(), rng):
                 reason = "busy"
         if reason is None and self.wallet is not None and bounds is not None:
-            worst = price_for(bounds.worst_case_tokens(), self.prices.get(req.model, 0))
+            worst = price_for(bounds.worst_case_tokens(), self.local.price(req.model))
             if worst > 0:
                 admitted = self.wallet.admit(req.requester, worst)
                 if isinstance(admitted, str):
@@ -319,40 +310,43 @@ class InferExecutor:
         admission: Admission | None,
     ) -> bool:
         """Accept, run and answer ``req``; True when its final message went out."""
-        backend = self.backends[req.model]
+        backend = self.local.backends[req.model]
         outbox = _Outbox(fs, self.deadlines.send_s)
         sent: list[str] = []
         job = _Job(req, bounds, admission)
-        self._inflight[req.model] += 1
-        gen = backend.generate(req.kind, body, continuation=req.continuation)  # type: ignore[arg-type]
-        try:
-            with trio.CancelScope() as scope:
-                session.running = scope
-                session.request_id = req.request_id
-                if session.gone:
-                    scope.cancel()
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(outbox.run, scope)
-                    await outbox.put(Accept(req.request_id))
-                    with trio.CancelScope() as generation:
-                        session.generation = generation
-                        await self._generate(outbox, session, job, gen, sent)
-                    session.generation = None
-                    if generation.cancelled_caught:  # the requester's Cancel: a partial receipt
-                        partial = self._receipt(job, "".join(sent), 0, len(sent), True) if sent else None
-                        session.busy = False
-                        await outbox.put(Failure("cancelled", "the requester cancelled the request", partial))
-                    await outbox.flush()
-                    nursery.cancel_scope.cancel()
-        finally:
-            session.running = None
-            session.generation = None
-            self._inflight[req.model] -= 1
-            aclose = getattr(gen, "aclose", None)
-            if aclose is not None:
-                with trio.CancelScope(shield=True):
-                    await aclose()
+        with self.local.running(req.model):
+            gen = backend.generate(req.kind, body, continuation=req.continuation)  # type: ignore[arg-type]
+            try:
+                with trio.CancelScope() as scope:
+                    session.running = scope
+                    session.request_id = req.request_id
+                    if session.gone:
+                        scope.cancel()
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(outbox.run, scope)
+                        await outbox.put(Accept(req.request_id))
+                        await self._answer(outbox, session, job, gen, sent)
+                        await outbox.flush()
+                        nursery.cancel_scope.cancel()
+            finally:
+                session.running = None
+                session.generation = None
+                aclose = getattr(gen, "aclose", None)
+                if aclose is not None:
+                    with trio.CancelScope(shield=True):
+                        await aclose()
         return not scope.cancelled_caught and outbox.error is None and not session.gone
+
+    async def _answer(self, outbox: _Outbox, session: _Session, job: _Job, gen: AsyncIterator[Any], sent: list[str]) -> None:
+        """Generate (until done, or until the requester's Cancel stops it)."""
+        with trio.CancelScope() as generation:
+            session.generation = generation
+            await self._generate(outbox, session, job, gen, sent)
+        session.generation = None
+        if generation.cancelled_caught:  # the requester's Cancel: a partial receipt for what went out
+            partial = self._receipt(job, "".join(sent), 0, len(sent), True) if sent else None
+            session.busy = False
+            await outbox.put(Failure("cancelled", "the requester cancelled the request", partial))
 
     async def _generate(
         self, outbox: _Outbox, session: _Session, job: _Job, gen: AsyncIterator[Any], sent: list[str]
@@ -396,7 +390,7 @@ class InferExecutor:
             response_hash=sha256(text.encode()),
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
-            price=price_for(completion_tokens, self.prices.get(req.model, 0)),
+            price=price_for(completion_tokens, self.local.price(req.model)),
             partial=partial,
             timestamp_ms=self._now_ms(),
             signature=b"",
