@@ -14,7 +14,7 @@ import trio
 
 from p2pserve.backends.base import Finished, GenerationEvent, Kind, TextDelta
 from p2pserve.backends.embedded import MODEL_NAME, EmbeddedBackend, find_gguf, missing_reason
-from p2pserve.errors import BackendResponseError, BackendUnavailable
+from p2pserve.errors import BackendError, BackendResponseError, BackendUnavailable, BadRequest
 
 REASON = missing_reason()
 needs_model = pytest.mark.skipif(REASON is not None, reason=REASON or "")
@@ -45,6 +45,28 @@ async def test_missing_model_is_a_clear_unavailable_error(tmp_path: Any) -> None
         await run(b, "chat", HAIKU)
     assert (await b.load()).source == "inflight"
     assert b.model == MODEL_NAME and b.supports_continuation and b.max_concurrency == 1
+
+
+@pytest.mark.parametrize(
+    ("kind", "body"),
+    [
+        ("chat", {"messages": []}),
+        ("chat", {"messages": [{"content": "no role"}]}),
+        ("chat", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}),
+        ("chat", {"messages": [{"role": "user", "content": 3}]}),
+        ("completion", {"prompt": 3}),
+        ("completion", {"prompt": "x", "max_tokens": 0}),
+        ("chat", {**HAIKU, "max_tokens": "many"}),
+    ],
+)
+async def test_invalid_requests_are_bad_requests_not_backend_failures(tmp_path: Any, kind: Kind, body: dict[str, Any]) -> None:
+    """A client's mistake is BadRequest (HTTP 400 to the user), raised before any model is
+    loaded; a BackendError would make the node exclude this backend and fail over."""
+    b = EmbeddedBackend(model_path=str(tmp_path / "absent.gguf"))  # the model never loads
+    with pytest.raises(BadRequest) as info:
+        await run(b, kind, body)
+    assert not isinstance(info.value, BackendError) and info.value.status_code == 400
+    assert (await b.load()).running == 0 and not b.loaded
 
 
 @pytest.mark.embedded
@@ -102,7 +124,7 @@ async def test_one_at_a_time_with_queue_counts_and_cancellation(smol: EmbeddedBa
 @pytest.mark.embedded
 @needs_model
 async def test_bad_requests(smol: EmbeddedBackend) -> None:
-    with pytest.raises(BackendResponseError) as info:
+    with pytest.raises(BadRequest) as info:
         await run(smol, "chat", {"messages": []})
     assert info.value.status_code == 400
     with pytest.raises(BackendResponseError):

@@ -23,6 +23,7 @@ produced until then).
 The two completion routes are raw ASGI apps (no Starlette Request, no per-request wrapper
 apps): they are the hot path of every user request. Streamed chunks are rendered from
 per-request byte templates, byte for byte what ``json.dumps`` of the chunk object gives.
+Request rules and answer shapes come from :mod:`p2pserve.backends.openai_format`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,14 @@ from starlette.types import Receive, Scope, Send
 
 from p2pserve.api.app import bearer_denied, check_bearer
 from p2pserve.backends.base import Kind, TextDelta
+from p2pserve.backends.openai_format import (
+    chunk_object,
+    completion_object,
+    error_body,
+    usage,
+    usage_chunk,
+    validate_body,
+)
 from p2pserve.clock import SYSTEM_CLOCK, Clock
 from p2pserve.errors import BadRequest, RequestTooLarge, ServingError
 from p2pserve.serving.service import Completed, ServeService, Started
@@ -50,91 +59,14 @@ __all__ = ["EXECUTOR_HEADER", "error_body", "openai_routes", "validate_body"]
 EXECUTOR_HEADER = "X-P2PServe-Executor"
 MAX_BODY = DEFAULT_LIMITS.max_prompt
 """Largest request body accepted (bytes); a larger one is refused with 413 before it is buffered."""
-_ROLES = ("system", "user", "assistant", "tool", "developer")
-_STRIP = ("stream", "stream_options")
-
-
-def error_body(exc: ServingError) -> dict[str, Any]:
-    """OpenAI's error object for ``exc``."""
-    param = "model" if exc.status_code == 404 else None
-    return {"error": {"message": str(exc), "type": exc.error_type, "param": param, "code": exc.error_type}}
 
 
 def _error_response(exc: ServingError) -> JSONResponse:
     return JSONResponse(error_body(exc), status_code=exc.status_code)
 
 
-def _number(body: dict[str, Any], key: str, lo: float, hi: float) -> None:
-    v = body.get(key)
-    if v is None:
-        return
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
-        raise BadRequest(f"'{key}' must be a number between {lo} and {hi}")
-
-
-def _check_content(i: int, content: Any) -> None:
-    if isinstance(content, str):
-        return
-    if isinstance(content, list) and all(
-        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
-    ):
-        return
-    raise BadRequest(f"'messages[{i}].content' must be a string or a list of text parts")
-
-
-def validate_body(kind: Kind, body: Any) -> tuple[str, bool, dict[str, Any]]:
-    """``(model, stream, body for the backend)``; raises BadRequest naming the bad field."""
-    if not isinstance(body, dict):
-        raise BadRequest("the request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise BadRequest("'model' is required and must be a string")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise BadRequest("'stream' must be a boolean")
-    if kind == "chat":
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise BadRequest("'messages' must be a non-empty list")
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict) or m.get("role") not in _ROLES:
-                raise BadRequest(f"'messages[{i}]' must be an object with a role in {_ROLES}")
-            content = m.get("content")
-            if content is None and m.get("role") == "assistant":
-                continue
-            _check_content(i, content)
-    else:
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-            body = {**body, "prompt": prompt[0]}
-        elif not isinstance(prompt, str):
-            raise BadRequest("'prompt' must be a string")
-    for key in ("max_tokens", "max_completion_tokens"):
-        v = body.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
-            raise BadRequest(f"'{key}' must be a positive integer")
-    _number(body, "temperature", 0.0, 2.0)
-    _number(body, "top_p", 0.0, 1.0)
-    n = body.get("n")
-    if n is not None and n != 1:
-        raise BadRequest("'n' must be 1")
-    stop = body.get("stop")
-    if stop is not None and not isinstance(stop, str) and not (
-        isinstance(stop, list) and all(isinstance(s, str) for s in stop)
-    ):
-        raise BadRequest("'stop' must be a string or a list of strings")
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise BadRequest("'stream_options' must be an object")
-    return model, stream, {k: v for k, v in body.items() if k not in _STRIP}
-
-
 def _usage(done: Completed) -> dict[str, int]:
-    return {
-        "prompt_tokens": done.prompt_tokens,
-        "completion_tokens": done.completion_tokens,
-        "total_tokens": done.prompt_tokens + done.completion_tokens,
-    }
+    return usage(done.prompt_tokens, done.completion_tokens)
 
 
 def _p2pserve(done: Completed) -> dict[str, Any]:
@@ -193,36 +125,14 @@ class _Answer(Response):
             await _error_response(exc)(scope, receive, send)
             return
         assert done is not None
-        text = "".join(parts)
-        if self.kind == "chat":
-            choice: dict[str, Any] = {
-                "index": 0, "message": {"role": "assistant", "content": text},
-                "finish_reason": done.finish_reason, "logprobs": None,
-            }
-            obj = "chat.completion"
-        else:
-            choice = {"index": 0, "text": text, "finish_reason": done.finish_reason, "logprobs": None}
-            obj = "text_completion"
-        payload = {
-            "id": self.id, "object": obj, "created": self.created, "model": self.model,
-            "choices": [choice], "usage": _usage(done), "p2pserve": _p2pserve(done),
-        }
+        payload = completion_object(self.kind, self.id, self.created, self.model, "".join(parts), done.finish_reason,
+                                    _usage(done))
+        payload["p2pserve"] = _p2pserve(done)
         response = JSONResponse(payload, headers={EXECUTOR_HEADER: done.executor})
         await response(scope, receive, send)
 
     def _chunk(self, *, text: str | None = None, role: bool = False, finish: str | None = None) -> dict[str, Any]:
-        if self.kind == "chat":
-            delta: dict[str, Any] = {}
-            if role:
-                delta["role"] = "assistant"
-            if text is not None:
-                delta["content"] = text
-            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-            obj = "chat.completion.chunk"
-        else:
-            choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
-            obj = "text_completion"
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": [choice]}
+        return chunk_object(self.kind, self.id, self.created, self.model, text=text, role=role, finish=finish)
 
     async def _streamed(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Events are queued and written together at the next text delta or at the end: the
@@ -266,7 +176,7 @@ class _Answer(Response):
                         last["p2pserve"] = _p2pserve(ev)
                         event(last)
                         if self.include_usage:
-                            event({**self._chunk(), "choices": [], "usage": _usage(ev)})
+                            event(usage_chunk(self.kind, self.id, self.created, self.model, _usage(ev)))
         except ServingError as exc:
             if not started:
                 await _error_response(exc)(scope, receive, send)

@@ -17,6 +17,9 @@ Invariants:
   cancelling the consumer stops generation at the next token. No thread outlives a call.
 * Greedy by default (``temperature=0``): the same request gives the same text.
 * Loading is lazy (first ``generate``) and takes about 0.1-0.2 s.
+* An invalid request (see :mod:`.openai_format`) raises :class:`~p2pserve.errors.BadRequest`
+  before anything loads: it is the client's error, not a backend failure. What llama.cpp
+  itself refuses or fails at is :class:`~p2pserve.errors.BackendResponseError`.
 * llama.cpp's "extra buffer types" (AMX and repacked weights) are off by default: ggml's
   AMX matmul segfaults on some virtualised CPUs that advertise AMX (seen on Firecracker
   VMs), and plain CPU buffers lose little on a 135M model.
@@ -34,8 +37,9 @@ from typing import Any, cast
 import trio
 
 from p2pserve.backends.base import Backend, Finished, GenerationEvent, Kind, Load, TextDelta
+from p2pserve.backends.openai_format import chat_messages, prompt_text
 from p2pserve.backends.registry import EMBEDDED_MODEL as MODEL_NAME
-from p2pserve.errors import BackendResponseError, BackendUnavailable
+from p2pserve.errors import BackendResponseError, BackendUnavailable, BadRequest
 
 __all__ = [
     "EmbeddedBackend",
@@ -78,18 +82,6 @@ def missing_reason(model_path: str | None = None) -> str | None:
     return None
 
 
-def _text(content: object) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-        if all(isinstance(p, str) for p in parts):
-            return "".join(parts)  # type: ignore[arg-type]
-    raise BackendResponseError("message content must be text", status_code=400)
-
-
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 """Added when a chat has no system message. SmolLM2's chat template otherwise inserts its own
 default ("You are a helpful AI assistant named SmolLM, ..."), with which this 135M model
@@ -98,26 +90,10 @@ gives a list of French words instead of "The capital of France is Paris.")."""
 
 
 def _messages(body: Mapping[str, Any]) -> list[dict[str, str]]:
-    raw = body.get("messages")
-    if not isinstance(raw, list) or not raw:
-        raise BackendResponseError("'messages' must be a non-empty list", status_code=400)
-    out = []
-    for m in raw:
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise BackendResponseError("each message needs a string 'role'", status_code=400)
-        out.append({"role": m["role"], "content": _text(m.get("content"))})
+    out = chat_messages(body)
     if out[0]["role"] != "system":
         out.insert(0, {"role": "system", "content": DEFAULT_SYSTEM_PROMPT})
     return out
-
-
-def _prompt(body: Mapping[str, Any]) -> str:
-    raw = body.get("prompt")
-    if isinstance(raw, list) and len(raw) == 1:
-        raw = raw[0]
-    if not isinstance(raw, str):
-        raise BackendResponseError("'prompt' must be a string", status_code=400)
-    return raw
 
 
 class EmbeddedBackend(Backend):
@@ -204,10 +180,11 @@ class EmbeddedBackend(Backend):
     # -- generation ------------------------------------------------------------------------
 
     def _params(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """llama.cpp's sampling arguments for ``body`` (gen_params fill what it lacks)."""
         merged = {**self.gen_params, **body}
         max_tokens = merged.get("max_completion_tokens", merged.get("max_tokens"))
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-            raise BackendResponseError("'max_tokens' must be a positive integer", status_code=400)
+            raise BadRequest("'max_tokens' must be a positive integer")
         params: dict[str, Any] = {"max_tokens": max_tokens, "seed": merged.get("seed", self.seed)}
         for key in _SAMPLING_KEYS:
             if merged.get(key) is not None:
@@ -216,14 +193,21 @@ class EmbeddedBackend(Backend):
         params["stop"] = [stop] if isinstance(stop, str) else list(stop or [])
         return params
 
-    def _start(self, llm: Any, kind: Kind, body: Mapping[str, Any], continuation: str) -> tuple[int, Iterator[Any]]:
+    def _parse(self, kind: Kind, body: Mapping[str, Any]) -> tuple[str | list[dict[str, str]], dict[str, Any]]:
+        """(the prompt, or the chat messages; the sampling arguments). Raises BadRequest for
+        an invalid request, before any model is loaded."""
+        source = prompt_text(body) if kind == "completion" else _messages(body)
+        return source, self._params(body)
+
+    def _start(
+        self, llm: Any, source: str | list[dict[str, str]], params: dict[str, Any], continuation: str
+    ) -> tuple[int, Iterator[Any]]:
         """(prompt tokens, chunk iterator); runs in a worker thread."""
-        params = self._params(body)
-        if kind == "completion":
-            prompt = _prompt(body) + continuation
+        if isinstance(source, str):
+            prompt = source + continuation
             tokens = llm.tokenize(prompt.encode(), special=True)
             return len(tokens), iter(llm.create_completion(prompt, stream=True, **params))
-        messages = _messages(body)
+        messages = source
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         formatter = Jinja2ChatFormatter(
@@ -264,13 +248,14 @@ class EmbeddedBackend(Backend):
     async def _generate(
         self, kind: Kind, body: dict[str, Any], continuation: str
     ) -> AsyncGenerator[GenerationEvent, None]:
+        source, params = self._parse(kind, body)
         llm = await self._ensure_loaded()
         try:
-            prompt_tokens, chunks = await trio.to_thread.run_sync(self._start, llm, kind, body, continuation)
-        except BackendResponseError:
-            raise
+            prompt_tokens, chunks = await trio.to_thread.run_sync(self._start, llm, source, params, continuation)
         except (ValueError, RuntimeError, KeyError, TypeError) as exc:
-            raise BackendResponseError(f"embedded model refused the request: {exc}", status_code=400) from exc
+            # llama.cpp's own refusals (a prompt beyond n_ctx, a sampling value it rejects):
+            # this backend cannot run it; another one might.
+            raise BackendResponseError(f"embedded model refused the request: {exc}") from exc
         completion_tokens = 0
         finish: str | None = None
         try:
@@ -278,7 +263,7 @@ class EmbeddedBackend(Backend):
                 try:
                     chunk = await trio.to_thread.run_sync(next, chunks, _END)
                 except (ValueError, RuntimeError) as exc:
-                    raise BackendResponseError(f"embedded model failed: {exc}", status_code=400) from exc
+                    raise BackendResponseError(f"embedded model failed: {exc}") from exc
                 if chunk is _END:
                     break
                 choice = chunk["choices"][0]

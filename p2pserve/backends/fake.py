@@ -47,6 +47,16 @@ import httpx
 import trio
 
 from p2pserve.backends.base import Kind
+from p2pserve.backends.openai_format import (
+    chat_messages,
+    chunk_object,
+    completion_object,
+    error_object,
+    prompt_text,
+    usage,
+    usage_chunk,
+)
+from p2pserve.errors import BadRequest
 
 __all__ = [
     "DIALECTS",
@@ -171,48 +181,11 @@ class Plan:
         return len(self.pieces)
 
     def usage(self) -> dict[str, int]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-        }
+        return usage(self.prompt_tokens, self.completion_tokens)
 
 
 def _canonical(obj: object) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def _content_text(content: object) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-        if all(isinstance(p, str) for p in parts):
-            return "".join(parts)
-    raise FakeRequestError(400, "message content must be a string or a list of text parts")
-
-
-def _messages(body: Mapping[str, Any]) -> list[dict[str, str]]:
-    raw = body.get("messages")
-    if not isinstance(raw, list) or not raw:
-        raise FakeRequestError(400, "'messages' must be a non-empty list")
-    out: list[dict[str, str]] = []
-    for m in raw:
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise FakeRequestError(400, "each message needs a string 'role'")
-        out.append({"role": m["role"], "content": _content_text(m.get("content"))})
-    return out
-
-
-def _prompt(body: Mapping[str, Any]) -> str:
-    raw = body.get("prompt")
-    if isinstance(raw, list) and len(raw) == 1:
-        raw = raw[0]
-    if not isinstance(raw, str):
-        raise FakeRequestError(400, "'prompt' must be a string (or a list of one string)")
-    return raw
 
 
 def _words_pieces(digest: bytes, *, leading_space: bool) -> list[str]:
@@ -303,7 +276,10 @@ def plan_request(kind: Kind, body: Mapping[str, Any], *, model: str, seed: int =
     """
     if body.get("model", model) != model:
         raise FakeRequestError(404, f"The model `{body.get('model')}` does not exist.")
-    source: object = _messages(body) if kind == "chat" else _prompt(body)
+    try:
+        source: object = chat_messages(body) if kind == "chat" else prompt_text(body)
+    except BadRequest as exc:
+        raise FakeRequestError(400, str(exc)) from exc
     max_tokens = body.get("max_tokens", body.get("max_completion_tokens", _DEFAULT_MAX_TOKENS))
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise FakeRequestError(400, "'max_tokens' must be a positive integer")
@@ -331,16 +307,7 @@ def plan_request(kind: Kind, body: Mapping[str, Any], *, model: str, seed: int =
 
 def response_body(plan: Plan, *, created: int = 0, model: str | None = None) -> dict[str, Any]:
     """The non-streaming OpenAI response for ``plan`` (``model`` overrides the reported name)."""
-    choice: dict[str, Any]
-    if plan.kind == "chat":
-        choice = {"index": 0, "message": {"role": "assistant", "content": plan.text},
-                  "logprobs": None, "finish_reason": plan.finish_reason}
-        obj = "chat.completion"
-    else:
-        choice = {"index": 0, "text": plan.text, "logprobs": None, "finish_reason": plan.finish_reason}
-        obj = "text_completion"
-    return {"id": plan.id, "object": obj, "created": created, "model": model or plan.model,
-            "choices": [choice], "usage": plan.usage()}
+    return completion_object(plan.kind, plan.id, created, model or plan.model, plan.text, plan.finish_reason, plan.usage())
 
 
 def stream_chunks(plan: Plan, *, created: int = 0, model: str | None = None) -> list[dict[str, Any]]:
@@ -350,23 +317,12 @@ def stream_chunks(plan: Plan, *, created: int = 0, model: str | None = None) -> 
     chunk per piece, then the ``finish_reason`` chunk. Then a usage chunk (empty
     ``choices``) when ``stream_options.include_usage`` was asked for, as vLLM sends it.
     """
-    chat = plan.kind == "chat"
-    head = {"id": plan.id, "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": created, "model": model or plan.model}
-
-    def choice(content: str | None, finish: str | None, role: bool = False) -> dict[str, Any]:
-        if chat:
-            delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
-            if content is not None:
-                delta["content"] = content
-            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return {"index": 0, "text": content or "", "logprobs": None, "finish_reason": finish}
-
-    chunks: list[dict[str, Any]] = [{**head, "choices": [choice(None, None, role=True)]}] if chat else []
-    chunks += [{**head, "choices": [choice(p, None)]} for p in plan.pieces]
-    chunks.append({**head, "choices": [choice(None, plan.finish_reason)]})
+    head = (plan.kind, plan.id, created, model or plan.model)
+    chunks = [chunk_object(*head, text="", role=True)] if plan.kind == "chat" else []
+    chunks += [chunk_object(*head, text=p) for p in plan.pieces]
+    chunks.append(chunk_object(*head, finish=plan.finish_reason))
     if plan.include_usage:
-        chunks.append({**head, "choices": [], "usage": plan.usage()})
+        chunks.append(usage_chunk(*head, plan.usage()))
     return chunks
 
 
@@ -455,7 +411,7 @@ def _json_reply(status: int, obj: object, extra: tuple[tuple[str, str], ...] = (
 
 def _error_reply(status: int, message: str, extra: tuple[tuple[str, str], ...] = ()) -> FullReply:
     kind = {400: "BadRequestError", 404: "NotFoundError", 429: "RateLimitError"}.get(status, "InternalServerError")
-    return _json_reply(status, {"error": {"message": message, "type": kind, "code": status}}, extra)
+    return _json_reply(status, error_object(message, kind, status), extra)
 
 
 def _sse(obj: object) -> bytes:
