@@ -31,9 +31,17 @@ with ``raise ... from exc``; they never leak past it::
     └── LedgerError                 ledger rule violations and store failures
         ├── InvalidBlock            a block breaks a rule (``reason`` says which)
         └── StoreError              the SQLite store failed or is corrupt
+
+Adapters translate with :class:`map_exceptions` (httpcore's ``map_exceptions``, as a class)::
+
+    with map_exceptions({httpx.TimeoutException: BackendTimeout, httpx.NetworkError: BackendUnavailable}):
+        response = await client.send(request)
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from types import TracebackType
 
 __all__ = [
     "BackendError",
@@ -63,6 +71,7 @@ __all__ = [
     "StreamClosed",
     "TransportError",
     "UnknownModel",
+    "map_exceptions",
 ]
 
 
@@ -199,3 +208,32 @@ class InvalidBlock(LedgerError):
 
 class StoreError(LedgerError):
     """The ledger store failed or holds corrupt data."""
+
+
+class map_exceptions:  # noqa: N801 - used like contextlib.suppress
+    """Translate foreign exceptions at an adapter's edge, chained with ``raise ... from exc``.
+
+    ``mapping`` maps a foreign exception type to the p2pserve exception to raise instead:
+    an exception class (called with the original, so the message is ``str(original)``) or
+    a function from the original to the new exception (to write a message of its own). The
+    first entry the raised exception is an instance of wins, in the mapping's order, so list
+    subclasses before their bases. Anything unlisted passes unchanged, and so does every
+    ``BaseException`` that is not an ``Exception`` (``trio.Cancelled``, ``KeyboardInterrupt``).
+    A plain class, not a generator: entering costs a method call, and one instance may be
+    reused.
+    """
+
+    __slots__ = ("_mapping",)
+
+    def __init__(self, mapping: Mapping[type[Exception], Callable[[Exception], P2PServeError]]) -> None:
+        self._mapping = tuple(mapping.items())
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, tp: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if not isinstance(exc, Exception):
+            return
+        for foreign, translate in self._mapping:
+            if isinstance(exc, foreign):
+                raise translate(exc) from exc

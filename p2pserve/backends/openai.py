@@ -1,7 +1,8 @@
 """The client for any OpenAI-compatible server: vLLM, SGLang, llama.cpp, Ollama, the fake.
 
 This module owns :class:`OpenAIBackend` (the :class:`~p2pserve.backends.base.Backend` over
-``httpx.AsyncClient``) and :class:`SSEDecoder` (a sans-IO Server-Sent Events decoder).
+``httpx.AsyncClient``). Its helpers: :mod:`.sse` decodes the event stream (sans-IO), and
+:mod:`._trio_tcp` is the httpcore network backend under real ``http://`` connections.
 
 Invariants:
 
@@ -14,15 +15,10 @@ Invariants:
   reply) :class:`BackendResponseError`, chained with ``raise ... from exc``.
 * Deadlines run on trio's clock (``trio.fail_after``), never across a ``yield``.
 * SSE decoding is independent of how the bytes are split into chunks.
-* Real connections use :class:`_TCPBackend`: a request's head and body leave in one
-  ``send`` (httpcore writes them separately: two syscalls, two wake-ups of the server), and
-  reads and writes skip httpcore's per-call deadline and exception-mapping context managers
-  when no timeout is set (every wait here runs under a trio deadline of its own).
 """
 
 from __future__ import annotations
 
-import codecs
 import json
 import math
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
@@ -30,223 +26,22 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import httpcore
 import httpx
 import trio
 
+from p2pserve.backends._trio_tcp import http_transport
 from p2pserve.backends.base import Backend, Finished, GenerationEvent, Kind, Load, TextDelta
 from p2pserve.backends.metrics import load_from_metrics
-from p2pserve.errors import BackendResponseError, BackendTimeout, BackendUnavailable
+from p2pserve.backends.sse import SSEDecoder
+from p2pserve.errors import BackendResponseError, BackendTimeout, BackendUnavailable, map_exceptions
 
-__all__ = ["MAX_SSE_EVENT_BYTES", "MetricsMode", "OpenAIBackend", "SSEDecoder", "Timeouts", "approx_tokens"]
+__all__ = ["MetricsMode", "OpenAIBackend", "Timeouts", "approx_tokens"]
 
 MetricsMode = Literal["auto", "off"]
-
-MAX_SSE_EVENT_BYTES = 4 * 1024 * 1024
-"""Limit on one SSE event (a line, or the data lines of one event) from a backend."""
 
 _CLOSE_GRACE_S = 2.0
 _DRAIN_S = 1.0
 _DRAIN_BYTES = 64 * 1024
-_SSE_FIELDS = frozenset({"event", "id", "retry"})
-
-
-class SSEDecoder:
-    """Sans-IO decoder of an SSE byte stream into the ``data`` payloads of its events.
-
-    ``feed(bytes)`` returns the payloads of the events completed by those bytes, in order.
-    Lines end with LF, CRLF or CR; UTF-8 may be split anywhere. ``data:`` lines of one event
-    are joined with ``\\n``; comments (``:``) and ``event``/``id``/``retry`` fields are
-    ignored. Any other line is malformed: OpenAI-compatible servers send nothing else.
-    Raises :class:`BackendResponseError` for malformed input or an event above
-    :data:`MAX_SSE_EVENT_BYTES`.
-    """
-
-    def __init__(self, max_event_bytes: int = MAX_SSE_EVENT_BYTES) -> None:
-        self._utf8 = codecs.getincrementaldecoder("utf-8")()
-        self._buf = ""
-        self._data: list[str] = []
-        self._size = 0
-        self._max = max_event_bytes
-        self._pending_cr = False
-
-    def feed(self, chunk: bytes) -> list[str]:
-        try:
-            text = self._utf8.decode(chunk)
-        except UnicodeDecodeError as exc:
-            raise BackendResponseError("backend sent invalid UTF-8 in its event stream") from exc
-        if self._pending_cr and text.startswith("\n"):
-            text = text[1:]  # the LF of a CRLF split across chunks
-        self._pending_cr = False
-        self._buf += text
-        out: list[str] = []
-        while True:
-            cut = _line_end(self._buf)
-            if cut is None:
-                break
-            line, sep_len = self._buf[:cut], 1
-            if self._buf[cut] == "\r":
-                if cut + 1 < len(self._buf):
-                    sep_len = 2 if self._buf[cut + 1] == "\n" else 1
-                else:
-                    self._pending_cr = True
-            self._buf = self._buf[cut + sep_len :]
-            payload = self._line(line)
-            if payload is not None:
-                out.append(payload)
-        if len(self._buf) > self._max:
-            raise BackendResponseError("backend sent an over-long event stream line")
-        return out
-
-    def _line(self, line: str) -> str | None:
-        if not line:
-            if not self._data:
-                return None
-            payload, self._data, self._size = "\n".join(self._data), [], 0
-            return payload
-        if line.startswith(":"):
-            return None
-        name, colon, value = line.partition(":")
-        if not colon and name not in _SSE_FIELDS and name != "data":
-            raise BackendResponseError(f"backend sent a malformed event stream line: {line[:80]!r}")
-        if value.startswith(" "):
-            value = value[1:]
-        if name == "data":
-            self._size += len(value)
-            if self._size > self._max:
-                raise BackendResponseError("backend sent an over-long event")
-            self._data.append(value)
-        elif name not in _SSE_FIELDS:
-            raise BackendResponseError(f"backend sent a malformed event stream line: {line[:80]!r}")
-        return None
-
-    def close(self) -> list[str]:
-        """End of stream: the payload of a last event not followed by a blank line, if any."""
-        rest = self.feed(b"\n") if self._buf else []
-        if self._data:
-            rest += self.feed(b"\n")
-        return rest
-
-
-def _line_end(buf: str) -> int | None:
-    cr, lf = buf.find("\r"), buf.find("\n")
-    ends = [i for i in (cr, lf) if i >= 0]
-    return min(ends) if ends else None
-
-
-class _TCPStream(httpcore.AsyncNetworkStream):
-    """A TCP connection for httpcore that sends what was written at the next read.
-
-    HTTP/1.1 (the only version this client speaks) always reads after writing a whole
-    request, so holding writes until then is invisible but for the syscalls saved. A failed
-    send shows up as httpcore's ``WriteError`` at that read; buffered bytes over
-    ``_FLUSH_BYTES`` go out at once."""
-
-    _FLUSH_BYTES = 256 * 1024
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self._stream = stream
-        self._out: list[bytes] = []
-        self._size = 0
-
-    async def _flush(self, timeout: float | None) -> None:
-        data = b"".join(self._out)
-        self._out.clear()
-        self._size = 0
-        try:
-            if timeout is None:
-                await self._stream.send_all(data)
-            else:
-                with trio.fail_after(timeout):
-                    await self._stream.send_all(data)
-        except trio.TooSlowError as exc:
-            raise httpcore.WriteTimeout(str(exc)) from exc
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            raise httpcore.WriteError(str(exc)) from exc
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        if buffer:
-            self._out.append(buffer)
-            self._size += len(buffer)
-            if self._size > self._FLUSH_BYTES:
-                await self._flush(timeout)
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        if self._out:
-            await self._flush(timeout)
-        try:
-            if timeout is None:
-                return await self._stream.receive_some(max_bytes)
-            with trio.fail_after(timeout):
-                return await self._stream.receive_some(max_bytes)
-        except trio.TooSlowError as exc:
-            raise httpcore.ReadTimeout(str(exc)) from exc
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            raise httpcore.ReadError(str(exc)) from exc
-
-    async def aclose(self) -> None:
-        self._out.clear()
-        await self._stream.aclose()
-
-    def get_extra_info(self, info: str) -> Any:
-        sock = self._stream.socket
-        if info == "socket":
-            return sock
-        if info == "is_readable":
-            return sock.is_readable()
-        if info == "client_addr":
-            return sock.getsockname()
-        if info == "server_addr":
-            return sock.getpeername()
-        return None
-
-
-class _TCPBackend(httpcore.AsyncNetworkBackend):
-    """httpcore network backend over trio TCP streams (:class:`_TCPStream`); plain TCP only."""
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Any = None,
-    ) -> httpcore.AsyncNetworkStream:
-        try:
-            with trio.fail_after(math.inf if timeout is None else timeout):
-                stream = await trio.open_tcp_stream(host, port, local_address=local_address)
-        except trio.TooSlowError as exc:
-            raise httpcore.ConnectTimeout(str(exc)) from exc
-        except OSError as exc:
-            raise httpcore.ConnectError(str(exc)) from exc
-        for option in socket_options or ():
-            stream.setsockopt(*option)
-        return _TCPStream(stream)
-
-    async def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Any = None
-    ) -> httpcore.AsyncNetworkStream:  # pragma: no cover - the client never asks for one
-        raise httpcore.ConnectError("unix sockets are not supported")
-
-    async def sleep(self, seconds: float) -> None:
-        await trio.sleep(seconds)
-
-
-def _http_transport(base_url: str, limits: httpx.Limits) -> httpx.AsyncBaseTransport | None:
-    """httpx's transport with :class:`_TCPBackend` under its pool, for ``http://`` servers
-    (``https://`` keeps httpx's default transport: None)."""
-    if not base_url.startswith("http://"):
-        return None
-    transport = httpx.AsyncHTTPTransport(limits=limits)
-    # httpx has no public knob for httpcore's network backend; its pool is rebuilt with ours
-    # from the same limits (httpx.AsyncHTTPTransport's defaults otherwise).
-    transport._pool = httpcore.AsyncConnectionPool(
-        max_connections=limits.max_connections,
-        max_keepalive_connections=limits.max_keepalive_connections,
-        keepalive_expiry=limits.keepalive_expiry,
-        network_backend=_TCPBackend(),
-    )
-    return transport
 
 
 def approx_tokens(text: str) -> int:
@@ -343,7 +138,7 @@ class OpenAIBackend(Backend):
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
             headers=headers,
-            transport=transport if transport is not None else _http_transport(self.base_url, limits),
+            transport=transport if transport is not None else http_transport(self.base_url, limits),
             # Only connect is left to httpx: every other wait runs under a trio deadline here.
             timeout=httpx.Timeout(connect=timeouts.connect, read=None, write=None, pool=None),
             limits=limits,
@@ -406,25 +201,27 @@ class OpenAIBackend(Backend):
         """Send the request; the response once its headers arrived and were 2xx."""
         limit = _deadline_in(self.timeouts.first_byte, deadline)
         request = self._client.build_request("POST", path, json=sent, headers={"Accept": "text/event-stream"})
-        try:
-            with trio.fail_after(max(limit, 0.0)):
-                response = await self._client.send(request, stream=True)
-                if response.status_code >= 300:
-                    try:
-                        detail = (await response.aread())[:500].decode("utf-8", "replace")
-                    finally:
-                        await response.aclose()
-                    raise BackendResponseError(
-                        f"backend answered HTTP {response.status_code}: {detail}", status_code=response.status_code
-                    )
-        except trio.TooSlowError as exc:
-            raise BackendTimeout(f"backend sent no answer within {limit:.1f} s") from exc
-        except httpx.TimeoutException as exc:
-            raise BackendTimeout(f"backend timed out: {exc!r}") from exc
-        except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-            raise BackendUnavailable(f"backend at {self.base_url} unreachable: {exc!r}") from exc
-        except httpx.HTTPError as exc:
-            raise BackendResponseError(f"backend request failed: {exc!r}") from exc
+
+        def unreachable(exc: Exception) -> BackendUnavailable:
+            return BackendUnavailable(f"backend at {self.base_url} unreachable: {exc!r}")
+
+        errors = map_exceptions({
+            trio.TooSlowError: lambda exc: BackendTimeout(f"backend sent no answer within {limit:.1f} s"),
+            httpx.TimeoutException: lambda exc: BackendTimeout(f"backend timed out: {exc!r}"),
+            httpx.NetworkError: unreachable,
+            httpx.RemoteProtocolError: unreachable,
+            httpx.HTTPError: lambda exc: BackendResponseError(f"backend request failed: {exc!r}"),
+        })
+        with errors, trio.fail_after(max(limit, 0.0)):
+            response = await self._client.send(request, stream=True)
+            if response.status_code >= 300:
+                try:
+                    detail = (await response.aread())[:500].decode("utf-8", "replace")
+                finally:
+                    await response.aclose()
+                raise BackendResponseError(
+                    f"backend answered HTTP {response.status_code}: {detail}", status_code=response.status_code
+                )
         return response
 
     async def _events(
