@@ -148,7 +148,7 @@ async def test_item2_one_oversized_receipt_does_not_disable_a_gateway(autojump_c
             done = await ask(gw)
             served_by.append(done.executor)
             assert trio.current_time() - t0 < 5
-            queued = [r for q in gw.ledger._queue.values() for r in q]
+            queued = list(gw.ledger.queue.receipts())
             assert all(r.executor == honest.peer_id for r in queued)  # nothing of the hostile one is reserved
             assert gw.ledger.reserved == sum(r.price for r in queued)
         assert hostile.peer_id in served_by  # it was drawn (most stake) and its receipt refused
@@ -260,11 +260,11 @@ async def test_item5_executors_serve_nobody_for_free(autojump_clock: trio.testin
         assert await raw_offers(c.network, ghost, ex, 13) == ["no-account"] * 13
         assert ex.serve.counters.served_for_peers == 0
         # an account that never pays: served until a receipt is overdue, then refused
-        payer.ledger._queue_receipt = lambda r: False  # type: ignore[method-assign]
+        payer.ledger.queue.queue_receipt = lambda r: False  # type: ignore[method-assign]
         await until(lambda: bool(payer.peers.candidates(MODEL)))
         await ask(payer)
         assert ex.serve.counters.served_for_peers == 1
-        await trio.sleep(ex.ledger.payment_grace_ms / 1000 + 1)
+        await trio.sleep(ex.ledger.payers.payment_grace_ms / 1000 + 1)
         with pytest.raises(NoCapacity):
             await ask(payer)
         assert ex.serve.counters.served_for_peers == 1 and ex.serve.counters.offers_rejected >= 1

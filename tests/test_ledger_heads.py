@@ -22,9 +22,9 @@ from typer.testing import CliRunner
 
 from p2pserve.api.ledger import ledger_routes
 from p2pserve.cli import app
-from p2pserve.ledger import audit, rules
-from p2pserve.ledger.audit import Heads, compare_heads
+from p2pserve.ledger import compare, rules
 from p2pserve.ledger.blocks import Block, StakeBody, UnstakeBody
+from p2pserve.ledger.compare import Heads, compare_heads
 from p2pserve.ledger.service import LedgerService
 from p2pserve.ledger.store import LedgerStore
 from p2pserve.testing.ledger import CREDIT, TEST_PARAMS, World
@@ -142,7 +142,7 @@ class _Nodes:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 name, _, rest = self.path.lstrip("/").partition("/")
-                body = bodies.get(name) if "/" + rest == audit.HEADS_PATH else None
+                body = bodies.get(name) if "/" + rest == compare.HEADS_PATH else None
                 self.send_response(200 if body is not None else 404)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body or b"")))

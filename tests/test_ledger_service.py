@@ -208,8 +208,8 @@ async def test_receipts_queued_when_killed_are_paid_after_restart(
             await gw.pay(r)
         await trio.sleep(0.01)
         # SIGKILL: no shutdown flush (the log stays as written; the queue is forgotten)
-        gw._queue.clear()
-        gw._queued_keys.clear()
+        gw.queue._queue.clear()
+        gw.queue._keys.clear()
     assert gw.paid == 0
     assert UnpaidLog(paths[0].with_name(UNPAID_NAME)).load() == owed
     for s in stores:

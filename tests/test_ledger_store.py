@@ -193,3 +193,24 @@ def test_pending_does_not_survive_a_restart(tmp_path: Path) -> None:
     again = LedgerStore(tmp_path / DB_NAME, TEST_PARAMS)
     assert again.pending_count() == 0 and again.count() == 0  # sync fetches it all again
     again.close()
+
+
+def test_a_node_online_longer_than_the_delay_holds_a_backdated_unstake_to_its_own_clock() -> None:
+    """Issue 7, item 4 (the neighbour of future-dating): an idle account dates its unstake
+    back to its last block. A node that has been online longer than the delay holds the
+    release until its own clock is the delay past when it first saw the unstake; a node
+    still catching up (online for less than the delay) does not hold honest old history."""
+    from p2pserve.ledger.pending import UnstakeWatch
+
+    p = TEST_PARAMS
+    old = UnstakeWatch(p)
+    old.applied(0)
+    now = p.unbonding_delay_ms + p.max_clock_skew_ms + 1
+    old.seen(b"u1", timestamp_ms=now - 10 * p.unbonding_delay_ms, now_ms=now)  # dated far back
+    assert old.not_before(b"u1") == now + p.unbonding_delay_ms
+    old.seen(b"u2", timestamp_ms=now - 1, now_ms=now)  # fresh: the rules' own release applies
+    assert old.not_before(b"u2") is None
+    young = UnstakeWatch(p)
+    young.applied(now)
+    young.seen(b"u1", timestamp_ms=now - 10 * p.unbonding_delay_ms, now_ms=now + 1)
+    assert young.not_before(b"u1") is None

@@ -6,7 +6,7 @@
   order, then frozen accounts' off-choice blocks, then equivocation proofs (see :func:`p2pserve.ledger.audit.encode_stream`);
 * ``GET /p2pserve/ledger/heads``: ``{"network_id", "fingerprint" (hex), "blocks", "heads":
   {account: [height, hash hex]}, "frozen": [accounts]}``, what ``p2pserve audit --compare``
-  compares across nodes to make forks visible (see :class:`p2pserve.ledger.audit.Heads`);
+  compares across nodes to make forks visible (see :class:`p2pserve.ledger.compare.Heads`);
 * ``POST /p2pserve/ledger/stake`` and ``/unstake`` with ``{"amount": <credits>}``: write a
   stake/unstake block on this node's chain; 400 with the rule's reason if it is refused.
 """
@@ -22,7 +22,8 @@ from starlette.routing import Route
 
 from p2pserve.api.app import check_bearer
 from p2pserve.errors import InvalidBlock, P2PServeError
-from p2pserve.ledger.audit import Heads, encode_stream
+from p2pserve.ledger.audit import encode_stream
+from p2pserve.ledger.compare import Heads
 from p2pserve.ledger.service import LedgerService
 from p2pserve.units import MICRO
 

@@ -29,6 +29,7 @@ from rich.table import Table
 from p2pserve.errors import StoreError
 from p2pserve.identity import default_data_dir
 from p2pserve.ledger import audit as audit_mod
+from p2pserve.ledger import compare as compare_mod
 from p2pserve.ledger.rules import fingerprint
 from p2pserve.units import format_credits
 
@@ -110,7 +111,7 @@ def run_audit(
     return 1 if strict and report.offences else 0
 
 
-def render_comparison(comparison: audit_mod.Comparison) -> None:
+def render_comparison(comparison: compare_mod.Comparison) -> None:
     """One line per node (its fingerprint), one per disagreeing account, then the verdict."""
     for n in comparison.nodes:
         print(f"{n.source}: network {n.network_id}, {n.blocks} blocks, {len(n.heads)} accounts, fingerprint {n.fingerprint}")
@@ -140,10 +141,10 @@ def run_compare(urls: list[str], api_key: str | None = None, json_out: bool = Fa
     if len(urls) < 2:
         return fail("--compare needs two nodes or more (repeat --compare, or add --api)")
     try:
-        nodes = [audit_mod.load_heads(u, api_key) for u in urls]
+        nodes = [compare_mod.load_heads(u, api_key) for u in urls]
     except StoreError as exc:
         return fail(str(exc))
-    comparison = audit_mod.compare_heads(nodes)
+    comparison = compare_mod.compare_heads(nodes)
     if json_out:
         print(json.dumps(comparison.to_json()))
     else:

@@ -20,10 +20,18 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from p2pserve.ledger.blocks import ClaimBody
+from p2pserve.ledger.blocks import ClaimBody, NetworkParams
 from p2pserve.ledger.rules import Prepared
+from p2pserve.ledger.state import LedgerState
 
-__all__ = ["DEFAULT_MAX_PENDING", "DEFAULT_MAX_PENDING_PER_ACCOUNT", "DEFAULT_PENDING_TTL_MS", "PendingPool", "TIME_KEY"]
+__all__ = [
+    "DEFAULT_MAX_PENDING",
+    "DEFAULT_MAX_PENDING_PER_ACCOUNT",
+    "DEFAULT_PENDING_TTL_MS",
+    "TIME_KEY",
+    "PendingPool",
+    "UnstakeWatch",
+]
 
 DEFAULT_MAX_PENDING = 4096
 DEFAULT_MAX_PENDING_PER_ACCOUNT = 256
@@ -121,13 +129,26 @@ class PendingPool:
         """Every key some block waits on."""
         return list(self._by_key)
 
-    def claims_waiting(self) -> list[tuple[str, int]]:
-        """``(source account, source height)`` of every claim waiting for its payment."""
-        out = []
+    def wanted_payments(self) -> list[bytes]:
+        """Hashes of the payments waiting claims cite (to ask peers for them by hash)."""
+        return [k[1] for k in self._by_key if k[0] == "p" and isinstance(k[1], bytes)]
+
+    def missing(self, state: LedgerState) -> dict[str, int]:
+        """``account -> lowest height wanted`` for the chains waiting blocks need."""
+        out: dict[str, int] = {}
+
+        def want(account: str, height: int) -> None:
+            head = state.account(account)
+            lowest = 0 if head is None else head.height + 1
+            if height >= lowest:
+                out[account] = min(out.get(account, lowest), lowest)
+
         for e in self._entries.values():
             body = e.prepared.body
-            if e.key[0] == "p" and isinstance(body, ClaimBody):
-                out.append((body.source_account, body.source_height))
+            if e.key[0] == "h":
+                want(e.prepared.block.account, e.prepared.block.height)
+            elif e.key[0] == "p" and isinstance(body, ClaimBody):
+                want(body.source_account, body.source_height)
         return out
 
     def clear(self) -> None:
@@ -152,3 +173,40 @@ class PendingPool:
             per.pop(h, None)
             if not per:
                 del self._by_account[account]
+
+
+class UnstakeWatch:
+    """When this node first saw back-dated unstakes, to hold their release to its own clock.
+
+    An honest unstake reaches a live node within the skew of its timestamp. One dated further
+    back is either dated back on purpose (to shorten unbonding) or one this node missed while
+    catching up. A node online for longer than the delay would not have missed it, so it
+    releases such an unstake only ``unbonding_delay_ms`` after it first saw it
+    (:meth:`not_before`, used by the rules' ``unbonding-wait``); a node still catching up
+    does not (it would otherwise lag the network by the delay). In memory only.
+    """
+
+    def __init__(self, params: NetworkParams) -> None:
+        self.params = params
+        self.online_since: int | None = None
+        """Our clock at the first block we took from the network."""
+        self._seen: dict[bytes, int] = {}
+
+    def seen(self, unstake: bytes, timestamp_ms: int, now_ms: int) -> None:
+        """An unstake block was applied now (with our clock ``now_ms``)."""
+        if self.online_since is None:
+            self.online_since = now_ms
+        p = self.params
+        grown_up = now_ms - self.online_since > p.unbonding_delay_ms + p.max_clock_skew_ms
+        if grown_up and timestamp_ms < now_ms - p.max_clock_skew_ms:
+            self._seen[unstake] = now_ms
+
+    def applied(self, now_ms: int) -> None:
+        """Any block was applied now (starts the online period)."""
+        if self.online_since is None:
+            self.online_since = now_ms
+
+    def not_before(self, unstake: bytes) -> int | None:
+        """Our own earliest release of an unstake (None: the rules' own release applies)."""
+        seen = self._seen.get(unstake)
+        return None if seen is None else seen + self.params.unbonding_delay_ms

@@ -44,16 +44,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from p2pserve.crypto import Signer, sha256, verify_by_peer_id
 from p2pserve.errors import BadSignature, InvalidBlock, LedgerError, MalformedMessage
 from p2pserve.ledger.blocks import (
+    BODY_TYPES,
     ZERO_HASH,
     Block,
     Body,
     ClaimBody,
     EquivocationProof,
-    Kind,
     OpenBody,
     PayBody,
     StakeBody,
@@ -202,7 +203,25 @@ def plan(
     ``verify=False`` skips signature checks (only for blocks whose signatures were already
     verified, e.g. replaying one's own store). ``now_ms`` and ``not_before`` are the
     receiver's clock checks (module docstring). Raises InvalidBlock.
+
+    The checks every block passes come first (:func:`_check_chain`: network, signature,
+    duplicate / equivocation, frozen, height, prev, timestamp); then the kind's own rules
+    (:data:`_PLANNERS`, one function per body class).
     """
+    acct = _check_chain(p, state, now_ms, verify)
+    body = p.body
+    if (p.block.height == 0) != isinstance(body, OpenBody):
+        raise _fail("bad-open", "a chain starts with exactly one open, at height 0")
+    if isinstance(body, OpenBody):
+        return _plan_open(p, body, state)
+    assert acct is not None
+    free, unbonding = _release(acct, p.block.timestamp_ms, now_ms, not_before)
+    ctx = _Ctx(p, state, acct, free, unbonding, verify)
+    return _PLANNERS[type(body)](ctx, body)
+
+
+def _check_chain(p: Prepared, state: LedgerState, now_ms: int | None, verify: bool) -> _Acct | None:
+    """The checks every block passes; the account's current head (None before its open)."""
     c = state.core
     params = state.params
     b = p.block
@@ -232,45 +251,64 @@ def plan(
         raise _fail("bad-timestamp", f"{ts} is before the previous block's {acct.timestamp_ms}")
     if now_ms is not None and ts > now_ms + params.max_clock_skew_ms:
         raise _fail("future", f"{ts} is more than {params.max_clock_skew_ms} ms ahead of {now_ms}")
-    body = p.body
-    if (h == 0) != isinstance(body, OpenBody):
-        raise _fail("bad-open", "a chain starts with exactly one open, at height 0")
-    if isinstance(body, OpenBody):
-        limit = min(params.initial_credit, params.max_initial_staked)
-        if body.initial_staked > limit:
-            raise _fail("bad-open", f"initial_staked {body.initial_staked} above {limit}")
-        new = _Acct(0, p.hash, ts, params.initial_credit - body.initial_staked, body.initial_staked, ())
-        return Plan(p, c.version, new, minted=params.initial_credit)
-    if isinstance(body, VerdictBody):
-        raise _fail("no-duel-order", "no verdict can move stake before signed duel orders exist")
-    assert acct is not None
-    free, unbonding = _release(acct, ts, now_ms, not_before)
+    return acct
 
-    def spend(amount: int) -> int:
+
+@dataclass(frozen=True, slots=True)
+class _Ctx:
+    """What a kind's planner needs: the block, the state, the account after unbonding
+    releases due by the block's timestamp."""
+
+    p: Prepared
+    state: LedgerState
+    acct: _Acct
+    free: int
+    unbonding: tuple[Unbonding, ...]
+    verify: bool
+
+    def spend(self, amount: int) -> int:
+        """Free credit left after spending ``amount``; raises when it is not there."""
         if amount <= 0:
             raise _fail("bad-amount", f"{amount}")
-        if free < amount:
-            if free + sum(u.amount for u in unbonding) >= amount:
-                raise _fail("unbonding", f"needs {amount}, {free} free, the rest unbonding")
-            raise _fail("insufficient-funds", f"needs {amount}, has {free}")
-        return free - amount
+        if self.free < amount:
+            if self.free + sum(u.amount for u in self.unbonding) >= amount:
+                raise _fail("unbonding", f"needs {amount}, {self.free} free, the rest unbonding")
+            raise _fail("insufficient-funds", f"needs {amount}, has {self.free}")
+        return self.free - amount
 
-    if isinstance(body, StakeBody):
-        new = _Acct(h, p.hash, ts, spend(body.amount), acct.staked + body.amount, unbonding)
-        return Plan(p, c.version, new)
-    if isinstance(body, UnstakeBody):
-        if body.amount <= 0:
-            raise _fail("bad-amount", f"{body.amount}")
-        if acct.staked < body.amount:
-            raise _fail("insufficient-stake", f"unstakes {body.amount}, has {acct.staked} staked")
-        entry = Unbonding(ts + params.unbonding_delay_ms + params.max_clock_skew_ms, body.amount, p.hash)
-        new = _Acct(h, p.hash, ts, free, acct.staked - body.amount, (*unbonding, entry))
-        return Plan(p, c.version, new)
-    if isinstance(body, PayBody):
-        amount = _pay_amount(body, c, b.network_id, b.account)
-        return _plan_pay(p, body, c, acct, spend(amount), amount, unbonding, verify)
-    assert isinstance(body, ClaimBody)
-    return _plan_claim(p, body, c, free, acct, unbonding)
+    def head(self, free: int, staked: int, unbonding: tuple[Unbonding, ...]) -> _Acct:
+        b = self.p.block
+        return _Acct(b.height, self.p.hash, b.timestamp_ms, free, staked, unbonding)
+
+    def plan(self, acct: _Acct, **effects: object) -> Plan:
+        return Plan(self.p, self.state.core.version, acct, **effects)  # type: ignore[arg-type]
+
+
+def _plan_open(p: Prepared, body: OpenBody, state: LedgerState) -> Plan:
+    params = state.params
+    limit = min(params.initial_credit, params.max_initial_staked)
+    if body.initial_staked > limit:
+        raise _fail("bad-open", f"initial_staked {body.initial_staked} above {limit}")
+    new = _Acct(0, p.hash, p.block.timestamp_ms, params.initial_credit - body.initial_staked, body.initial_staked, ())
+    return Plan(p, state.core.version, new, minted=params.initial_credit)
+
+
+def _plan_stake(x: _Ctx, body: StakeBody) -> Plan:
+    return x.plan(x.head(x.spend(body.amount), x.acct.staked + body.amount, x.unbonding))
+
+
+def _plan_unstake(x: _Ctx, body: UnstakeBody) -> Plan:
+    if body.amount <= 0:
+        raise _fail("bad-amount", f"{body.amount}")
+    if x.acct.staked < body.amount:
+        raise _fail("insufficient-stake", f"unstakes {body.amount}, has {x.acct.staked} staked")
+    params = x.state.params
+    entry = Unbonding(x.p.block.timestamp_ms + params.unbonding_delay_ms + params.max_clock_skew_ms, body.amount, x.p.hash)
+    return x.plan(x.head(x.free, x.acct.staked - body.amount, (*x.unbonding, entry)))
+
+
+def _plan_verdict(x: _Ctx, body: VerdictBody) -> Plan:
+    raise _fail("no-duel-order", "no verdict can move stake before signed duel orders exist")
 
 
 def _release(
@@ -292,10 +330,9 @@ def _release(
     return free + sum(u.amount for u in due), tuple(u for u in unbonding if u.release_ms > ts)
 
 
-def _plan_claim(
-    p: Prepared, body: ClaimBody, c: _Core, free: int, acct: _Acct, unbonding: tuple[Unbonding, ...]
-) -> Plan:
-    b = p.block
+def _plan_claim(x: _Ctx, body: ClaimBody) -> Plan:
+    b = x.p.block
+    c = x.state.core
     src = c.claimables.get(body.source_hash)
     if src is None:
         if body.source_hash in c.claimed or body.source_hash in c.voided:
@@ -310,14 +347,12 @@ def _plan_claim(
         if amount != body.amount:
             raise _fail("bad-claim", "the amount differs from the cited payment")
         # a claim of a side-branch pay of an equivocator: valid, credits nothing
-        new = _Acct(b.height, p.hash, b.timestamp_ms, free, acct.staked, unbonding)
-        return Plan(p, c.version, new, void=body.source_hash)
+        return x.plan(x.head(x.free, x.acct.staked, x.unbonding), void=body.source_hash)
     if src.payee != b.account:
         raise _fail("wrong-payee", f"the payment is to {src.payee}")
     if (src.source_account, src.source_height, src.amount) != (body.source_account, body.source_height, body.amount):
         raise _fail("bad-claim", "account, height or amount differ from the cited payment")
-    new = _Acct(b.height, p.hash, b.timestamp_ms, free + src.amount, acct.staked, unbonding)
-    return Plan(p, c.version, new, claim=body.source_hash)
+    return x.plan(x.head(x.free + src.amount, x.acct.staked, x.unbonding), claim=body.source_hash)
 
 
 def _pay_amount(body: PayBody, c: _Core, network_id: str, payer: str) -> int:
@@ -339,23 +374,25 @@ def _pay_amount(body: PayBody, c: _Core, network_id: str, payer: str) -> int:
     return total
 
 
-def _plan_pay(
-    p: Prepared,
-    body: PayBody,
-    c: _Core,
-    acct: _Acct,
-    free_after: int,
-    amount: int,
-    unbonding: tuple[Unbonding, ...],
-    verify: bool,
-) -> Plan:
-    """The effects of a pay whose amounts and funds are checked: verify every receipt."""
-    b = p.block
-    for r, sb in zip(body.receipts, p.receipt_signing_bytes, strict=True):
-        _verify_receipt(r, sb, verify)
-    new = _Acct(b.height, p.hash, b.timestamp_ms, free_after, acct.staked, unbonding)
+def _plan_pay(x: _Ctx, body: PayBody) -> Plan:
+    """A pay: cheap checks of its receipts first, then funds, then every receipt's signature."""
+    b = x.p.block
+    amount = _pay_amount(body, x.state.core, b.network_id, b.account)
+    free_after = x.spend(amount)
+    for r, sb in zip(body.receipts, x.p.receipt_signing_bytes, strict=True):
+        _verify_receipt(r, sb, x.verify)
     keys = tuple((r.executor, r.request_id) for r in body.receipts)
-    return Plan(p, c.version, new, add_claimable=(p.hash, body.payee, amount), paid=keys)
+    return x.plan(x.head(free_after, x.acct.staked, x.unbonding), add_claimable=(x.p.hash, body.payee, amount), paid=keys)
+
+
+_PLANNERS: dict[type, Callable[[_Ctx, Any], Plan]] = {
+    StakeBody: _plan_stake,
+    UnstakeBody: _plan_unstake,
+    PayBody: _plan_pay,
+    ClaimBody: _plan_claim,
+    VerdictBody: _plan_verdict,
+}
+"""One planner per body class (OpenBody is planned before the account exists)."""
 
 
 def commit(pl: Plan, state: LedgerState) -> LedgerState:
@@ -450,5 +487,5 @@ def next_block(signer: Signer, state: LedgerState, body: Body, timestamp_ms: int
     )
 
 
-# Kind is re-checked here so a new kind cannot be added without rules for it.
-assert set(Kind) == {Kind.OPEN, Kind.STAKE, Kind.UNSTAKE, Kind.PAY, Kind.CLAIM, Kind.VERDICT}
+# A new kind cannot be added without rules for it.
+assert set(BODY_TYPES.values()) == {OpenBody, *_PLANNERS}

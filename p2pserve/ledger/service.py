@@ -1,44 +1,28 @@
 """The node's ledger service: open the account, pay receipts, claim payments, stake, and judge
-whether a requester can pay for the work it offers us.
+whether a requester can pay for the work it offers us (docs/ledger.md has the details).
 
-A thin async shell over :class:`~p2pserve.ledger.store.LedgerStore` (durable state) and
-:class:`~p2pserve.ledger.sync.LedgerSync` (gossip + pull). Only this service writes to the
-node's own chain, under one lock, so heights never collide.
+A thin async shell over :class:`~p2pserve.ledger.store.LedgerStore` (durable state),
+:class:`~p2pserve.ledger.sync.LedgerSync` (gossip + pull), the
+:class:`~p2pserve.ledger.payqueue.PayQueue` (holds and queued receipts) and the
+:class:`~p2pserve.ledger.payers.PayerBook` (what requesters owe us). Only this service
+writes to the node's own chain, under one lock, so heights never collide.
 
-* **Sync before write.** No block of ours is written before the node has pulled its peers'
-  copy of the ledger (its own chain included) from at least one peer, so a node restarted on
-  a stale data dir learns the blocks it forgot instead of writing other blocks at those
-  heights; until then its sync answers leave its own chain out, so a stale block of its own
-  never reaches a peer that holds the real one. A brand-new node (no block of its own in its store) that finds no peer within
-  ``open_delay`` writes its ``open`` anyway: it is the first node of a network. A node with
-  blocks of its own waits for a peer however long it takes, saying so in the log.
-* **Repair, not fork.** When a peer holds another block at a height of our own chain (a
-  stale data dir, or a second process with our key), the node logs it loudly, drops its
-  own blocks from that height, adopts the network's, re-queues the receipts its dropped pays
-  settled and goes on; it never writes a second block at a height the network has filled.
-* **Open.** Once writable, a node whose store does not know its own account writes ``open``
-  with ``initial_staked``.
-* **Holds, then pay off the request's path.** Before a request is offered to a peer, the
-  serving path takes a :class:`Hold` of its worst-case price (:meth:`hold`); a receipt is
-  paid only through its hold and only up to it, so a receipt can never cost more than the
-  requester agreed, and concurrent offloads can never commit more credit than is free. A
-  receipt the node cannot afford is refused, never queued. :meth:`Hold.pay` only queues
-  (and appends to the unpaid log): no block, no await. A writer task flushes every
-  ``pay_interval`` seconds, or as soon as one executor has ``max_receipts_per_pay``
-  receipts queued: one ``pay`` block per executor, all in one durable transaction, then
-  gossiped. :meth:`flush` writes everything queued now; :meth:`run` flushes on the way out
-  (shielded, at most ``shutdown_flush_timeout`` seconds).
-* **Crash window.** A receipt is in the unpaid log from the moment it is queued; a node
-  killed before the flush pays it after restart (receipts the ledger shows paid, or that
-  the free credit no longer covers, are dropped with a log line). Power loss can lose the
-  last seconds of that log (not fsynced; see :mod:`p2pserve.ledger.unpaid`).
-* **Claim.** Every payment to us is claimed once: promptly, when sync applies a ``pay`` to
-  us, and every ``claim_interval`` for anything else.
-* **Admit (executor side).** :meth:`admit` tells the serving path whether to take a peer's
-  offer: the requester must have an opened, unfrozen account whose free credit (in our
-  view) covers the offer's worst-case price plus what it already owes us (receipts we
-  signed and the ledger does not show paid, and other offers of it running here), and no
-  receipt of ours to it may be unpaid longer than ``payment_grace_s``.
+* **Sync before write.** Nothing of ours is written before the ledger (our own chain
+  included) was pulled from at least one peer, and until then sync answers leave our own
+  chain out; a brand-new account with nobody to ask opens after ``open_delay``.
+* **Repair, not fork.** A peer holding another block at a height of our own chain makes
+  the node log it loudly, drop its blocks from there, adopt the network's and re-queue the
+  receipts its dropped pays settled; it never writes a second block at a filled height.
+* **Holds, then pay off the request's path.** Serving holds each offer's worst-case price
+  (:meth:`hold`); a receipt is paid only through its hold; an unaffordable one is refused.
+  Queuing is no block and no await; a writer flushes every ``pay_interval`` (or when one
+  executor's queue is full): one ``pay`` block per executor, one durable transaction, then
+  gossip; :meth:`run` flushes on the way out (bounded). The unpaid log keeps queued
+  receipts across a crash (re-checked once the chain is confirmed).
+* **Claim** every payment to us once: at once when sync applies it, and every
+  ``claim_interval``.
+* **Admit (executor side).** :meth:`admit`: an opened, unfrozen requester whose credit
+  covers the worst case plus what it owes us, with nothing overdue.
 """
 
 from __future__ import annotations
@@ -54,7 +38,6 @@ from p2pserve.crypto import Signer
 from p2pserve.errors import InvalidBlock, LedgerError, P2PServeError
 from p2pserve.ledger import rules
 from p2pserve.ledger.blocks import (
-    MAX_BODY,
     MAX_RECEIPTS_PER_PAY,
     Block,
     Body,
@@ -66,6 +49,8 @@ from p2pserve.ledger.blocks import (
     UnstakeBody,
     make_block,
 )
+from p2pserve.ledger.payers import Admission, PayerBook
+from p2pserve.ledger.payqueue import Hold, PayQueue
 from p2pserve.ledger.state import LedgerState, fingerprint
 from p2pserve.ledger.store import LedgerStore
 from p2pserve.ledger.sync import LedgerSync
@@ -78,72 +63,6 @@ __all__ = ["Admission", "Hold", "LedgerService"]
 
 log = logging.getLogger(__name__)
 _FUNDS = frozenset({"insufficient-funds", "unbonding"})
-_RECEIPT_OVERHEAD = 8
-"""Bytes a body spends per receipt beyond the receipt's own encoding (array headers)."""
-_MAX_ISSUED = 100_000
-"""Most unpaid receipts an executor remembers (oldest forgotten first)."""
-
-
-class Hold:
-    """Credit set aside for one offloaded request: its worst-case price. Pay the receipt
-    through it (:meth:`pay`), or :meth:`release` it; both are idempotent, and releasing
-    after paying changes nothing."""
-
-    __slots__ = ("_ledger", "amount", "open")
-
-    def __init__(self, ledger: LedgerService, amount: int) -> None:
-        self._ledger = ledger
-        self.amount = amount
-        self.open = True
-
-    def pay(self, receipt: Receipt) -> bool:
-        """Queue ``receipt`` for payment if its price is within this hold; True if queued.
-
-        A receipt priced above the hold is refused (logged; the caller records the
-        offender). The hold is released either way."""
-        if not self.open:
-            return False
-        self.release()
-        if receipt.price > self.amount:
-            self._ledger.unpaid += 1
-            log.warning(
-                "refusing receipt %s of %s: price %d above the %d held for it",
-                receipt.request_id.hex(), receipt.executor, receipt.price, self.amount,
-            )
-            return False
-        return self._ledger._queue_receipt(receipt)
-
-    def release(self) -> None:
-        if self.open:
-            self.open = False
-            self._ledger._held -= self.amount
-
-
-class Admission:
-    """A peer's offer we accepted: its worst-case price counts against the requester's credit
-    until :meth:`close`; :meth:`issued` records the receipt we signed for it."""
-
-    __slots__ = ("_ledger", "open", "requester", "worst_case")
-
-    def __init__(self, ledger: LedgerService, requester: str, worst_case: int) -> None:
-        self._ledger = ledger
-        self.requester = requester
-        self.worst_case = worst_case
-        self.open = True
-
-    def issued(self, receipt: Receipt) -> None:
-        if receipt.price > 0:
-            self._ledger._issue(receipt)
-
-    def close(self) -> None:
-        if self.open:
-            self.open = False
-            exposure = self._ledger._exposure
-            left = exposure.get(self.requester, 0) - self.worst_case
-            if left > 0:
-                exposure[self.requester] = left
-            else:
-                exposure.pop(self.requester, None)
 
 
 class LedgerService:
@@ -168,20 +87,14 @@ class LedgerService:
         """``unpaid_log`` defaults to ``unpaid.log`` next to a file store (none in memory)."""
         if not 1 <= max_receipts_per_pay <= MAX_RECEIPTS_PER_PAY:
             raise ValueError(f"max_receipts_per_pay must be 1-{MAX_RECEIPTS_PER_PAY}")
-        self.signer = signer
-        self.store = store
+        self.signer, self.store, self.clock = signer, store, clock
         store.own_account = signer.peer_id
         self.initial_staked = initial_staked
-        self.clock = clock
-        self.open_delay = open_delay
-        self.claim_interval = claim_interval
-        self.pay_interval = pay_interval
+        self.open_delay, self.claim_interval, self.pay_interval = open_delay, claim_interval, pay_interval
         self.max_receipts_per_pay = max_receipts_per_pay
         self.shutdown_flush_timeout = shutdown_flush_timeout
-        self.payment_grace_ms = int(payment_grace_s * 1000)
         if unpaid_log is None and store.path != ":memory:":
             unpaid_log = UnpaidLog(Path(store.path).with_name(UNPAID_NAME))
-        self.unpaid_log = unpaid_log
         self.sync = LedgerSync(
             transport, store, now_ms=self.now_ms, on_applied=self._on_applied, on_own_conflict=self._on_own_conflict
         )
@@ -191,28 +104,18 @@ class LedgerService:
         self._conflicts: list[tuple[list[Block], str]] = []
         self.sync.withhold = self.account  # peers get our own chain only once it is confirmed
         self._nursery: trio.Nursery | None = None
-        self._queue: dict[str, list[Receipt]] = {}
-        """Receipts to pay, per executor, in the order they came."""
-        self._queued_keys: set[tuple[str, bytes]] = set()
         self._full = trio.Event()
         self._claim_wake = trio.Event()
-        self.reserved = 0
-        """Micro-credits of queued receipts (not yet in a pay block)."""
-        self._held = 0
-        """Micro-credits held for requests offered to peers and not answered yet."""
-        self._exposure: dict[str, int] = {}
-        """Executor side: worst-case prices of peers' offers running here, per requester."""
-        self._issued: dict[tuple[str, bytes], tuple[int, int]] = {}
-        """Executor side: (requester, request_id) -> (price, issued at ms) of receipts we
-        signed that the ledger does not show paid yet, oldest first."""
-        self.paid = 0
-        """Receipts settled by our pay blocks."""
-        self.claimed = 0
-        """Pay blocks we claimed."""
-        self.unpaid = 0
-        """Receipts refused or dropped (over their hold, unaffordable, or refused by the ledger)."""
-        self.repairs = 0
-        """Times our own chain was replaced by the network's (see the module doc)."""
+        self.queue = PayQueue(
+            signer.peer_id, available=self.available, is_paid=lambda e, r: self.store.state.is_paid(e, r),
+            max_receipts_per_pay=max_receipts_per_pay, on_full=lambda: self._full.set(), unpaid_log=unpaid_log,
+        )
+        """Holds and receipts waiting for the next pay block."""
+        self.payers = PayerBook(signer.peer_id, int(payment_grace_s * 1000))
+        """Executor side: what requesters owe us."""
+        self.paid = 0  # receipts settled by our pay blocks
+        self.claimed = 0  # pay blocks we claimed
+        self.repairs = 0  # times our own chain was replaced by the network's
 
     @property
     def account(self) -> str:
@@ -231,12 +134,12 @@ class LedgerService:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Sync, open, pay and claim until cancelled; then flush queued pays (bounded)."""
         logged: list[Receipt] = []
-        if self.unpaid_log is not None:
+        if self.queue.unpaid_log is not None:
             try:
-                logged = self.unpaid_log.open()
+                logged = self.queue.unpaid_log.open()
             except P2PServeError as exc:
                 log.warning("unpaid log unusable, queued receipts live in memory only: %s", exc)
-                self.unpaid_log = None
+                self.queue.unpaid_log = None
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -248,16 +151,16 @@ class LedgerService:
         finally:
             self._nursery = None
             with trio.CancelScope(shield=True):
-                if self._queue and self.writable:
+                if self.queue and self.writable:
                     with trio.move_on_after(self.shutdown_flush_timeout):
                         try:
                             await self.flush()
                         except P2PServeError as exc:
                             log.warning("could not pay queued receipts on shutdown: %s", exc)
-                if self._queue:
+                if self.queue:
                     log.warning("%d receipts still unpaid at shutdown (kept in the unpaid log)", self.queued())
-                if self.unpaid_log is not None:
-                    self.unpaid_log.close()
+                if self.queue.unpaid_log is not None:
+                    self.queue.unpaid_log.close()
 
     async def _confirm_head(self) -> None:
         """Make the ledger writable once a peer's copy of it (our chain included) is pulled."""
@@ -321,14 +224,14 @@ class LedgerService:
         for r in logged:
             if self.store.state.is_paid(r.executor, r.request_id):
                 continue
-            if self._affordable(r.price):
-                self._enqueue(r)
+            if self.available() >= r.price:
+                self.queue.enqueue(r)
             else:
-                self.unpaid += 1
+                self.queue.unpaid += 1
                 log.warning("dropping logged receipt %s of %s: price %d is more than the free credit",
                             r.request_id.hex(), r.executor, r.price)
-        if logged and self.unpaid_log is not None:
-            self.unpaid_log.rewrite(r for q in self._queue.values() for r in q)
+        if logged:
+            self.queue.sync_log()
 
     def _on_applied(self, blocks: list[Block]) -> None:
         """Sync applied network blocks: wake the claimer if one is a pay to us."""
@@ -375,8 +278,8 @@ class LedgerService:
             body = b.decoded_body()
             if isinstance(body, PayBody):
                 for r in body.receipts:
-                    if not self.store.state.is_paid(r.executor, r.request_id) and self._affordable(r.price):
-                        self._enqueue(r)
+                    if not self.store.state.is_paid(r.executor, r.request_id) and self.available() >= r.price:
+                        self.queue.enqueue(r)
 
     def _report_own_rejected(self) -> None:
         for block, reason in self.store.rejected_own:
@@ -414,67 +317,28 @@ class LedgerService:
 
     def hold(self, amount: int) -> Hold | None:
         """Set ``amount`` micro-credits aside for one request, or None if they are not free."""
-        if amount < 0 or not self._affordable(amount):
-            return None
-        self._held += amount
-        return Hold(self, amount)
+        return self.queue.hold(amount)
 
     async def pay(self, receipt: Receipt) -> bool:
         """Queue a verified receipt for payment without a hold (tests, tools); True if queued.
 
         Receipts of price 0, not addressed to us, already queued or already paid are
         ignored; one the free credit (less what is queued and held) cannot cover is refused."""
-        return self._queue_receipt(receipt)
-
-    def _queue_receipt(self, receipt: Receipt) -> bool:
-        if receipt.price <= 0 or receipt.requester != self.account or receipt.executor == self.account:
-            return False
-        key = (receipt.executor, receipt.request_id)
-        if key in self._queued_keys or self.store.state.is_paid(*key):
-            return False
-        if not self._affordable(receipt.price):
-            self.unpaid += 1
-            log.warning("refusing receipt %s of %s: price %d is more than our free credit",
-                        receipt.request_id.hex(), receipt.executor, receipt.price)
-            return False
-        self._enqueue(receipt)
-        if self.unpaid_log is not None:
-            try:
-                self.unpaid_log.append(receipt)
-            except P2PServeError as exc:
-                log.warning("could not log receipt %s (paid from memory only): %s", receipt.request_id.hex(), exc)
-        return True
-
-    def _affordable(self, price: int) -> bool:
-        return self.available() >= price
-
-    def _enqueue(self, r: Receipt) -> bool:
-        key = (r.executor, r.request_id)
-        if key in self._queued_keys or self.store.state.is_paid(*key):
-            return False
-        q = self._queue.setdefault(r.executor, [])
-        q.append(r)
-        self._queued_keys.add(key)
-        self.reserved += r.price
-        if len(q) >= self.max_receipts_per_pay:
-            self._full.set()
-        return True
-
-    def _dequeue(self, executor: str, receipts: list[Receipt]) -> None:
-        """Remove ``receipts`` (queued for ``executor``) from the queue."""
-        gone = {id(r) for r in receipts}
-        q = [r for r in self._queue[executor] if id(r) not in gone]
-        if q:
-            self._queue[executor] = q
-        else:
-            del self._queue[executor]
-        for r in receipts:
-            self._queued_keys.discard((r.executor, r.request_id))
-            self.reserved -= r.price
+        return self.queue.queue_receipt(receipt)
 
     def queued(self) -> int:
         """Receipts waiting for the next flush."""
-        return sum(len(q) for q in self._queue.values())
+        return len(self.queue)
+
+    @property
+    def reserved(self) -> int:
+        """Micro-credits of queued receipts (not yet in a pay block)."""
+        return self.queue.reserved
+
+    @property
+    def unpaid(self) -> int:
+        """Receipts refused or dropped (over their hold, unaffordable, refused by the ledger)."""
+        return self.queue.unpaid
 
     async def flush(self) -> int:
         """Write pay blocks for every receipt queued now; how many receipts they settle.
@@ -482,12 +346,12 @@ class LedgerService:
         durable transaction, then gossiped. Raises StoreError."""
         await self._writable.wait()
         async with self._lock:
-            if not self._queue:
+            if not self.queue:
                 return 0
             acct = self.store.state.account(self.account)
             if acct is None or acct.frozen:
                 return 0
-            groups = self._groups(acct.free_at(self._timestamp()))
+            groups = self.queue.groups(acct.free_at(self._timestamp()))
             if not groups:
                 return 0
             blocks = self._chain([PayBody(tuple(g)) for g in groups])
@@ -498,35 +362,13 @@ class LedgerService:
                 n, error = self.sync.stored_prefix(blocks), exc
             settled = 0
             for g in groups[:n]:
-                self._dequeue(g[0].executor, g)
+                self.queue.dequeue(g[0].executor, g)
                 settled += len(g)
             self.paid += settled
             if error is not None:
                 self._weed(groups[n], error)
-            if self.unpaid_log is not None:
-                self.unpaid_log.rewrite(r for q in self._queue.values() for r in q)
+            self.queue.sync_log()
             return settled
-
-    def _groups(self, free: int) -> list[list[Receipt]]:
-        """The queued receipts ``free`` covers, per executor in queue order, split into
-        groups that each fit one pay body."""
-        groups: list[list[Receipt]] = []
-        for q in self._queue.values():
-            group: list[Receipt] = []
-            size = 0
-            for r in q:
-                if r.price > free:
-                    break  # this executor's later receipts wait too: pay in order
-                n = len(r.encode()) + _RECEIPT_OVERHEAD
-                if len(group) >= self.max_receipts_per_pay or size + n > MAX_BODY - 16:
-                    groups.append(group)
-                    group, size = [], 0
-                group.append(r)
-                size += n
-                free -= r.price
-            if group:
-                groups.append(group)
-        return groups
 
     def _weed(self, group: list[Receipt], error: InvalidBlock) -> None:
         """A pay block was refused. Funds: keep its receipts queued. Otherwise drop each
@@ -541,8 +383,8 @@ class LedgerService:
             except InvalidBlock as exc:
                 if exc.reason in _FUNDS:
                     continue
-                self._dequeue(r.executor, [r])
-                self.unpaid += 1
+                self.queue.dequeue(r.executor, [r])
+                self.queue.unpaid += 1
                 log.warning("dropping receipt %s of %s: %s", r.request_id.hex(), r.executor, exc)
 
     # --- claiming, staking -----------------------------------------------------------------
@@ -594,45 +436,13 @@ class LedgerService:
     # --- executor side: may this requester offer us work? -----------------------------------
 
     def admit(self, requester: str, worst_case: int) -> Admission | str:
-        """An :class:`Admission` for an offer of ``requester`` whose worst-case price is
-        ``worst_case``, or the reason to refuse it (module doc)."""
-        state = self.store.state
-        acct = state.account(requester)
-        if acct is None:
-            return "no-account"
-        if acct.frozen:
-            return "frozen"
-        now = self.now_ms()
-        owed, overdue = self._owed_by(requester, now)
-        if overdue:
-            self.sync.request_sync(requester)  # maybe it paid and the gossip never reached us
-            return "unpaid"
-        if acct.free_at(now) - owed - self._exposure.get(requester, 0) < worst_case:
-            return "no-credit"
-        self._exposure[requester] = self._exposure.get(requester, 0) + worst_case
-        return Admission(self, requester, worst_case)
-
-    def _issue(self, receipt: Receipt) -> None:
-        self._issued[(receipt.requester, receipt.request_id)] = (receipt.price, self.now_ms())
-        while len(self._issued) > _MAX_ISSUED:
-            del self._issued[next(iter(self._issued))]
-
-    def _owed_by(self, requester: str, now_ms: int) -> tuple[int, bool]:
-        """What ``requester`` owes us in receipts the ledger does not show paid, and whether
-        one of them is overdue. Forgets the paid ones."""
-        state = self.store.state
-        owed, overdue, paid = 0, False, []
-        for key, (price, at) in self._issued.items():
-            if key[0] != requester:
-                continue
-            if state.is_paid(self.account, key[1]):
-                paid.append(key)
-                continue
-            owed += price
-            overdue |= now_ms - at > self.payment_grace_ms
-        for key in paid:
-            del self._issued[key]
-        return owed, overdue
+        """An :class:`~p2pserve.ledger.payers.Admission` for an offer of ``requester`` whose
+        worst-case price is ``worst_case``, or the reason to refuse it (module doc). An
+        overdue receipt also pulls the requester's chain (its pay's gossip may be lost)."""
+        admitted = self.payers.admit(self.store.state, requester, worst_case, self.now_ms())
+        if admitted == "unpaid":
+            self.sync.request_sync(requester)
+        return admitted
 
     # --- views -----------------------------------------------------------------------------
 
@@ -643,7 +453,7 @@ class LedgerService:
 
     def available(self) -> int:
         """Free credit minus what queued receipts will spend and what holds set aside."""
-        return self.free() - self.reserved - self._held
+        return self.free() - self.queue.reserved - self.queue.held
 
     def staked(self) -> int:
         acct = self.store.state.account(self.account)
@@ -678,7 +488,7 @@ class LedgerService:
             "paid": self.paid,
             "queued": self.queued(),
             "reserved": self.reserved / MICRO,
-            "held": self._held / MICRO,
+            "held": self.queue.held / MICRO,
             "claimed": self.claimed,
             "unpaid": self.unpaid,
             "repairs": self.repairs,

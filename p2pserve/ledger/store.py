@@ -1,21 +1,17 @@
-"""The ledger store: one SQLite file per node (``<data-dir>/ledger.sqlite3``) and the state
-replayed from it.
+"""The ledger store: a node's ledger file (:mod:`p2pserve.ledger.tables`: ``blocks``,
+``side``, ``proofs``, ``meta``) and the state replayed from it, with the intake of blocks
+from the network.
 
-Owns: the ``blocks`` table (raw canonical bytes plus indexed account, height and hash
-columns, in an order the rules accept), ``side`` (blocks of frozen accounts off their fork
-choice, bounded per account: the choice may change when a claim arrives), ``proofs`` (the
-lowest equivocation proof per frozen account) and ``meta`` (the network's
-:class:`~p2pserve.ledger.blocks.NetworkParams`, fixed at creation, and the schema version).
 Blocks waiting for a predecessor, a cited payment or time live in memory only
 (:class:`~p2pserve.ledger.pending.PendingPool`); sync fetches them again after a restart.
+The off-choice blocks of frozen accounts are kept (``side``, bounded per account): the
+fork choice may change when a claim arrives.
 
 Invariants: the in-memory ``state`` always equals :func:`p2pserve.ledger.forks.replay` of
 ``blocks`` + ``side`` + ``proofs``, which depends on that *set* only, so two nodes holding
 the same blocks hold the same state and fingerprint. Each append is one transaction
 (``append_many`` and each ``ingest`` batch: one transaction for many blocks), committed
-durably before anyone can see the state advanced (WAL with ``synchronous=FULL``: NORMAL
-would be corruption-safe too, but could lose the last commits on power loss, and a node
-that forgets a block it already gossiped would then equivocate at that height).
+durably before anyone can see the state advanced.
 
 Equivocation: a second block at a filled height stores a proof, keeps the new block in
 ``side`` and rebuilds the state under the account's fork choice (rare: O(history)). A
@@ -35,9 +31,7 @@ Not thread-safe: one store per node, used from one trio task at a time.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,50 +39,26 @@ from typing import Any
 from p2pserve.errors import InvalidBlock, MalformedMessage, StoreError
 from p2pserve.ledger import forks, rules
 from p2pserve.ledger.blocks import Block, ClaimBody, EquivocationProof, NetworkParams, UnstakeBody, decode_block
-from p2pserve.ledger.pending import DEFAULT_MAX_PENDING, DEFAULT_MAX_PENDING_PER_ACCOUNT, TIME_KEY, PendingPool
+from p2pserve.ledger.pending import (
+    DEFAULT_MAX_PENDING,
+    DEFAULT_MAX_PENDING_PER_ACCOUNT,
+    TIME_KEY,
+    PendingPool,
+    UnstakeWatch,
+)
 from p2pserve.ledger.rules import DEPENDENCY_REASONS, TIME_REASONS, Prepared
-from p2pserve.ledger.state import LedgerState
+from p2pserve.ledger.state import ForkView, LedgerState
+from p2pserve.ledger.tables import DB_NAME, StoredRow, Tables
 from p2pserve.wire.codec import decode
 
 __all__ = ["DB_NAME", "DEFAULT_MAX_PENDING", "IngestResult", "LedgerStore", "StoredRow"]
 
 log = logging.getLogger(__name__)
 
-DB_NAME = "ledger.sqlite3"
 FORK_WINDOW = 16
 """Blocks below a forked height a sync answer includes (repairs forks up to this deep per round)."""
 MAX_SIDE_PER_ACCOUNT = 256
 """Most off-choice blocks kept per frozen account (a cheater cannot fill the disk)."""
-_SCHEMA_VERSION = 2
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS blocks (
-    seq INTEGER PRIMARY KEY,
-    account TEXT NOT NULL,
-    height INTEGER NOT NULL,
-    hash BLOB NOT NULL UNIQUE,
-    raw BLOB NOT NULL,
-    UNIQUE (account, height)
-);
-CREATE TABLE IF NOT EXISTS side (hash BLOB PRIMARY KEY, account TEXT NOT NULL, height INTEGER NOT NULL, raw BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS side_by_account ON side (account);
-CREATE TABLE IF NOT EXISTS proofs (account TEXT PRIMARY KEY, raw BLOB NOT NULL);
-DROP TABLE IF EXISTS pending;
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class StoredRow:
-    """One row of ``blocks`` as stored (for audit: the columns are checked against ``raw``)."""
-
-    seq: int
-    account: str
-    height: int
-    hash: bytes
-    raw: bytes
-
-
 @dataclass(slots=True)
 class IngestResult:
     """What :meth:`LedgerStore.ingest` did with a batch."""
@@ -135,61 +105,24 @@ class LedgerStore:
         self.own_account = own_account
         ttl = max(10 * 60_000, params.unbonding_delay_ms + params.max_clock_skew_ms + 60_000)
         self.pending = PendingPool(max_total=max_pending, max_per_account=max_pending_per_account, ttl_ms=ttl)
-        self._unstake_seen: dict[bytes, int] = {}
-        """Back-dated unstake block hash -> our clock when we applied it (its local start)."""
-        self._online_since: int | None = None
-        """Our clock at the first block we took from the network (see ``_backdated``)."""
+        self.unstakes = UnstakeWatch(params)
         self._claims_citing: dict[str, dict[bytes, Prepared]] = {}
         self._frozen_blocks: dict[str, dict[bytes, Prepared]] = {}
         self.rebuilds = 0
         """How often the state was rebuilt under a new fork choice (rare; for tests and metrics)."""
         self.rejected_own: list[tuple[Block, str]] = []
         """Our own blocks a rebuild could no longer apply (the service logs and repairs)."""
+        self.tables = Tables(self.path, params)
         try:
-            if self.path != ":memory:":
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, isolation_level=None)
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"cannot open ledger store {self.path}: {exc}") from exc
-        try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._init_meta()
-            self._db.executescript(_SCHEMA)
             self.state = self._load()
-        except sqlite3.Error as exc:
-            self._db.close()
-            raise StoreError(f"ledger store {self.path}: {exc}") from exc
         except StoreError:
-            self._db.close()
+            self.tables.close()
             raise
 
     @classmethod
     def in_data_dir(cls, data_dir: Path | str, params: NetworkParams, **kw: Any) -> LedgerStore:
         """The store at ``<data_dir>/ledger.sqlite3``."""
         return cls(Path(data_dir) / DB_NAME, params, **kw)
-
-    def _init_meta(self) -> None:
-        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
-        row = self._db.execute("SELECT value FROM meta WHERE key='params'").fetchone()
-        if row is None:
-            with self._tx():
-                self._db.execute("INSERT INTO meta VALUES ('params', ?)", (self.params.encode(),))
-                self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(_SCHEMA_VERSION).encode(),))
-            return
-        schema = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        version = bytes(schema[0]).decode(errors="replace") if schema is not None else "?"
-        if version != str(_SCHEMA_VERSION):
-            raise StoreError(
-                f"{self.path} was written by another p2pserve version (ledger schema {version}, this one reads "
-                f"{_SCHEMA_VERSION}); move it away (the network's copy of your chain is pulled again on start)"
-            )
-        try:
-            stored = decode(bytes(row[0]), expect=NetworkParams)
-        except MalformedMessage as exc:
-            raise StoreError(f"{self.path}: unreadable network params: {exc}") from exc
-        if stored != self.params:
-            raise StoreError(f"{self.path} belongs to network {stored!r}, not {self.params!r}")
 
     # --- loading and rebuilding ----------------------------------------------------------------
 
@@ -203,7 +136,7 @@ class LedgerStore:
             if p.hash != row.hash or (p.block.account, p.block.height) != (row.account, row.height):
                 raise StoreError(f"{self.path}: block #{row.seq} does not match its stored columns")
             blocks.append(p)
-        side = [self._prepare_raw(raw) for raw in self._side_raws()]
+        side = [self._prepare_raw(raw) for raw in self.tables.side_raws()]
         res = self._replay(blocks, side)
         on_side = {s.hash for s in side}
         for bad, why in res.rejected + res.waiting:
@@ -214,7 +147,7 @@ class LedgerStore:
     def _replay(self, blocks: list[Prepared], side: list[Prepared]) -> forks.ReplayResult:
         """Replay ``blocks`` + ``side`` with every stored proof; rebuild the fork indexes."""
         proofs = []
-        for raw in self.proof_rows():
+        for raw in self.tables.proof_raws():
             try:
                 proofs.append(decode(raw, expect=EquivocationProof))
             except MalformedMessage as exc:
@@ -239,15 +172,11 @@ class LedgerStore:
         """Recompute the state from every stored block under the current fork choices and
         rewrite ``blocks`` and ``side`` to match (inside the current transaction)."""
         blocks = [self._prepare_raw(r.raw) for r in self.rows()]
-        side = [self._prepare_raw(raw) for raw in self._side_raws()]
+        side = [self._prepare_raw(raw) for raw in self.tables.side_raws()]
         res = self._replay(blocks, side)
         self.rebuilds += 1
-        self._db.execute("DELETE FROM blocks")
-        self._db.executemany(
-            "INSERT INTO blocks (account, height, hash, raw) VALUES (?, ?, ?, ?)",
-            [(p.block.account, p.block.height, p.hash, p.block.encode()) for p in res.applied],
-        )
-        self._db.execute("DELETE FROM side")
+        self.tables.replace_blocks(res.applied)
+        self.tables.clear_side()
         for p in res.side:
             self._insert_side(p)
         for p, exc in res.waiting:
@@ -264,45 +193,13 @@ class LedgerStore:
         except (MalformedMessage, InvalidBlock) as exc:
             raise StoreError(f"{self.path}: corrupt stored block: {exc}") from exc
 
-    # --- transactions ------------------------------------------------------------------------
+    def _batch(self) -> Any:
+        """One durable transaction; on failure the state is rebuilt from the file."""
 
-    @contextmanager
-    def _tx(self) -> Iterator[None]:
-        """One transaction; inside another (an ingest batch) it joins that one."""
-        if self._db.in_transaction:
-            yield
-            return
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        def reload() -> None:
+            self.state = self._load()
 
-    @contextmanager
-    def _batch(self) -> Iterator[None]:
-        """One durable transaction around several appends; the in-memory state advances with
-        each (no await can happen inside, so nobody sees it ahead of the file). On any
-        failure the transaction is rolled back and the state rebuilt from the file; an
-        SQLite failure is raised as StoreError."""
-        if self._db.in_transaction:
-            yield
-            return
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            yield
-            self._db.execute("COMMIT")
-        except BaseException as exc:
-            try:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                self.state = self._load()
-            except (sqlite3.Error, StoreError):
-                pass
-            if isinstance(exc, sqlite3.Error):
-                raise StoreError(f"cannot write to {self.path}: {exc}") from exc
-            raise
+        return self.tables.batch(reload)
 
     # --- writes ------------------------------------------------------------------------------
 
@@ -340,7 +237,7 @@ class LedgerStore:
 
     def _apply(self, p: Prepared, now_ms: int | None) -> None:
         """Check and apply one block inside the current transaction (raises InvalidBlock)."""
-        pl = rules.plan(p, self.state, now_ms=now_ms, not_before=self._not_before)
+        pl = rules.plan(p, self.state, now_ms=now_ms, not_before=self.unstakes.not_before)
         if pl.void is not None:
             body = p.body
             assert isinstance(body, ClaimBody)
@@ -358,38 +255,17 @@ class LedgerStore:
         self._after_apply(p, now_ms)
 
     def _insert(self, p: Prepared) -> None:
-        self._db.execute(
-            "INSERT INTO blocks (account, height, hash, raw) VALUES (?, ?, ?, ?)",
-            (p.block.account, p.block.height, p.hash, p.block.encode()),
-        )
+        self.tables.insert_block(p)
 
     def _after_apply(self, p: Prepared, now_ms: int | None) -> None:
         body = p.body
         if now_ms is None:
             return
-        if self._online_since is None:
-            self._online_since = now_ms
-        if isinstance(body, UnstakeBody) and self._backdated(p.block.timestamp_ms, now_ms):
-            self._unstake_seen[p.hash] = now_ms
+        self.unstakes.applied(now_ms)
+        if isinstance(body, UnstakeBody):
+            self.unstakes.seen(p.hash, p.block.timestamp_ms, now_ms)
         if isinstance(body, ClaimBody) and body.source_account in self._claims_citing:
             self._claims_citing[body.source_account][p.hash] = p
-
-    def _backdated(self, timestamp_ms: int, now_ms: int) -> bool:
-        """Whether an unstake dated ``timestamp_ms`` and first seen now looks dated back.
-
-        An honest unstake reaches a live node within the skew of its timestamp. One dated
-        further back is either dated back on purpose (to shorten unbonding) or one this node
-        missed while catching up. A node online for longer than the delay would not have
-        missed it, so it holds such an unstake's release to its own clock; a node that is
-        still catching up does not (it would otherwise lag the network by the delay)."""
-        assert self._online_since is not None
-        grown_up = now_ms - self._online_since > self.params.unbonding_delay_ms + self.params.max_clock_skew_ms
-        return grown_up and timestamp_ms < now_ms - self.params.max_clock_skew_ms
-
-    def _not_before(self, unstake: bytes) -> int | None:
-        """Our own earliest release of an unstake: when we first applied it + the delay."""
-        seen = self._unstake_seen.get(unstake)
-        return None if seen is None else seen + self.params.unbonding_delay_ms
 
     def add_proof(self, proof: EquivocationProof) -> bool:
         """Keep a proof and freeze its account (or lower its fork height); False if it adds
@@ -398,26 +274,19 @@ class LedgerStore:
         current = self.state.fork(proof.account)
         if current is not None and current.height <= proof.height:
             return False
-        try:
-            with self._batch():
-                self._db.execute("INSERT OR REPLACE INTO proofs VALUES (?, ?)", (proof.account, proof.encode()))
-                for b in (proof.first, proof.second):
-                    if self.state.hash_at(b.account, b.height) != b.digest():
-                        self._insert_side(rules.prepare(b))
-                self._rebuild()
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot store proof in {self.path}: {exc}") from exc
+        with self._batch():
+            self.tables.put_proof(proof.account, proof.encode())
+            for b in (proof.first, proof.second):
+                if self.state.hash_at(b.account, b.height) != b.digest():
+                    self._insert_side(rules.prepare(b))
+            self._rebuild()
         return True
 
     def rollback(self, account: str, from_height: int) -> list[Block]:
         """Drop ``account``'s blocks at ``from_height`` and above (our own chain, when the
         network holds another one) and rebuild; the blocks dropped, lowest first."""
         with self._batch():
-            rows = self._db.execute(
-                "SELECT raw FROM blocks WHERE account = ? AND height >= ? ORDER BY height", (account, from_height)
-            ).fetchall()
-            dropped = [self._prepare_raw(bytes(r[0])).block for r in rows]
-            self._db.execute("DELETE FROM blocks WHERE account = ? AND height >= ?", (account, from_height))
+            dropped = [self._prepare_raw(raw).block for raw in self.tables.delete_chain_from(account, from_height)]
             self._rebuild()
         return dropped
 
@@ -505,7 +374,7 @@ class LedgerStore:
         if current is not None and current.height <= b.height:
             self._refork(b.account, p)
             return
-        self._db.execute("INSERT OR REPLACE INTO proofs VALUES (?, ?)", (b.account, proof.encode()))
+        self.tables.put_proof(b.account, proof.encode())
         self._rebuild()
         res.proofs.append(proof)
 
@@ -525,7 +394,7 @@ class LedgerStore:
         elif current is not None and dict(view.side) != dict(current.side):
             self.state = rules.apply_proof(self.state.core.frozen[account], self.state, view)
 
-    def _choose(self, account: str, extra: Prepared | None = None) -> Any:
+    def _choose(self, account: str, extra: Prepared | None = None) -> ForkView:
         current = self.state.fork(account)
         assert current is not None
         claims = list(self._claims_citing.get(account, {}).values())
@@ -534,12 +403,8 @@ class LedgerStore:
         return forks.choose(account, current.height, self._frozen_blocks.get(account, {}).values(), claims)
 
     def _insert_side(self, p: Prepared) -> None:
-        (n,) = self._db.execute("SELECT COUNT(*) FROM side WHERE account = ?", (p.block.account,)).fetchone()
-        if n >= MAX_SIDE_PER_ACCOUNT:
+        if not self.tables.insert_side(p, MAX_SIDE_PER_ACCOUNT):
             return
-        self._db.execute(
-            "INSERT OR IGNORE INTO side VALUES (?, ?, ?, ?)", (p.hash, p.block.account, p.block.height, p.block.encode())
-        )
         view = self.state.fork(p.block.account)
         if view is not None and p.block.height >= view.height:
             self._frozen_blocks.setdefault(p.block.account, {})[p.hash] = p
@@ -558,57 +423,29 @@ class LedgerStore:
 
     def missing(self) -> dict[str, int]:
         """``account -> lowest height wanted`` for chains that pending blocks are waiting on."""
-        out: dict[str, int] = {}
-
-        def want(account: str, height: int) -> None:
-            head = self.state.account(account)
-            lowest = 0 if head is None else head.height + 1
-            if height >= lowest:
-                out[account] = min(out.get(account, lowest), lowest)
-
-        for p, key in self.pending.waits():
-            if key[0] == "h":
-                want(p.block.account, p.block.height)
-        for account, height in self.pending.claims_waiting():
-            want(account, height)
-        return out
+        return self.pending.missing(self.state)
 
     def wanted_hashes(self) -> list[bytes]:
         """Hashes of the payments pending claims cite (to ask peers for them by hash)."""
-        return [k[1] for k in self.pending.keys() if k[0] == "p" and isinstance(k[1], bytes)]
+        return self.pending.wanted_payments()
 
     def blocks_by_hash(self, hashes: Sequence[bytes]) -> list[bytes]:
         """Raw blocks (applied or on the side) with these hashes, those we have."""
-        out = []
-        for h in hashes:
-            row = self._query_one("SELECT raw FROM blocks WHERE hash = ?", (h,)) or self._query_one(
-                "SELECT raw FROM side WHERE hash = ?", (h,)
-            )
-            if row is not None:
-                out.append(bytes(row[0]))
-        return out
+        return self.tables.raws_by_hash(hashes)
 
     def heads(self) -> dict[str, tuple[int, bytes]]:
         """``account -> (height, hash)`` of each chain's newest block."""
         return self.state.heads()
 
     def block_at(self, account: str, height: int) -> Block | None:
-        row = self._query_one("SELECT raw FROM blocks WHERE account = ? AND height = ?", (account, height))
-        return None if row is None else self._decode(bytes(row[0]))
+        return self.tables.block_at(account, height)
 
     def get(self, block_hash: bytes) -> Block | None:
-        row = self._query_one("SELECT raw FROM blocks WHERE hash = ?", (block_hash,))
-        return None if row is None else self._decode(bytes(row[0]))
+        return self.tables.get(block_hash)
 
     def blocks_after(self, account: str, height: int, limit: int) -> list[Block]:
         """Up to ``limit`` blocks of ``account`` above ``height`` (-1: from its open), in order."""
-        try:
-            rows = self._db.execute(
-                "SELECT raw FROM blocks WHERE account = ? AND height > ? ORDER BY height LIMIT ?", (account, height, limit)
-            ).fetchall()
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: {exc}") from exc
-        return [self._decode(bytes(r[0])) for r in rows]
+        return self.tables.blocks_after(account, height, limit)
 
     def raw_blocks_missing(self, heads: dict[str, tuple[int, bytes]], *, skip: str | None = None) -> Iterator[bytes]:
         """Raw blocks the asker lacks, in acceptance order (each after what it depends on).
@@ -618,78 +455,39 @@ class LedgerStore:
         last :data:`FORK_WINDOW` blocks of that chain up to its height are sent too, so
         the asker sees the fork. Reads only the chains concerned (indexed by account), not
         the whole table. ``skip`` names an account left out."""
-        wanted: list[tuple[int, bytes]] = []
         state = self.state
-        try:
-            for account, (height, _) in state.heads().items():
-                if account == skip:
-                    continue
-                theirs, their_hash = heads.get(account, (-1, b""))
-                if 0 <= theirs <= height and state.hash_at(account, theirs) != their_hash:
-                    theirs = max(-1, theirs - FORK_WINDOW)
-                if height > theirs:
-                    wanted += self._db.execute(
-                        "SELECT seq, raw FROM blocks WHERE account = ? AND height > ?", (account, theirs)
-                    ).fetchall()
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: {exc}") from exc
-        wanted.sort()
-        for _, raw in wanted:
-            yield bytes(raw)
+        above: dict[str, int] = {}
+        for account, (height, _) in state.heads().items():
+            if account == skip:
+                continue
+            theirs, their_hash = heads.get(account, (-1, b""))
+            if 0 <= theirs <= height and state.hash_at(account, theirs) != their_hash:
+                theirs = max(-1, theirs - FORK_WINDOW)
+            if height > theirs:
+                above[account] = theirs
+        yield from self.tables.chains_above(above)
 
     def rows(self) -> Iterator[StoredRow]:
         """Every stored block row in acceptance order (raw bytes, unchecked)."""
-        try:
-            cur = self._db.execute("SELECT seq, account, height, hash, raw FROM blocks ORDER BY seq")
-            for seq, account, height, h, raw in cur:
-                yield StoredRow(seq, account, height, bytes(h), bytes(raw))
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: {exc}") from exc
-
-    def _side_raws(self) -> list[bytes]:
-        try:
-            return [bytes(r[0]) for r in self._db.execute("SELECT raw FROM side ORDER BY account, height, hash")]
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: {exc}") from exc
+        return self.tables.rows()
 
     def side_block(self, block_hash: bytes) -> Block | None:
         """An off-choice block of a frozen account, by hash."""
-        row = self._query_one("SELECT raw FROM side WHERE hash = ?", (block_hash,))
-        return None if row is None else self._decode(bytes(row[0]))
+        return self.tables.side_block(block_hash)
 
     def side_rows(self) -> list[bytes]:
         """Raw off-choice blocks of frozen accounts (sync and audit send them along)."""
-        return self._side_raws()
+        return self.tables.side_raws()
 
     def proof_rows(self) -> list[bytes]:
-        try:
-            return [bytes(r[0]) for r in self._db.execute("SELECT raw FROM proofs ORDER BY account")]
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: {exc}") from exc
+        return self.tables.proof_raws()
 
     def count(self) -> int:
-        return int(self._query_one("SELECT COUNT(*) FROM blocks")[0])
-
-    def _query_one(self, sql: str, args: tuple[object, ...] = ()) -> Any:
-        """The first row (a tuple), or None."""
-        try:
-            row = self._db.execute(sql, args).fetchone()
-            return row
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: {exc}") from exc
-
-    def _decode(self, raw: bytes) -> Block:
-        try:
-            return decode_block(raw)
-        except MalformedMessage as exc:
-            raise StoreError(f"{self.path}: corrupt stored block: {exc}") from exc
+        return self.tables.count()
 
     def close(self) -> None:
         """Close the file (idempotent)."""
-        try:
-            self._db.close()
-        except sqlite3.Error:  # pragma: no cover
-            pass
+        self.tables.close()
 
     def __enter__(self) -> LedgerStore:
         return self
