@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import multiaddr
 import trio
@@ -95,52 +95,13 @@ async def open_libp2p_transport(
     same task.
     """
     _configure_process()
-    if not listen_addrs:
-        raise ConfigError("at least one listen address is required")
-    listen = [_parse_listen_addr(a) for a in listen_addrs]
-    for addr in listen:
-        _probe_port(addr)
-    for a in announce_addrs or ():
-        try:
-            multiaddr.Multiaddr(_strip_p2p(a))
-        except Exception as exc:
-            raise ConfigError(f"announce address {a!r} is not a multiaddr: {exc}") from exc
-    key_pair = create_new_key_pair(signer.seed)
-    libp2p_id = ID.from_pubkey(key_pair.public_key)
-    if libp2p_id.to_base58() != signer.peer_id:  # both derive from the same Ed25519 key
-        raise ConfigError(f"libp2p peer id {libp2p_id} differs from signer peer id {signer.peer_id}")
-
+    listen = _check_addrs(signer, listen_addrs, announce_addrs)
     transport: Libp2pTransport | None = None
 
     def addrs_factory(candidates: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
         return transport._addrs_factory(candidates) if transport is not None else candidates
 
-    try:
-        host = new_host(
-            key_pair=key_pair,
-            sec_opt={NOISE_PROTOCOL_ID: NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)},
-            muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
-            listen_addrs=listen,  # only selects the transports (TCP)
-            connection_config=ConnectionConfig(dial_timeout=dial_timeout),
-            addrs_factory=addrs_factory,
-        )
-        degree, degree_low, degree_high = gossip_degree
-        gossipsub = GossipSub(
-            protocols=[MESHSUB_V11, MESHSUB_V10],  # no v1.2: IDONTWANT costs an RPC per message
-            degree=degree,
-            degree_low=degree_low,
-            degree_high=degree_high,
-            # the library default heartbeat (120 s) never repairs a mesh
-            heartbeat_interval=gossip_heartbeat,  # type: ignore[arg-type]  # typed int; floats work
-            prune_back_off=5,  # default 60 s starves small meshes after a prune
-            unsubscribe_back_off=5,
-            adaptive_gossip_enabled=False,  # would stretch the heartbeat to 30-60 s
-            spam_protection_enabled=False,  # would stop forwarding beyond 10 msg/s
-        )
-        pubsub = Pubsub(host, gossipsub)  # strict_signing=True
-        _disable_auto_connector(host)
-    except Exception as exc:
-        raise ConfigError(f"cannot build the libp2p host: {exc!r}") from exc
+    host, pubsub, gossipsub = _build_host(signer, listen, addrs_factory, gossip_heartbeat, gossip_degree, dial_timeout)
     transport = Libp2pTransport(
         host,
         pubsub,
@@ -180,6 +141,66 @@ async def open_libp2p_transport(
             raise
     if unwrapped is not None:
         raise unwrapped
+
+
+def _check_addrs(
+    signer: Signer, listen_addrs: Sequence[str], announce_addrs: Sequence[str] | None
+) -> list[multiaddr.Multiaddr]:
+    """The listen multiaddrs, after checking every address and the key (ConfigError)."""
+    if not listen_addrs:
+        raise ConfigError("at least one listen address is required")
+    listen = [_parse_listen_addr(a) for a in listen_addrs]
+    for addr in listen:
+        _probe_port(addr)
+    for a in announce_addrs or ():
+        try:
+            multiaddr.Multiaddr(_strip_p2p(a))
+        except Exception as exc:
+            raise ConfigError(f"announce address {a!r} is not a multiaddr: {exc}") from exc
+    key_pair = create_new_key_pair(signer.seed)
+    libp2p_id = ID.from_pubkey(key_pair.public_key)
+    if libp2p_id.to_base58() != signer.peer_id:  # both derive from the same Ed25519 key
+        raise ConfigError(f"libp2p peer id {libp2p_id} differs from signer peer id {signer.peer_id}")
+    return listen
+
+
+def _build_host(
+    signer: Signer,
+    listen: list[multiaddr.Multiaddr],
+    addrs_factory: Callable[[list[multiaddr.Multiaddr]], list[multiaddr.Multiaddr]],
+    gossip_heartbeat: float,
+    gossip_degree: tuple[int, int, int],
+    dial_timeout: float,
+) -> tuple[IHost, Pubsub, GossipSub]:
+    """The host (TCP, Noise, Yamux) and gossipsub v1.1 with the settings 0.8.1 needs."""
+    key_pair = create_new_key_pair(signer.seed)
+    try:
+        host = new_host(
+            key_pair=key_pair,
+            sec_opt={NOISE_PROTOCOL_ID: NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)},
+            muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+            listen_addrs=listen,  # only selects the transports (TCP)
+            connection_config=ConnectionConfig(dial_timeout=dial_timeout),
+            addrs_factory=addrs_factory,
+        )
+        degree, degree_low, degree_high = gossip_degree
+        gossipsub = GossipSub(
+            protocols=[MESHSUB_V11, MESHSUB_V10],  # no v1.2: IDONTWANT costs an RPC per message
+            degree=degree,
+            degree_low=degree_low,
+            degree_high=degree_high,
+            # the library default heartbeat (120 s) never repairs a mesh
+            heartbeat_interval=gossip_heartbeat,  # type: ignore[arg-type]  # typed int; floats work
+            prune_back_off=5,  # default 60 s starves small meshes after a prune
+            unsubscribe_back_off=5,
+            adaptive_gossip_enabled=False,  # would stretch the heartbeat to 30-60 s
+            spam_protection_enabled=False,  # would stop forwarding beyond 10 msg/s
+        )
+        pubsub = Pubsub(host, gossipsub)  # strict_signing=True
+        _disable_auto_connector(host)
+    except Exception as exc:
+        raise ConfigError(f"cannot build the libp2p host: {exc!r}") from exc
+    return host, pubsub, gossipsub
 
 
 async def _run_host(
