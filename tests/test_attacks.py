@@ -27,13 +27,13 @@ from p2pserve.ledger import audit, rules
 from p2pserve.ledger.blocks import ZERO_HASH, EquivocationProof, OpenBody, PayBody, StakeBody, VerdictBody, make_block
 from p2pserve.ledger.state import fingerprint
 from p2pserve.ledger.store import LedgerStore
-from p2pserve.ledger.sync import blocks_topic
 from p2pserve.net.framed import FramedStream
 from p2pserve.node import Node
 from p2pserve.serving.service import INFER_PROTOCOL, Completed
 from p2pserve.sim.cluster import Cluster, open_cluster
 from p2pserve.testing.ledger import make_receipt
 from p2pserve.wire.messages import InferRequest, Receipt, Reject
+from p2pserve.wire.sync import blocks_topic
 from tests.serve_harness import Hang, ScriptedBackend
 from transports.memory import MemoryNetwork
 

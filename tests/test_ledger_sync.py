@@ -16,8 +16,9 @@ from p2pserve.crypto import Signer
 from p2pserve.ledger.blocks import Block, StakeBody
 from p2pserve.ledger.rules import fingerprint
 from p2pserve.ledger.store import LedgerStore
-from p2pserve.ledger.sync import LedgerSync, blocks_topic
+from p2pserve.ledger.sync import LedgerSync
 from p2pserve.testing.ledger import CREDIT, TEST_PARAMS, World
+from p2pserve.wire.sync import blocks_topic
 from transports.memory import MemoryNetwork, MemoryTransport
 
 

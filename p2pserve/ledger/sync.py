@@ -43,80 +43,25 @@ from p2pserve.errors import (
 )
 from p2pserve.ledger.blocks import Block, EquivocationProof, decode_block
 from p2pserve.ledger.store import IngestResult, LedgerStore
+from p2pserve.net.exchange import open_framed
 from p2pserve.net.framed import FramedStream
 from p2pserve.transport import PeerEvent, PubsubMessage, Stream, Transport
-from p2pserve.wire.codec import MAX_ITEMS, Message, decode, message
+from p2pserve.wire.codec import MAX_ITEMS, Message, decode
 from p2pserve.wire.limits import DEFAULT_LIMITS, Limits
+from p2pserve.wire.sync import (
+    MAX_PROOFS,
+    MAX_WANTS,
+    SYNC_PROTOCOL,
+    SyncBatch,
+    SyncDone,
+    SyncHead,
+    SyncHeads,
+    blocks_topic,
+)
 
-__all__ = [
-    "SYNC_PROTOCOL",
-    "LedgerSync",
-    "SyncBatch",
-    "SyncDone",
-    "SyncHead",
-    "SyncHeads",
-    "blocks_topic",
-]
+__all__ = ["SYNC_PROTOCOL", "LedgerSync", "blocks_topic"]
 
 log = logging.getLogger(__name__)
-
-SYNC_PROTOCOL = "/p2pserve/sync/1"
-
-
-def blocks_topic(network_id: str) -> str:
-    return f"/p2pserve/{network_id}/blocks/1"
-
-
-@message(40)
-class SyncHead(Message):
-    """The requester holds ``account``'s chain up to ``height`` (inclusive), ending in the
-    block ``hash``: a responder holding another block there sends its own recent blocks of
-    that chain, so a fork at equal heights is seen (an equivocation, or a stale copy of
-    the requester's own chain)."""
-
-    account: str
-    height: int
-    hash: bytes
-
-
-MAX_WANTS = 64
-"""Most blocks a sync request may ask for by hash."""
-
-
-@message(41)
-class SyncHeads(Message):
-    """Sync request: the requester's heads (at most MAX_ITEMS accounts), and the hashes of
-    blocks it waits for (payments its pending claims cite): those may sit at heights it
-    already fills with another block (an equivocator's other branch), which heads alone
-    would never fetch."""
-
-    network_id: str
-    heads: tuple[SyncHead, ...]
-    wants: tuple[bytes, ...]
-
-    def _check(self) -> None:
-        if len(self.wants) > MAX_WANTS or any(len(w) != 32 for w in self.wants):
-            raise MalformedMessage(f"at most {MAX_WANTS} wanted block hashes of 32 bytes")
-
-
-@message(42)
-class SyncBatch(Message):
-    """Blocks the requester lacks, canonical encodings, in an order the rules accept."""
-
-    blocks: tuple[bytes, ...]
-
-    def _check(self) -> None:
-        if len(self.blocks) > DEFAULT_LIMITS.max_blocks_per_batch:
-            raise MalformedMessage(f"more than {DEFAULT_LIMITS.max_blocks_per_batch} blocks in a batch")
-
-
-@message(43)
-class SyncDone(Message):
-    """End of a sync answer; ``more`` says the responder stopped at its session limit."""
-
-    more: bool
-    proofs: tuple[bytes, ...]
-    """Equivocation proofs the responder keeps (so frozen accounts propagate too)."""
 
 
 class LedgerSync:
@@ -365,8 +310,9 @@ class LedgerSync:
         return applied
 
     async def _one_round(self, peer_id: str) -> tuple[int, bool]:
-        stream = await self.transport.open_stream(peer_id, SYNC_PROTOCOL)
-        fs = FramedStream(stream, self.limits.max_frame)
+        fs = await open_framed(
+            self.transport, peer_id, SYNC_PROTOCOL, connect_s=self.timeout, max_frame=self.limits.max_frame
+        )
         applied = 0
         try:
             heads = sorted(self.store.heads().items())
@@ -379,7 +325,7 @@ class LedgerSync:
             while True:
                 msg = await fs.recv((SyncBatch, SyncDone), timeout=self.timeout)
                 if isinstance(msg, SyncDone):
-                    for raw in msg.proofs[:64]:
+                    for raw in msg.proofs:
                         try:
                             self.store.add_proof(decode(raw, expect=EquivocationProof))
                         except (MalformedMessage, P2PServeError):
@@ -429,7 +375,7 @@ class LedgerSync:
             side = self.store.side_rows()[: self.max_side_per_session]
             for start in range(0, len(side), self.limits.max_blocks_per_batch):
                 await fs.send(SyncBatch(tuple(side[start : start + self.limits.max_blocks_per_batch])), timeout=self.timeout)
-            await fs.send(SyncDone(more, tuple(self.store.proof_rows()[:64])), timeout=self.timeout)
+            await fs.send(SyncDone(more, tuple(self.store.proof_rows()[:MAX_PROOFS])), timeout=self.timeout)
         except (TransportError, ProtocolError) as exc:
             log.info("sync request from %s failed: %s", stream.remote_peer, exc)
         finally:
