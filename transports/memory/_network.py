@@ -19,7 +19,8 @@ Model and invariants:
 Where the rest lives: ``_streams`` (:class:`MemoryStream` and its pipes: stream
 timing, back pressure, resets), ``_queues`` (:class:`MemorySubscription` and the
 peer-event iterators), ``_transport`` (:class:`MemoryTransport`: dialing, handlers,
-gossip, vanishing). This module owns the network: links, partitions and membership.
+gossip, vanishing), ``_timers`` (deadlines the pubsub pumps share). This module owns the
+network: links, partitions and membership.
 
 Addresses are ``/memory/<n>/p2p/<peer id>``, ``n`` unique per transport instance in the
 network (a restarted peer gets a new ``n``). Peer IDs are any strings (normally a
@@ -42,6 +43,7 @@ from p2pserve.errors import DialError, TransportError
 from p2pserve.transport import PeerEvent
 from transports.memory._queues import MemorySubscription
 from transports.memory._streams import MemoryStream, _Pipe
+from transports.memory._timers import SharedTimers
 from transports.memory._transport import MemoryTransport
 
 __all__ = ["LinkSpec", "MemoryNetwork", "MemoryStream", "MemorySubscription", "MemoryTransport"]
@@ -108,6 +110,7 @@ class MemoryNetwork:
         self._cuts: list[tuple[frozenset[str], frozenset[str]]] = []
         self._heal_lot = trio.lowlevel.ParkingLot()
         self._waiting_for_heal: weakref.WeakSet[_Pipe] = weakref.WeakSet()
+        self._timers = SharedTimers()  # pumps waiting for the same arrival time share one timeout
 
     # -- links ---------------------------------------------------------------------------
 

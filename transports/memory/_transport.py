@@ -241,13 +241,14 @@ class MemoryTransport:
         self._check_open()
         await trio.lowlevel.checkpoint()
         mid = (self._peer_id, next(self._pub_seq))
-        self._mark_seen(mid)
+        now = trio.current_time()
+        self._mark_seen(mid, now)
         msg = PubsubMessage(topic, self._peer_id, bytes(data))
         if not self._validate(msg):
             log.debug("own message on %s rejected by a local validator", topic)
             return
         self._deliver(msg)
-        self._forward(mid, msg, exclude=None)
+        self._forward(mid, msg, None, now)
 
     def _validate(self, msg: PubsubMessage) -> bool:
         for sub in self._subs.get(msg.topic, ()):
@@ -266,22 +267,24 @@ class MemoryTransport:
         for sub in list(self._subs.get(msg.topic, ())):
             sub._push(msg)
 
-    def _forward(self, mid: tuple[str, int], msg: PubsubMessage, exclude: str | None) -> None:
+    def _forward(self, mid: tuple[str, int], msg: PubsubMessage, exclude: str | None, now: float) -> None:
         network = self.network
-        now = trio.current_time()
+        alive = network._alive
         relay_all = network.relay_unsubscribed
         tick = network.pubsub_tick
+        # every link is the default one unless links were set or a model given: skip the lookups
+        uniform = network.default_link if not network._links and network.link_model is None else None
         for peer in self._peers:
             if peer == exclude:
                 continue
-            target = network._alive.get(peer)
+            target = alive.get(peer)
             if target is None or mid in target._seen or mid in target._pending:
                 continue  # it has the message or a copy on its way (first sent, first kept)
             if not relay_all and msg.topic not in target._subs:
                 continue  # gossipsub only sends a topic to peers subscribed to it
             if network._cuts and network.blocked(self._peer_id, peer):
                 continue
-            spec = network.link(self._peer_id, peer)
+            spec = uniform if uniform is not None else network.link(self._peer_id, peer)
             at = now + spec.latency
             if spec.loss or spec.jitter:  # the draws are hashes, so skipping unused ones changes nothing
                 u_loss, u_jitter = _unit_draws(network.seed, mid[0], mid[1], self._peer_id, peer)
@@ -299,8 +302,7 @@ class MemoryTransport:
         if self._inbox[0] is item:
             self._inbox_lot.unpark_all()
 
-    def _mark_seen(self, mid: tuple[str, int]) -> None:
-        now = trio.current_time()
+    def _mark_seen(self, mid: tuple[str, int], now: float) -> None:
         order = self._seen_order
         while order and order[0][0] <= now:
             self._seen.discard(order.popleft()[1])
@@ -315,27 +317,26 @@ class MemoryTransport:
                 await self._inbox_lot.park()
                 continue
             now = trio.current_time()
-            if inbox[0][0] > now:
-                with trio.move_on_at(inbox[0][0]):
-                    await self._inbox_lot.park()
+            if inbox[0][0] > now:  # woken at that time, or by _enqueue with an earlier arrival
+                await self.network._timers.wait(inbox[0][0], self._inbox_lot)
                 continue
             while inbox and inbox[0][0] <= now:
                 _, _, mid, msg, src = heapq.heappop(inbox)
-                self._receive(mid, msg, src)
+                self._receive(mid, msg, src, now)
 
-    def _receive(self, mid: tuple[str, int], msg: PubsubMessage, src: str) -> None:
+    def _receive(self, mid: tuple[str, int], msg: PubsubMessage, src: str, now: float) -> None:
         self._pending.pop(mid, None)
         if self._closed or mid in self._seen:
             return
-        if src not in self._peers or self.network.blocked(src, self._peer_id):
+        if src not in self._peers or (self.network._cuts and self.network.blocked(src, self._peer_id)):
             return
         if msg.topic not in self._subs and not self.network.relay_unsubscribed:
             return
-        self._mark_seen(mid)
+        self._mark_seen(mid, now)
         if not self._validate(msg):
             return
         self._deliver(msg)
-        self._forward(mid, msg, exclude=src)
+        self._forward(mid, msg, src, now)
 
     # -- lifetime --------------------------------------------------------------------------
 
