@@ -5,7 +5,12 @@ from __future__ import annotations
 import trio
 
 from p2pserve.config import parse_config
+from p2pserve.crypto import Signer
+from p2pserve.membership.gossip import GossipService
+from p2pserve.membership.table import PeerTable
 from p2pserve.sim.cluster import open_cluster
+from p2pserve.wire.messages import Status
+from tests.conftest import signer_for
 from transports.memory import MemoryNetwork
 
 N = 50
@@ -69,3 +74,40 @@ async def test_membership_is_deterministic(autojump_clock: trio.abc.Clock) -> No
             return sorted((n.peer_id, len(n.transport.connected_peers())) for n in cluster.nodes)
 
     assert await run() == await run()
+
+
+def interval_status(signer: Signer, seq: int, interval_ms: int) -> Status:
+    return Status("devnet", signer.peer_id, seq, 0, (), (), True, 0, 0, 0, b"", interval_ms, b"").signed(signer)
+
+
+async def test_maintenance_expires_on_the_deadline_and_sleeps_between(autojump_clock: trio.abc.Clock) -> None:
+    """A silent peer goes within a quarter interval after its ttl, a peer whose declared
+    interval grew is kept for its longer ttl, and the maintenance loop does not wake every
+    tick in between."""
+    me, a, b = signer_for("me"), signer_for("a"), signer_for("b")
+    changes: list[tuple[str, bool, float]] = []
+    async with MemoryNetwork(seed=1).open_transport(me) as transport, trio.open_nursery() as nursery:
+        peers = PeerTable(me.peer_id, "devnet", 6.0, ttl_intervals=3)
+        g = GossipService(transport, me, peers, interval=2.0)
+        g.on_peer_change = lambda pid, up: changes.append((pid, up, trio.current_time()))
+        wakes = 0
+        real_expire = peers.expire
+
+        def counting_expire(now: float) -> list[str]:
+            nonlocal wakes
+            wakes += 1
+            return real_expire(now)
+
+        peers.expire = counting_expire  # type: ignore[method-assign]
+        await nursery.start(g.run)
+        t0 = trio.current_time()
+        peers.update(interval_status(a, 1, 2000), t0)  # ttl 6 s
+        peers.update(interval_status(b, 1, 2000), t0)
+        await trio.sleep(3)
+        peers.update(interval_status(b, 2, 10_000), trio.current_time())  # ttl now 30 s
+        await trio.sleep(40)
+        nursery.cancel_scope.cancel()
+    (a_gone, b_gone) = [(pid, t - t0) for pid, up, t in changes if not up]
+    assert a_gone[0] == a.peer_id and 6.0 < a_gone[1] <= 6.5
+    assert b_gone[0] == b.peer_id and 33.0 < b_gone[1] <= 33.5
+    assert wakes <= 40 / 2 + 4  # about one wake per base interval (to dial), not one per 0.5 s tick

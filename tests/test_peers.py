@@ -143,3 +143,16 @@ def test_expiry_matches_a_full_scan() -> None:
             want = sorted(e.peer_id for e in t.entries() if now - e.last_seen > t.ttl_of(e))
             assert sorted(t.expire(now)) == want
             assert all(now - e.last_seen <= t.ttl_of(e) for e in t.entries())
+
+
+def test_next_deadline_is_the_earliest_live_one() -> None:
+    t = PeerTable(ME.peer_id, "devnet", ttl=6, ttl_intervals=3)
+    assert t.next_deadline() is None
+    t.update(interval_status(A, 1, 2000), 0.0)  # deadline 6
+    t.update(interval_status(B, 1, 4000), 1.0)  # deadline 13
+    assert t.next_deadline() == 6.0
+    t.update(interval_status(A, 2, 2000), 9.0)  # A's 6 is superseded by 15
+    assert t.next_deadline() == 13.0
+    t.remove(B.peer_id)
+    assert t.next_deadline() == 15.0
+    assert t.expire(15.0) == [] and t.expire(15.5) == [A.peer_id] and t.next_deadline() is None

@@ -212,7 +212,18 @@ class GossipService:
             if now >= next_dial:
                 await self._dial_some()
                 next_dial = now + self.interval
-            await trio.sleep(tick)
+            await trio.sleep_until(self._next_maintenance(next_dial, tick))
+
+    def _next_maintenance(self, next_dial: float, tick: float) -> float:
+        """When the maintenance loop must wake: to dial, or ``tick`` after the earliest peer
+        deadline. Sleeping past a few ticks is safe: a status received meanwhile sets a
+        deadline at least ``ttl`` later, and the sleep never lasts longer than ``ttl``."""
+        now = trio.current_time()
+        wake = min(next_dial, now + self.peers.ttl)
+        deadline = self.peers.next_deadline()
+        if deadline is not None:
+            wake = min(wake, deadline + tick)
+        return max(wake, now + tick / 4)
 
     async def _dial_some(self) -> None:
         connected = self.transport.connected_peers()

@@ -153,9 +153,16 @@ class PeerTable:
         return gone
 
     def next_deadline(self) -> float | None:
-        """The earliest time :meth:`expire` may drop a peer (None with no peers); a lower bound,
-        since superseded deadlines linger in the heap until they surface."""
-        return self._deadlines[0][0] if self._deadlines else None
+        """The earliest deadline (``last_seen + ttl_of``) of a listed peer; None with no peers.
+        :meth:`expire` drops that peer at the first call strictly after it."""
+        heap, entries = self._deadlines, self._entries
+        while heap:
+            deadline, pid = heap[0]
+            entry = entries.get(pid)
+            if entry is not None and deadline == self._deadline(entry):
+                return deadline
+            heapq.heappop(heap)  # superseded or removed: nobody will miss it
+        return None
 
     def remove(self, peer_id: str) -> None:
         self._entries.pop(peer_id, None)
