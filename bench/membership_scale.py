@@ -11,7 +11,7 @@ node 0 first and the others bootstrapping from it. No requests: the nodes only g
     .venv/bin/python bench/membership_scale.py --nodes 100 --seconds 30 --profile /tmp/m.prof
     .venv/bin/python bench/membership_scale.py --nodes 50 100 200 500 --plot docs/img/membership_scale.png
 
-Prints per N: wall time (start-up, gossip, total), peak RSS, statuses published and
+Prints per N: wall time (start-up, gossip, total), CPU time of the run, peak RSS, statuses published and
 delivered to the receive loops, wall µs per delivered status, and how many nodes know every
 other node at the end (and the share of all (node, peer) pairs known).
 """
@@ -73,7 +73,9 @@ def run_one(n: int, seconds: float, seed: int, profile: str | None) -> dict[str,
         prof.dump_stats(profile)
     else:
         out = trio.run(_gossip_only, n, seconds, seed, clock=clock)
-    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out["peak_rss_mib"] = usage.ru_maxrss / 1024  # Linux: KiB
+    out["cpu_s"] = usage.ru_utime + usage.ru_stime  # steadier than wall time on shared cores
     return out
 
 
@@ -90,14 +92,14 @@ def run_fresh(n: int, seconds: float, seed: int, profile: str | None) -> dict[st
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    head = ("nodes", "start wall s", "gossip wall s", "total wall s", "peak RSS MiB", "published", "delivered",
+    head = ("nodes", "start wall s", "gossip wall s", "total wall s", "CPU s", "peak RSS MiB", "published", "delivered",
             "µs/delivery", "know all", "pairs known", "interval s")
     print(" | ".join(head))
     for r in rows:
         per = 1e6 * r["gossip_wall_s"] / max(1, r["delivered"])
         print(" | ".join((
             str(r["nodes"]), f"{r['startup_wall_s']:.2f}", f"{r['gossip_wall_s']:.2f}", f"{r['total_wall_s']:.2f}",
-            f"{r['peak_rss_mib']:.0f}", str(r["published"]), str(r["delivered"]), f"{per:.1f}",
+            f"{r.get('cpu_s', float('nan')):.2f}", f"{r['peak_rss_mib']:.0f}", str(r["published"]), str(r["delivered"]), f"{per:.1f}",
             f"{r['know_all']}/{r['nodes']}", f"{100 * r['pairs_known']:.1f}%", f"{r['interval_s']:.1f}",
         )))
 
