@@ -38,7 +38,7 @@ def seed_trio_scheduler(seed: int) -> None:
     r = getattr(_run, "_r", None)
     if not isinstance(r, random.Random) or not hasattr(_run, "_ALLOW_DETERMINISTIC_SCHEDULING"):
         raise RuntimeError(  # pragma: no cover - guards a trio upgrade
-            f"trio {trio.__version__} has no deterministic scheduling hook (trio._core._run._r)"
+            f"trio {getattr(trio, '__version__', '?')} has no deterministic scheduling hook (trio._core._run._r)"
         )
     # Sort each batch of runnable tasks by creation order before the (seeded) shuffle: the
     # order trio wakes tasks whose deadlines expire together follows id() (memory layout).
