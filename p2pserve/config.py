@@ -38,7 +38,7 @@ from p2pserve.errors import ConfigError, MalformedMessage
 from p2pserve.ledger.blocks import MAX_BODY, NetworkParams
 from p2pserve.policies import DispatchParams, PolicyParams
 from p2pserve.units import MICRO
-from p2pserve.wire.limits import Limits
+from p2pserve.wire.limits import DEFAULT_LIMITS, Limits
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -232,8 +232,11 @@ class NodeConfig:
 def _check_limits(limits: Limits) -> None:
     """Each limit is a positive count, and what travels inside something fits in it."""
     for f in dataclasses.fields(limits):
-        if getattr(limits, f.name) < 1:
-            _invalid(f"limits.{f.name}", "must be at least 1", getattr(limits, f.name))
+        value, cap = getattr(limits, f.name), getattr(DEFAULT_LIMITS, f.name)
+        if value < 1:
+            _invalid(f"limits.{f.name}", "must be at least 1", value)
+        if value > cap:  # peers' messages are only bounded by the protocol's caps; a node may only tighten
+            _invalid(f"limits.{f.name}", f"may not exceed the protocol's cap of {cap}", value)
     if 2 * limits.max_prompt >= limits.max_frame:
         _invalid("limits.max_prompt", "must be below max_frame / 2 (an infer request carries a body and "
                  "a continuation of up to max_prompt each in one frame)", limits.max_prompt)

@@ -8,7 +8,6 @@ and over the memory transport (tests and the simulator).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import trio
 
 from p2pserve.api.ledger import ledger_routes
 from p2pserve.api.openai import openai_routes
+from p2pserve.api.status import render_metrics, render_status
 from p2pserve.backends.base import Backend
 from p2pserve.backends.registry import BackendSpec, build_backend
 from p2pserve.clock import SYSTEM_CLOCK, Clock
@@ -87,7 +87,6 @@ class Node:
         if backends is None:
             backends = {spec.model_path: build_backend(spec) for spec in backend_specs(config)}
         self.backends = backends
-        models = {m.model_path: m for m in config.effective_models()}
         lp = config.ledger_params
         self.ledger = LedgerService(
             transport,
@@ -97,13 +96,20 @@ class Node:
             clock=clock,
             open_delay=sp.status_interval,
             claim_interval=sp.status_interval,
+            limits=config.limits,
         )
-        self.serve = ServeService(
-            transport,
-            signer,
+        self.serve = self._serve_service(replay_log)
+        self.started_at = 0.0
+
+    def _serve_service(self, replay_log: ReplayLog | None) -> ServeService:
+        sp = self.config.server_params
+        models = {m.model_path: m for m in self.config.effective_models()}
+        return ServeService(
+            self.transport,
+            self.signer,
             self.network_id,
             self.peers,
-            backends,
+            self.backends,
             load_policy(sp.policy, sp.policy_params),
             sp.policy_params,
             derive(self.seed, "serve"),
@@ -112,10 +118,10 @@ class Node:
             deadlines=Deadlines(request_s=sp.request_timeout),
             wallet=self.ledger,
             stake_of=self._stake_of,
-            clock=clock,
+            clock=self.clock,
             replay_log=replay_log,
+            limits=self.config.limits,
         )
-        self.started_at = 0.0
 
     @property
     def peer_id(self) -> str:
@@ -163,86 +169,12 @@ class Node:
     # -- views -----------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """The JSON served at ``/p2pserve/status``."""
-        now = trio.current_time()
-        peers = []
-        for e in self.peers.entries():
-            s = e.status
-            peers.append(
-                {
-                    "peer_id": s.peer_id,
-                    "addrs": list(s.addrs),
-                    "models": [m.name for m in s.models],
-                    "load": {
-                        "running": s.running,
-                        "queued": s.queued,
-                        "token_usage": {m.name: m.token_usage for m in s.models},
-                    },
-                    "accepting": s.accepting,
-                    "stake": s.stake / MICRO,
-                    "last_seen_s": round(now - e.last_seen, 3),
-                    "connected": s.peer_id in self.transport.connected_peers(),
-                    "frozen": self.peers.is_frozen(s.peer_id),
-                }
-            )
-        return {
-            "peer_id": self.peer_id,
-            "network_id": self.network_id,
-            "addrs": self.transport.listen_addrs(),
-            "models": [
-                {"name": m.name, "running": m.running, "queued": m.queued, "token_usage": m.token_usage,
-                 "accepting": m.accepting, "price_per_1k": m.price_per_1k / MICRO}
-                for m in self.serve.model_status()
-            ],
-            "served": dataclasses.asdict(self.serve.counters),
-            "ledger": self.ledger.summary(),
-            "ledger_fingerprint": self.ledger.fingerprint(),
-            "offenders": self.serve.offenders.snapshot(now),
-            "offloading": self._offloading(),
-            "uptime_s": round(now - self.started_at, 3),
-            "connected_peers": sorted(self.transport.connected_peers()),
-            "peers": peers,
-            "gossip": {
-                "published": self.gossip.published,
-                "received": self.gossip.received,
-                "rejected": self.gossip.rejected,
-            },
-        }
-
-    def _offloading(self) -> dict[str, Any]:
-        """Whether this node can offload now, and if not, why (shown in status)."""
-        if not self.ledger.can_afford(1):
-            return {"possible": False, "reason": "no free credit to pay peers: requests run on local models only"}
-        if not any(e.status.accepting for e in self.peers.entries()):
-            return {"possible": False, "reason": "no peer is accepting work right now"}
-        return {"possible": True, "reason": None}
+        """The JSON served at ``/p2pserve/status`` (see :mod:`p2pserve.api.status`)."""
+        return render_status(self)
 
     def metrics(self) -> str:
         """Prometheus text exposition of the node's counters."""
-        lines = [
-            "# TYPE p2pserve_peers gauge",
-            f"p2pserve_peers {len(self.peers)}",
-            "# TYPE p2pserve_connected_peers gauge",
-            f"p2pserve_connected_peers {len(self.transport.connected_peers())}",
-            "# TYPE p2pserve_status_published_total counter",
-            f"p2pserve_status_published_total {self.gossip.published}",
-            "# TYPE p2pserve_status_received_total counter",
-            f"p2pserve_status_received_total {self.gossip.received}",
-        ]
-        for name, value in dataclasses.asdict(self.serve.counters).items():
-            lines += [f"# TYPE p2pserve_{name}_total counter", f"p2pserve_{name}_total {value}"]
-        lines += [
-            "# TYPE p2pserve_ledger_free_credits gauge",
-            f"p2pserve_ledger_free_credits {self.ledger.free() / MICRO}",
-            "# TYPE p2pserve_ledger_staked_credits gauge",
-            f"p2pserve_ledger_staked_credits {self.ledger.staked() / MICRO}",
-            "# TYPE p2pserve_ledger_blocks gauge",
-            f"p2pserve_ledger_blocks {self.ledger.store.count()}",
-        ]
-        for m in self.serve.model_status():
-            labels = f'{{model="{m.name}"}}'
-            lines += [f"p2pserve_model_running{labels} {m.running}", f"p2pserve_model_queued{labels} {m.queued}"]
-        return "\n".join(lines) + "\n"
+        return render_metrics(self)
 
 
 async def run_libp2p_node(
@@ -263,7 +195,12 @@ async def run_libp2p_node(
     host, _, port = sp.api.rpartition(":")
     data_dir = Path(config.data_dir) if config.data_dir else default_data_dir()
     with LedgerStore.in_data_dir(data_dir, config.ledger_params.network_params(), own_account=signer.peer_id) as store:
-        async with open_libp2p_transport(signer, list(sp.listen), announce_addrs=list(sp.announce) or None) as transport:
+        async with open_libp2p_transport(
+            signer,
+            list(sp.listen),
+            announce_addrs=list(sp.announce) or None,
+            max_pubsub_message=config.limits.max_pubsub_message,
+        ) as transport:
             node = Node(config, signer, transport, ledger_store=store, replay_log=ReplayLog(data_dir / REPLAY_NAME))
             async with trio.open_nursery() as nursery:
                 await nursery.start(node.run)

@@ -58,7 +58,8 @@ __all__ = ["EXECUTOR_HEADER", "error_body", "openai_routes", "validate_body"]
 
 EXECUTOR_HEADER = "X-P2PServe-Executor"
 MAX_BODY = DEFAULT_LIMITS.max_prompt
-"""Largest request body accepted (bytes); a larger one is refused with 413 before it is buffered."""
+"""Largest request body accepted by default (bytes; a node's ``limits.max_prompt``); a larger
+one is refused with 413 before it is buffered."""
 
 
 def _error_response(exc: ServingError) -> JSONResponse:
@@ -195,6 +196,53 @@ async def _watch_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
             return
 
 
+class _Endpoint:
+    """``POST`` of one completion kind, as a raw ASGI app (see the module docstring)."""
+
+    def __init__(self, serve: ServeService, kind: Kind, api_key: str | None, clock: Clock) -> None:
+        self.serve, self.kind, self.api_key, self.clock = serve, kind, api_key, clock
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        denied = bearer_denied(scope, self.api_key)
+        if denied is not None:
+            await denied(scope, receive, send)
+            return
+        try:
+            raw = await _read_body(receive, self.serve.limits.max_prompt)
+            if raw is None:
+                return  # the client went away before its body arrived
+            try:
+                body = json.loads(raw)
+            except ValueError as exc:
+                raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
+            model, stream, backend_body = validate_body(self.kind, body)
+        except ServingError as exc:
+            await _error_response(exc)(scope, receive, send)
+            return
+        options = body.get("stream_options") or {}
+        include_usage = bool(options.get("include_usage")) if stream else False
+        answer = _Answer(self.serve, self.kind, model, stream, backend_body, include_usage, int(self.clock.wall()))
+        await answer(scope, receive, send)
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body (None if the client left first); RequestTooLarge as soon as
+    it passes ``limit`` bytes, before more is buffered."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLarge(f"the request body exceeds {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
 def openai_routes(
     serve: ServeService,
     *,
@@ -203,48 +251,9 @@ def openai_routes(
     clock: Clock = SYSTEM_CLOCK,
 ) -> list[Route]:
     """The ``/v1`` routes for ``serve``. ``known_models`` lists ``/v1/models`` (default: local
-    models and every model a known peer serves). ``api_key``: require ``Bearer <key>``."""
+    models and every model a known peer serves). ``api_key``: require ``Bearer <key>``.
+    Bodies above ``serve.limits.max_prompt`` bytes are refused (413) before being buffered."""
     models = known_models or serve.known_models
-
-    class Endpoint:
-        """``POST`` of one completion kind, as a raw ASGI app (see the module docstring)."""
-
-        def __init__(self, kind: Kind) -> None:
-            self.kind = kind
-
-        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-            denied = bearer_denied(scope, api_key)
-            if denied is not None:
-                await denied(scope, receive, send)
-                return
-            chunks: list[bytes] = []
-            size = 0
-            while True:
-                message = await receive()
-                if message["type"] != "http.request":
-                    return  # the client went away before its body arrived
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > MAX_BODY:  # refuse before buffering more than the limit
-                    limit = f"the request body exceeds {MAX_BODY} bytes"
-                    await _error_response(RequestTooLarge(limit))(scope, receive, send)
-                    return
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    break
-            try:
-                try:
-                    body = json.loads(b"".join(chunks))
-                except ValueError as exc:
-                    raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
-                model, stream, backend_body = validate_body(self.kind, body)
-            except ServingError as exc:
-                await _error_response(exc)(scope, receive, send)
-                return
-            options = body.get("stream_options") or {}
-            include_usage = bool(options.get("include_usage")) if stream else False
-            answer = _Answer(serve, self.kind, model, stream, backend_body, include_usage, int(clock.wall()))
-            await answer(scope, receive, send)
 
     async def list_models(request: Request) -> Response:
         denied = check_bearer(request, api_key)
@@ -254,7 +263,7 @@ def openai_routes(
         return JSONResponse({"object": "list", "data": data})
 
     return [
-        Route("/v1/chat/completions", Endpoint("chat"), methods=["POST"]),
-        Route("/v1/completions", Endpoint("completion"), methods=["POST"]),
+        Route("/v1/chat/completions", _Endpoint(serve, "chat", api_key, clock), methods=["POST"]),
+        Route("/v1/completions", _Endpoint(serve, "completion", api_key, clock), methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
     ]

@@ -57,6 +57,7 @@ from p2pserve.ledger.sync import LedgerSync
 from p2pserve.ledger.unpaid import UNPAID_NAME, UnpaidLog
 from p2pserve.transport import Transport
 from p2pserve.units import MICRO
+from p2pserve.wire.limits import DEFAULT_LIMITS, Limits
 from p2pserve.wire.messages import Receipt
 
 __all__ = ["Admission", "Hold", "LedgerService"]
@@ -83,8 +84,10 @@ class LedgerService:
         shutdown_flush_timeout: float = 5.0,
         payment_grace_s: float = 60.0,
         unpaid_log: UnpaidLog | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
-        """``unpaid_log`` defaults to ``unpaid.log`` next to a file store (none in memory)."""
+        """``unpaid_log`` defaults to ``unpaid.log`` next to a file store (none in memory);
+        ``limits`` bound what sync accepts and sends."""
         if not 1 <= max_receipts_per_pay <= MAX_RECEIPTS_PER_PAY:
             raise ValueError(f"max_receipts_per_pay must be 1-{MAX_RECEIPTS_PER_PAY}")
         self.signer, self.store, self.clock = signer, store, clock
@@ -96,7 +99,8 @@ class LedgerService:
         if unpaid_log is None and store.path != ":memory:":
             unpaid_log = UnpaidLog(Path(store.path).with_name(UNPAID_NAME))
         self.sync = LedgerSync(
-            transport, store, now_ms=self.now_ms, on_applied=self._on_applied, on_own_conflict=self._on_own_conflict
+            transport, store, now_ms=self.now_ms, limits=limits,
+            on_applied=self._on_applied, on_own_conflict=self._on_own_conflict,
         )
         self._lock = trio.Lock()
         self._writable = trio.Event()

@@ -52,6 +52,7 @@ from p2pserve.serving.offenders import OffenderBook
 from p2pserve.serving.offer import TERMINAL, Ended, Event, Input, OfferSession, SendCancel, Settled, State, Text
 from p2pserve.serving.receipts import Bounds, price_for
 from p2pserve.transport import Transport
+from p2pserve.wire.limits import DEFAULT_LIMITS, Limits
 from p2pserve.wire.messages import REQUEST_ID_SIZE, Cancel, Chunk, Done, Failure, InferRequest, Receipt
 
 __all__ = ["InferClient"]
@@ -85,6 +86,7 @@ class InferClient:
         clock: Clock,
         wallet: Wallet | None = None,
         offenders: OffenderBook | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.signer = signer
         self.network_id = network_id
@@ -97,7 +99,7 @@ class InferClient:
         self.offenders = offenders if offenders is not None else OffenderBook()
         self.pool = SessionPool(
             transport, INFER_PROTOCOL, idle_s=deadlines.pool_idle_s, connect_s=deadlines.connect_s,
-            max_per_peer=self.MAX_IDLE_PER_PEER,
+            max_per_peer=self.MAX_IDLE_PER_PEER, max_frame=limits.max_frame,
         )
 
     @property

@@ -38,7 +38,7 @@ import trio
 from p2pserve.backends.base import Finished
 from p2pserve.clock import Clock
 from p2pserve.crypto import Signer, sha256
-from p2pserve.errors import BackendError, ProtocolError, RemoteProtocolError, TransportError
+from p2pserve.errors import BackendError, ProtocolError, RemoteProtocolError, ServingError, TransportError
 from p2pserve.net.framed import FramedStream
 from p2pserve.policies import OfferContext, Policy
 from p2pserve.rng import derive
@@ -47,7 +47,7 @@ from p2pserve.serving.local import LocalModels
 from p2pserve.serving.receipts import Bounds, ReplayGuard, price_for
 from p2pserve.serving.replay_log import ReplayLog
 from p2pserve.transport import Stream
-from p2pserve.wire.limits import DEFAULT_LIMITS
+from p2pserve.wire.limits import DEFAULT_LIMITS, Limits
 from p2pserve.wire.messages import Accept, Cancel, Chunk, Done, Failure, InferRequest, Receipt, Reject
 
 __all__ = ["InferExecutor"]
@@ -153,8 +153,10 @@ class InferExecutor:
         clock: Clock,
         wallet: Wallet | None = None,
         replay_log: ReplayLog | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.signer = signer
+        self.limits = limits
         self.network_id = network_id
         self.local = local
         self.policy = policy
@@ -186,6 +188,8 @@ class InferExecutor:
             req.verify()
         except ProtocolError:
             return "bad-signature"
+        if len(req.body) > self.limits.max_prompt or len(req.continuation) > self.limits.max_prompt:
+            return "too-large"
         backend = self.local.backends.get(req.model)
         if backend is None:
             return "unknown-model"
@@ -209,7 +213,7 @@ class InferExecutor:
         means the requester left: generation stops at once. The session ends quietly at an
         end of stream between requests, or when no offer comes within ``accept_s`` (the
         first) or ``session_idle_s`` (later ones)."""
-        fs = FramedStream(stream)
+        fs = FramedStream(stream, self.limits.max_frame)
         d = self.deadlines
         session = _Session()
         send_offer, offers = trio.open_memory_channel[InferRequest](1)
@@ -362,17 +366,18 @@ class InferExecutor:
                     self.counters.served_for_peers += 1
                     return
                 text = ev.text
-                limit = DEFAULT_LIMITS.max_text_chunk
+                limit = self.limits.max_text_chunk
                 for start in range(0, len(text), limit):
                     piece = text[start : start + limit]
                     await outbox.put(Chunk(index, piece))
                     sent.append(piece)
                     index += 1
             raise BackendError("backend ended without a Finished event")
-        except BackendError as exc:
+        except (BackendError, ServingError) as exc:  # ServingError: e.g. BadRequest from a peer's body
             partial = self._receipt(job, "".join(sent), 0, len(sent), True) if sent else None
             session.busy = False
-            await outbox.put(Failure("backend-error", str(exc)[:4000], partial))
+            code = "backend-error" if isinstance(exc, BackendError) else exc.error_type
+            await outbox.put(Failure(code, str(exc)[:4000], partial))
 
     def _receipt(self, job: _Job, text: str, prompt_tokens: int, completion_tokens: int, partial: bool) -> Receipt:
         """Our signed receipt for ``text``, token counts clamped to what the requester can

@@ -76,7 +76,7 @@ from p2pserve.serving.replay_log import ReplayLog
 from p2pserve.serving.router import PosRouter, Router
 from p2pserve.serving.tracer import NULL_TRACER, Tracer
 from p2pserve.transport import Transport
-from p2pserve.wire.limits import DEFAULT_LIMITS
+from p2pserve.wire.limits import DEFAULT_LIMITS, Limits
 from p2pserve.wire.messages import ModelStatus, Receipt
 
 __all__ = [
@@ -132,6 +132,7 @@ class ServeService:
         replay_log: ReplayLog | None = None,
         router: Router | None = None,
         tracer: Tracer | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         if transport.peer_id != signer.peer_id:
             raise ValueError("transport and signer disagree on the peer id")
@@ -151,16 +152,18 @@ class ServeService:
         self.tracer: Tracer = tracer or NULL_TRACER
         self.clock = clock
         self.load_interval = load_interval
+        self.limits = limits
         self.counters = ServeCounters()
         self._keys: Counter[str] = Counter()
         self._client = InferClient(
             transport, signer, network_id, peers,
             deadlines=deadlines, counters=self.counters, on_receipt=on_receipt, clock=clock,
-            wallet=wallet, offenders=self.offenders,
+            wallet=wallet, offenders=self.offenders, limits=limits,
         )
         self._executor = InferExecutor(
             signer, network_id, self.local, policy, self.seed,
             deadlines=deadlines, counters=self.counters, clock=clock, wallet=wallet, replay_log=replay_log,
+            limits=limits,
         )
         self.replay: ReplayGuard = self._executor.replay
 
@@ -264,8 +267,8 @@ class ServeService:
         self, kind: Kind, model: str, body: dict[str, Any], body_bytes: bytes, key: str
     ) -> AsyncGenerator[ServeEvent, None]:
         """Drive the lifecycle: ask it where to go next, go there, tell it how it ended."""
-        if len(body_bytes) > DEFAULT_LIMITS.max_prompt:
-            raise BadRequest(f"request body of {len(body_bytes)} bytes exceeds {DEFAULT_LIMITS.max_prompt}")
+        if len(body_bytes) > self.limits.max_prompt:
+            raise BadRequest(f"request body of {len(body_bytes)} bytes exceeds {self.limits.max_prompt}")
         if model not in self.known_models():
             raise UnknownModel(f"no node in reach serves model {model!r}")
         rng = derive(self.seed, "request", key)
