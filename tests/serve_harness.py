@@ -1,5 +1,10 @@
 """Test helpers for the serving path: signed statuses, peer entries, serving nodes.
 
+Serving nodes run on the product's in-process transport (``transports.memory``): build a
+``MemoryNetwork`` (latency 0 by default), start nodes with :func:`start_node`, connect and
+introduce them with :func:`connect_all` (gossip would do both in a real node), make one
+vanish with ``node.transport.kill()``.
+
 The scripted backend (``ScriptedBackend`` and its steps ``Sleep``, ``Fail``, ``Hang``) ships
 in :mod:`p2pserve.testing.scripted`; it is re-exported here for the tests that import it
 from this module.
@@ -8,34 +13,32 @@ from this module.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import trio
-import trio.lowlevel
-import trio.testing
 
 from p2pserve.backends.base import Backend, Kind, TextDelta
 from p2pserve.clock import virtual_clock
 from p2pserve.crypto import Signer
-from p2pserve.errors import ConnectionBroken, DialError, P2PServeError, ServingError, StreamClosed
+from p2pserve.errors import ServingError
 from p2pserve.membership.table import PeerEntry, PeerTable
 from p2pserve.policies import PolicyParams, load_policy
 from p2pserve.serving.service import Deadlines, ServeService
 from p2pserve.testing.scripted import Fail, Hang, ScriptedBackend, Sleep
-from p2pserve.transport import StreamHandler
+from p2pserve.transport import PeerEvent, Stream, StreamHandler, Subscription, Validator
 from p2pserve.wire.messages import ModelStatus, Receipt, Status
-from transports.memory import MemoryNetwork
+from transports.memory import MemoryNetwork, MemoryTransport
 
 __all__ = [
     "Fail",
     "Hang",
-    "MiniNet",
-    "MiniTransport",
+    "NETWORK",
     "Node",
     "ScriptedBackend",
     "Sleep",
+    "StreamCounter",
     "collect",
     "connect_all",
     "introduce",
@@ -43,6 +46,7 @@ __all__ = [
     "make_status",
     "signer",
     "start_node",
+    "start_transport",
     "text_of",
     "wall_clock",
 ]
@@ -76,132 +80,7 @@ def make_entry(s: Signer, stake: int, *, models: Sequence[str] = ("m",)) -> Peer
     return PeerEntry(make_status(s, models, stake=stake), 0.0)
 
 
-# --- a minimal in-process transport (streams only) -----------------------------------------
-
-
-class _MiniStream:
-    """One end of an in-process stream pair with the transport contract's error mapping."""
-
-    def __init__(self, inner: trio.abc.HalfCloseableStream, remote_peer: str) -> None:
-        self._inner = inner
-        self._remote = remote_peer
-        self._closed = False
-
-    @property
-    def remote_peer(self) -> str:
-        return self._remote
-
-    async def send_all(self, data: bytes) -> None:
-        if self._closed:
-            raise StreamClosed("stream closed")
-        try:
-            await self._inner.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise ConnectionBroken(f"peer {self._remote} gone") from exc
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._closed:
-            raise StreamClosed("stream closed")
-        try:
-            return await self._inner.receive_some(max_bytes)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise ConnectionBroken(f"peer {self._remote} gone") from exc
-
-    async def send_eof(self) -> None:
-        try:
-            await self._inner.send_eof()
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise ConnectionBroken(f"peer {self._remote} gone") from exc
-
-    async def aclose(self) -> None:
-        self._closed = True
-        with trio.CancelScope(shield=True):
-            await self._inner.aclose()
-
-
-class MiniNet:
-    """In-process network of :class:`MiniTransport` s; handlers run in ``nursery``."""
-
-    def __init__(self, nursery: trio.Nursery) -> None:
-        self.nursery = nursery
-        self.nodes: dict[str, MiniTransport] = {}
-
-    def add(self, s: Signer) -> MiniTransport:
-        t = MiniTransport(self, s.peer_id)
-        self.nodes[s.peer_id] = t
-        return t
-
-
-class MiniTransport:
-    """Streams only (no pubsub): enough for the infer protocol. ``kill()`` makes it vanish."""
-
-    def __init__(self, net: MiniNet, peer_id: str) -> None:
-        self.net = net
-        self._peer_id = peer_id
-        self.handlers: dict[str, StreamHandler] = {}
-        self.dead = False
-        self._streams: list[_MiniStream] = []
-        self._scopes: list[trio.CancelScope] = []
-        self.opened = 0
-
-    @property
-    def peer_id(self) -> str:
-        return self._peer_id
-
-    def listen_addrs(self) -> list[str]:
-        return [f"/memory/{self._peer_id}/p2p/{self._peer_id}"]
-
-    async def connect(self, addr: str) -> str:
-        return addr.rsplit("/", 1)[-1]
-
-    def connected_peers(self) -> set[str]:
-        return {p for p, t in self.net.nodes.items() if p != self._peer_id and not t.dead}
-
-    def set_handler(self, protocol: str, handler: StreamHandler) -> None:
-        self.handlers[protocol] = handler
-
-    async def open_stream(self, peer_id: str, protocol: str) -> _MiniStream:
-        await trio.sleep(0.001)
-        remote = self.net.nodes.get(peer_id)
-        if self.dead or remote is None or remote.dead or protocol not in remote.handlers:
-            raise DialError(f"cannot reach {peer_id}")
-        a, b = trio.testing.memory_stream_pair()
-        mine, theirs = _MiniStream(a, peer_id), _MiniStream(b, self._peer_id)
-        self._streams.append(mine)
-        remote._streams.append(theirs)
-        self.opened += 1
-        self.net.nursery.start_soon(remote._run_handler, remote.handlers[protocol], theirs)
-        return mine
-
-    async def _run_handler(self, handler: StreamHandler, stream: _MiniStream) -> None:
-        with trio.CancelScope() as scope:
-            self._scopes.append(scope)
-            try:
-                await handler(stream)
-            except P2PServeError:
-                pass
-            finally:
-                await stream.aclose()
-
-    async def kill(self) -> None:
-        """Vanish: cancel every handler and close every stream."""
-        self.dead = True
-        for scope in self._scopes:
-            scope.cancel()
-        for s in self._streams:
-            await s.aclose()
-
-    async def publish(self, topic: str, data: bytes) -> None:
-        raise NotImplementedError
-
-    async def subscribe(self, topic: str, validator: Any = None) -> Any:
-        raise NotImplementedError
-
-    def peer_events(self) -> Any:
-        raise NotImplementedError
-
-
-# --- serving nodes on the mini network -------------------------------------------------------
+# --- serving nodes on the memory transport --------------------------------------------------
 
 WALL0 = 1_700_000_000.0
 
@@ -211,30 +90,88 @@ def wall_clock() -> float:
     return WALL0 + trio.current_time()
 
 
-async def _host(net: MemoryNetwork, s: Signer, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+class StreamCounter:
+    """A node's :class:`MemoryTransport` as its ServeService sees it, counting the streams
+    the service opens (tests assert that offers reuse pooled session streams). Every call
+    goes to the memory transport unchanged."""
+
+    def __init__(self, inner: MemoryTransport) -> None:
+        self.inner = inner
+        self.opened = 0
+
+    @property
+    def peer_id(self) -> str:
+        return self.inner.peer_id
+
+    def listen_addrs(self) -> list[str]:
+        return self.inner.listen_addrs()
+
+    async def connect(self, addr: str) -> str:
+        return await self.inner.connect(addr)
+
+    def connected_peers(self) -> set[str]:
+        return self.inner.connected_peers()
+
+    def peer_events(self) -> AsyncIterator[PeerEvent]:
+        return self.inner.peer_events()
+
+    def set_handler(self, protocol: str, handler: StreamHandler) -> None:
+        self.inner.set_handler(protocol, handler)
+
+    async def open_stream(self, peer_id: str, protocol: str) -> Stream:
+        stream = await self.inner.open_stream(peer_id, protocol)
+        self.opened += 1
+        return stream
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        await self.inner.publish(topic, data)
+
+    async def subscribe(self, topic: str, validator: Validator | None = None) -> Subscription:
+        return await self.inner.subscribe(topic, validator)
+
+
+async def _host(
+    net: MemoryNetwork, s: Signer, *, task_status: trio.TaskStatus[MemoryTransport] = trio.TASK_STATUS_IGNORED
+) -> None:
     async with net.open_transport(s) as t:
         task_status.started(t)
         await trio.sleep_forever()
 
 
-async def connect_all(node: Node, others: Sequence[Node]) -> None:
-    """Connect ``node`` to each of ``others`` (memory transport) and introduce them."""
+async def start_transport(nursery: trio.Nursery, net: MemoryNetwork, i: int) -> MemoryTransport:
+    """A bare transport for test node ``i`` (no ServeService), running in ``nursery``.
+
+    Leaving ``nursery`` (or :meth:`MemoryTransport.kill`) makes it vanish."""
+    t: MemoryTransport = await nursery.start(_host, net, signer(i))
+    return t
+
+
+async def connect_all(node: Node, others: Sequence[Node], *, stake: int = 1_000_000, seq: int = 1) -> None:
+    """Connect ``node`` to each of ``others`` and introduce them (see :func:`introduce`)."""
     for o in others:
         await node.transport.connect(o.transport.listen_addrs()[0])
-    introduce(node, others)
+    introduce(node, others, stake=stake, seq=seq)
 
 
 @dataclass
 class Node:
+    """A test node: its key, its memory transport, its ServeService, the receipts it got."""
+
     signer: Signer
-    transport: Any
+    transport: MemoryTransport
     serve: ServeService
+    counter: StreamCounter
     receipts: list[Receipt] = field(default_factory=list)
+
+    @property
+    def streams_opened(self) -> int:
+        """Streams this node's ServeService opened (to offer requests to peers)."""
+        return self.counter.opened
 
 
 async def start_node(
     nursery: trio.Nursery,
-    net: MiniNet | MemoryNetwork,
+    net: MemoryNetwork,
     i: int,
     backends: Mapping[str, Backend] | None = None,
     *,
@@ -245,13 +182,12 @@ async def start_node(
     seed: int | None = None,
     **serve_kw: Any,
 ) -> Node:
-    """A started ServeService for test node ``i`` (its peer table starts empty: see ``introduce``)."""
+    """A started ServeService for test node ``i`` on ``net`` (the one place that builds a
+    ServeService). Its peer table starts empty and it is connected to nobody: see
+    :func:`connect_all`."""
     s = signer(i)
-    t: Any
-    if isinstance(net, MemoryNetwork):
-        t = await nursery.start(_host, net, s)
-    else:
-        t = net.add(s)
+    t = await start_transport(nursery, net, i)
+    counter = StreamCounter(t)
     p = params or PolicyParams(accept_frequency=1.0)
     receipts: list[Receipt] = []
 
@@ -259,7 +195,7 @@ async def start_node(
         receipts.append(r)
 
     serve = ServeService(
-        t,
+        counter,
         s,
         NETWORK,
         PeerTable(s.peer_id, NETWORK, ttl=1e9),
@@ -274,7 +210,7 @@ async def start_node(
         **serve_kw,
     )
     await nursery.start(serve.run)
-    return Node(s, t, serve, receipts)
+    return Node(s, t, serve, counter, receipts)
 
 
 def introduce(node: Node, others: Sequence[Node], *, stake: int = 1_000_000, seq: int = 1) -> None:

@@ -21,7 +21,8 @@ from p2pserve.backends.base import Load
 from p2pserve.errors import BadRequest
 from p2pserve.policies import PolicyParams
 from p2pserve.wire import Receipt, decode
-from tests.serve_harness import Fail, Hang, MiniNet, Node, ScriptedBackend, introduce, start_node
+from tests.serve_harness import Fail, Hang, Node, ScriptedBackend, connect_all, start_node
+from transports.memory import MemoryNetwork
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -31,12 +32,12 @@ async def api(
     backend: ScriptedBackend | None = None, *, api_key: str | None = None, gateway: bool = False, max_wait_s: float = 1.0
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Node, Node | None]]:
     async with trio.open_nursery() as nursery:
-        net = MiniNet(nursery)
+        net = MemoryNetwork()
         params = PolicyParams(max_wait_s=max_wait_s)
         if gateway:
             node = await start_node(nursery, net, 1, {}, params=params)
             ex = await start_node(nursery, net, 2, {"m": backend or ScriptedBackend()})
-            introduce(node, [ex])
+            await connect_all(node, [ex])
         else:
             node, ex = await start_node(nursery, net, 1, {"m": backend or ScriptedBackend()}, params=params), None
         app = Starlette(routes=openai_routes(node.serve, api_key=api_key))
@@ -213,11 +214,11 @@ async def test_a_client_that_hangs_up_stops_the_remote_generation() -> None:
 
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            net = MiniNet(nursery)
+            net = MemoryNetwork()
             gw = await start_node(nursery, net, 1, {})
             backend = ScriptedBackend(script=[x for i in range(200) for x in (f" w{i}", Sleep(0.02))])
             ex = await start_node(nursery, net, 2, {"m": backend})
-            introduce(gw, [ex])
+            await connect_all(gw, [ex])
             app = build_app(status=dict, metrics=str, host="127.0.0.1", port=0, extra_routes=openai_routes(gw.serve))
             url = await nursery.start(serve_app, app, "127.0.0.1", 0)
             async with httpx.AsyncClient(base_url=url) as client:

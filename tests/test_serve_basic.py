@@ -11,14 +11,15 @@ from p2pserve.errors import NoCapacity, UnknownModel
 from p2pserve.policies import PolicyParams
 from p2pserve.serving.receipts import Bounds
 from p2pserve.serving.service import Completed, Started, check_receipt, price_for
-from tests.serve_harness import MiniNet, ScriptedBackend, collect, introduce, start_node, text_of
+from tests.serve_harness import ScriptedBackend, collect, connect_all, start_node, text_of
+from transports.memory import MemoryNetwork
 
 BUSY = Load(running=4, queued=2, token_usage=0.95, source="metrics")
 
 
 async def test_idle_local_model_runs_locally(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
-        net = MiniNet(nursery)
+        net = MemoryNetwork()
         a = await start_node(nursery, net, 1, {"m": ScriptedBackend()})
         events, err = await collect(a.serve)
         assert err is None
@@ -27,18 +28,18 @@ async def test_idle_local_model_runs_locally(autojump_clock: trio.testing.MockCl
         done = events[-1]
         assert isinstance(done, Completed) and done.local and done.receipt is None
         assert (done.prompt_tokens, done.completion_tokens, done.finish_reason) == (3, 2, "stop")
-        assert a.transport.opened == 0
+        assert a.streams_opened == 0
         assert a.serve.counters.local == 1
         nursery.cancel_scope.cancel()
 
 
 async def test_gateway_offloads_and_verifies_the_receipt(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
-        net = MiniNet(nursery)
+        net = MemoryNetwork()
         gw = await start_node(nursery, net, 1, {})
         backend = ScriptedBackend(script=("one", " two", " three"))
         ex = await start_node(nursery, net, 2, {"m": backend}, prices={"m": 1500})
-        introduce(gw, [ex])
+        await connect_all(gw, [ex])
         for _ in range(5):
             events, err = await collect(gw.serve)
             assert err is None
@@ -61,10 +62,10 @@ async def test_gateway_offloads_and_verifies_the_receipt(autojump_clock: trio.te
 
 async def test_receipt_check_catches_every_mismatch(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
-        net = MiniNet(nursery)
+        net = MemoryNetwork()
         gw = await start_node(nursery, net, 1, {})
         ex = await start_node(nursery, net, 2, {"m": ScriptedBackend()})
-        introduce(gw, [ex])
+        await connect_all(gw, [ex])
         events, _ = await collect(gw.serve)
         done = events[-1]
         assert isinstance(done, Completed) and done.receipt is not None
@@ -94,11 +95,11 @@ async def test_receipt_check_catches_every_mismatch(autojump_clock: trio.testing
 
 async def test_busy_node_offloads_per_policy(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
-        net = MiniNet(nursery)
+        net = MemoryNetwork()
         params = PolicyParams(offload_frequency=1.0, queue_frequency=0.0, accept_frequency=1.0)
         a = await start_node(nursery, net, 1, {"m": ScriptedBackend(load_value=BUSY)}, params=params)
         b = await start_node(nursery, net, 2, {"m": ScriptedBackend(script=("remote",))})
-        introduce(a, [b])
+        await connect_all(a, [b])
         events, err = await collect(a.serve)
         assert err is None and text_of(events) == "remote"
         assert a.serve.counters.local == 0 and a.serve.counters.offloaded == 1
@@ -107,7 +108,7 @@ async def test_busy_node_offloads_per_policy(autojump_clock: trio.testing.MockCl
 
 async def test_unknown_model_is_404(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
-        net = MiniNet(nursery)
+        net = MemoryNetwork()
         a = await start_node(nursery, net, 1, {"m": ScriptedBackend()})
         events, err = await collect(a.serve, model="nope")
         assert events == [] and isinstance(err, UnknownModel) and err.status_code == 404
@@ -116,10 +117,10 @@ async def test_unknown_model_is_404(autojump_clock: trio.testing.MockClock) -> N
 
 async def test_gateway_without_executors_answers_503_after_the_wait_budget(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
-        net = MiniNet(nursery)
+        net = MemoryNetwork()
         gw = await start_node(nursery, net, 1, {}, params=PolicyParams(max_wait_s=5.0))
         ex = await start_node(nursery, net, 2, {"m": ScriptedBackend()}, policy="local-only")
-        introduce(gw, [ex])  # known, but it refuses every offer
+        await connect_all(gw, [ex])  # known, but it refuses every offer
         t0 = trio.current_time()
         events, err = await collect(gw.serve)
         assert events == [] and isinstance(err, NoCapacity) and err.status_code == 503
@@ -131,13 +132,13 @@ async def test_gateway_without_executors_answers_503_after_the_wait_budget(autoj
 
 async def test_many_requests_in_flight_each_answered_once(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
-        net = MiniNet(nursery)
+        net = MemoryNetwork()
         gw = await start_node(nursery, net, 1, {})
         executors = [
             await start_node(nursery, net, 2 + i, {"m": ScriptedBackend(script=(f"x{i}",), max_concurrency=100)})
             for i in range(3)
         ]
-        introduce(gw, executors)
+        await connect_all(gw, executors)
         results: list[tuple[list[object], object]] = []
 
         async def one() -> None:
@@ -159,7 +160,7 @@ async def test_many_requests_in_flight_each_answered_once(autojump_clock: trio.t
 
 async def test_model_status_for_gossip(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
-        net = MiniNet(nursery)
+        net = MemoryNetwork()
         a = await start_node(nursery, net, 1, {"m": ScriptedBackend(), "busy": ScriptedBackend(model="busy", load_value=BUSY)}, prices={"m": 7, "busy": 9})
         st = {m.name: m for m in a.serve.model_status()}
         assert st["m"].accepting and st["m"].price_per_1k == 7 and st["m"].running == 0

@@ -13,7 +13,8 @@ from p2pserve.policies import PolicyParams
 from p2pserve.serving.service import INFER_PROTOCOL, Completed, Deadlines, Started, TextDelta, price_for
 from p2pserve.transport import Stream
 from p2pserve.wire.messages import Accept, Chunk, InferRequest
-from tests.serve_harness import Fail, Hang, MiniNet, Node, ScriptedBackend, Sleep, collect, introduce, start_node, text_of
+from tests.serve_harness import Fail, Hang, Node, ScriptedBackend, Sleep, collect, connect_all, start_node, text_of
+from transports.memory import MemoryNetwork
 
 BUSY = Load(running=4, queued=2, token_usage=0.95, source="metrics")
 FAST = Deadlines(accept_s=2.0, first_token_s=5.0, idle_s=3.0)
@@ -23,19 +24,19 @@ def started(events: list[object]) -> list[Started]:
     return [e for e in events if isinstance(e, Started)]
 
 
-def stakes_first(gw: Node, first: Node, rest: list[Node]) -> None:
+async def stakes_first(gw: Node, first: Node, rest: list[Node]) -> None:
     """Make ``first`` the PoS favourite by a wide margin (deterministic order for the test)."""
-    introduce(gw, [first], stake=10**12)
-    introduce(gw, rest, stake=1)
+    await connect_all(gw, [first], stake=10**12)
+    await connect_all(gw, rest, stake=1)
 
 
 async def test_executor_rejects_next_candidate_answers(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
-        net = MiniNet(nursery)
+        net = MemoryNetwork()
         gw = await start_node(nursery, net, 1, {})
         refuser = await start_node(nursery, net, 2, {"m": ScriptedBackend(load_value=BUSY)})
         good = await start_node(nursery, net, 3, {"m": ScriptedBackend(script=("ok",))})
-        stakes_first(gw, refuser, [good])
+        await stakes_first(gw, refuser, [good])
         events, err = await collect(gw.serve)
         assert err is None and text_of(events) == "ok"
         assert started(events) == [Started(good.signer.peer_id, local=False)]
@@ -51,12 +52,12 @@ async def _silent(stream: Stream) -> None:
 
 async def test_executor_never_answers(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
-        net = MiniNet(nursery)
+        net = MemoryNetwork()
         gw = await start_node(nursery, net, 1, {}, deadlines=FAST)
         mute = await start_node(nursery, net, 2, {"m": ScriptedBackend()})
         mute.transport.set_handler(INFER_PROTOCOL, _silent)
         good = await start_node(nursery, net, 3, {"m": ScriptedBackend(script=("ok",))})
-        stakes_first(gw, mute, [good])
+        await stakes_first(gw, mute, [good])
         t0 = trio.current_time()
         events, err = await collect(gw.serve)
         assert err is None and text_of(events) == "ok"
@@ -66,11 +67,11 @@ async def test_executor_never_answers(autojump_clock: trio.testing.MockClock) ->
 
 async def test_executor_accepts_then_stalls_before_the_first_token(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
-        net = MiniNet(nursery)
+        net = MemoryNetwork()
         gw = await start_node(nursery, net, 1, {}, deadlines=FAST)
         stall = await start_node(nursery, net, 2, {"m": ScriptedBackend(script=(Hang(),))})
         good = await start_node(nursery, net, 3, {"m": ScriptedBackend(script=("ok",))})
-        stakes_first(gw, stall, [good])
+        await stakes_first(gw, stall, [good])
         t0 = trio.current_time()
         events, err = await collect(gw.serve)
         assert err is None and text_of(events) == "ok"
@@ -83,19 +84,19 @@ async def test_executor_accepts_then_stalls_before_the_first_token(autojump_cloc
 
 async def test_executor_dies_mid_stream_and_another_continues(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
-        net = MiniNet(nursery)
+        net = MemoryNetwork()
         gw = await start_node(nursery, net, 1, {}, deadlines=FAST)
         dying = await start_node(nursery, net, 2, {"m": ScriptedBackend(script=("The", " cat", Hang()))})
         cont = ScriptedBackend(script=(" sat", "."), supports_continuation=True)
         good = await start_node(nursery, net, 3, {"m": cont})
-        stakes_first(gw, dying, [good])
+        await stakes_first(gw, dying, [good])
         events: list[object] = []
         err: Exception | None = None
 
         async def kill_after_two_deltas() -> None:
             while len(dying.serve.backends["m"].calls) == 0 or len(events) < 3:  # type: ignore[attr-defined]
                 await trio.sleep(0.01)
-            await dying.transport.kill()
+            dying.transport.kill()
 
         async with trio.open_nursery() as inner:
             inner.start_soon(kill_after_two_deltas)
@@ -121,11 +122,11 @@ async def test_executor_dies_mid_stream_and_another_continues(autojump_clock: tr
 
 async def test_backend_fails_mid_stream_partial_receipt_then_continuation(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
-        net = MiniNet(nursery)
+        net = MemoryNetwork()
         gw = await start_node(nursery, net, 1, {}, deadlines=FAST)
         failing = await start_node(nursery, net, 2, {"m": ScriptedBackend(script=("a", "b", Fail("GPU fell off")))})
         good = await start_node(nursery, net, 3, {"m": ScriptedBackend(script=("c",), supports_continuation=True)})
-        stakes_first(gw, failing, [good])
+        await stakes_first(gw, failing, [good])
         events, err = await collect(gw.serve)
         assert err is None and text_of(events) == "abc"
         partial, full = gw.receipts
@@ -138,11 +139,11 @@ async def test_backend_fails_mid_stream_partial_receipt_then_continuation(autoju
 
 async def test_mid_stream_failure_without_continuation_ends_with_a_clear_error(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
-        net = MiniNet(nursery)
+        net = MemoryNetwork()
         gw = await start_node(nursery, net, 1, {}, deadlines=FAST)
         failing = await start_node(nursery, net, 2, {"m": ScriptedBackend(script=("a", "b", Fail()))})
         plain = await start_node(nursery, net, 3, {"m": ScriptedBackend(script=("zzz",))})  # cannot continue
-        stakes_first(gw, failing, [plain])
+        await stakes_first(gw, failing, [plain])
         t0 = trio.current_time()
         events, err = await collect(gw.serve)
         assert text_of(events) == "ab"  # delivered once, never repeated
@@ -170,12 +171,12 @@ LATE_SENT: list[bool] = []
 
 async def test_a_late_answer_is_dropped_never_two_answers(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
-        net = MiniNet(nursery)
+        net = MemoryNetwork()
         gw = await start_node(nursery, net, 1, {}, deadlines=FAST)
         slow = await start_node(nursery, net, 2, {"m": ScriptedBackend()})
         slow.transport.set_handler(INFER_PROTOCOL, _late)
         good = await start_node(nursery, net, 3, {"m": ScriptedBackend(script=("one answer",))})
-        stakes_first(gw, slow, [good])
+        await stakes_first(gw, slow, [good])
         events, err = await collect(gw.serve)
         await trio.sleep(10)  # let the slow executor try to answer
         assert err is None and text_of(events) == "one answer"
@@ -187,14 +188,14 @@ async def test_a_late_answer_is_dropped_never_two_answers(autojump_clock: trio.t
 
 async def test_all_executors_gone_falls_back_to_local(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
-        net = MiniNet(nursery)
+        net = MemoryNetwork()
         params = PolicyParams(offload_frequency=1.0, queue_frequency=0.0)
         local = ScriptedBackend(script=("local",), load_value=BUSY)
         a = await start_node(nursery, net, 1, {"m": local}, params=params, deadlines=FAST)
         peers = [await start_node(nursery, net, 2 + i, {"m": ScriptedBackend()}) for i in range(3)]
-        introduce(a, peers)
+        await connect_all(a, peers)
         for p in peers:
-            await p.transport.kill()
+            p.transport.kill()
         events, err = await collect(a.serve)
         assert err is None and text_of(events) == "local"
         assert started(events) == [Started(a.signer.peer_id, local=True)]
@@ -204,12 +205,12 @@ async def test_all_executors_gone_falls_back_to_local(autojump_clock: trio.testi
 
 async def test_all_executors_gone_gateway_gets_503(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
-        net = MiniNet(nursery)
+        net = MemoryNetwork()
         gw = await start_node(nursery, net, 1, {}, params=PolicyParams(max_wait_s=3.0), deadlines=FAST)
         peers = [await start_node(nursery, net, 2 + i, {"m": ScriptedBackend()}) for i in range(2)]
-        introduce(gw, peers)
+        await connect_all(gw, peers)
         for p in peers:
-            await p.transport.kill()
+            p.transport.kill()
         t0 = trio.current_time()
         events, err = await collect(gw.serve)
         assert events == [] and isinstance(err, NoCapacity)
@@ -220,10 +221,10 @@ async def test_all_executors_gone_gateway_gets_503(autojump_clock: trio.testing.
 
 async def test_local_backend_failure_before_tokens_tries_peers(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
-        net = MiniNet(nursery)
+        net = MemoryNetwork()
         a = await start_node(nursery, net, 1, {"m": ScriptedBackend(script=(Fail("down"),))})
         b = await start_node(nursery, net, 2, {"m": ScriptedBackend(script=("remote",))})
-        introduce(a, [b])
+        await connect_all(a, [b])
         events, err = await collect(a.serve)
         assert err is None and text_of(events) == "remote"
         nursery.cancel_scope.cancel()
@@ -231,7 +232,7 @@ async def test_local_backend_failure_before_tokens_tries_peers(autojump_clock: t
 
 async def test_local_backend_failure_alone_is_503_at_once(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
-        net = MiniNet(nursery)
+        net = MemoryNetwork()
         a = await start_node(nursery, net, 1, {"m": ScriptedBackend(script=(Fail("connection refused"),))})
         t0 = trio.current_time()
         events, err = await collect(a.serve)
@@ -242,11 +243,11 @@ async def test_local_backend_failure_alone_is_503_at_once(autojump_clock: trio.t
 
 async def test_cancelling_the_consumer_closes_the_remote_stream(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
-        net = MiniNet(nursery)
+        net = MemoryNetwork()
         gw = await start_node(nursery, net, 1, {})
         backend = ScriptedBackend(script=("a", Hang()))
         ex = await start_node(nursery, net, 2, {"m": backend})
-        introduce(gw, [ex])
+        await connect_all(gw, [ex])
         async with gw.serve.submit("chat", "m", {"messages": []}) as chan:
             async for ev in chan:
                 if not isinstance(ev, Started):
@@ -265,12 +266,12 @@ async def test_a_user_who_leaves_mid_answer_stops_the_executor_and_pays_only_wha
     the executor stops within one chunk and signs a partial receipt for exactly what it
     sent, which the requester verifies and pays; the session stays usable."""
     async with trio.open_nursery() as nursery:
-        net = MiniNet(nursery)
+        net = MemoryNetwork()
         gw = await start_node(nursery, net, 1, {})
         words = [w for i in range(50) for w in (f" w{i}", Sleep(0.5))]
         backend = ScriptedBackend(script=words)
         ex = await start_node(nursery, net, 2, {"m": backend})
-        introduce(gw, [ex])
+        await connect_all(gw, [ex])
         seen = 0
         async with gw.serve.submit("chat", "m", {"messages": [{"role": "user", "content": "hi"}]}) as chan:
             async for ev in chan:

@@ -13,7 +13,8 @@ from p2pserve.net.framed import FramedStream
 from p2pserve.serving.replay_log import REPLAY_NAME, ReplayLog
 from p2pserve.serving.service import INFER_PROTOCOL, ReplayGuard
 from p2pserve.wire.messages import Accept, Done, InferRequest, Reject
-from tests.serve_harness import NETWORK, MiniNet, ScriptedBackend, signer, start_node, wall_clock
+from tests.serve_harness import NETWORK, ScriptedBackend, signer, start_node, start_transport, wall_clock
+from transports.memory import MemoryNetwork
 
 
 def offer(executor: str, **changes: object) -> InferRequest:
@@ -42,9 +43,10 @@ async def send_offer(t: object, peer: str, req: InferRequest) -> object:
 
 async def test_offer_checks(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
-        net = MiniNet(nursery)
-        requester = net.add(signer(1))
+        net = MemoryNetwork()
+        requester = await start_transport(nursery, net, 1)
         ex = await start_node(nursery, net, 2, {"m": ScriptedBackend()}, prices={"m": 500})
+        await requester.connect(ex.transport.listen_addrs()[0])
         me = ex.signer.peer_id
         good = offer(me)
         assert isinstance(await send_offer(requester, me, good), Done)
@@ -75,14 +77,15 @@ async def test_a_replay_is_refused_across_an_executor_restart(
     replayed within the window right after a restart was executed again (free work for
     whoever replays it). Offers taken are now in <data-dir>/replay.log."""
     async with trio.open_nursery() as nursery:
-        net = MiniNet(nursery)
-        requester = net.add(signer(1))
+        net = MemoryNetwork()
+        requester = await start_transport(nursery, net, 1)
         good = offer(signer(2).peer_id)
         for run in range(2):
             with trio.CancelScope() as scope:
                 async with trio.open_nursery() as inner:
                     ex = await start_node(inner, net, 2, {"m": ScriptedBackend()},
                                           replay_log=ReplayLog(tmp_path / REPLAY_NAME))
+                    await requester.connect(ex.transport.listen_addrs()[0])  # the restarted one: a new address
                     reply = await send_offer(requester, ex.signer.peer_id, good)
                     if run == 0:
                         assert isinstance(reply, Done)

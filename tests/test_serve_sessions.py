@@ -9,34 +9,35 @@ import trio.testing
 
 from p2pserve.errors import ConnectionBroken
 from p2pserve.net.framed import FramedStream
+from p2pserve.policies import PolicyParams
 from p2pserve.serving.service import INFER_PROTOCOL, Completed, Deadlines, Started
 from p2pserve.wire.messages import REQUEST_ID_SIZE, Accept, Chunk, Done, InferRequest
 from tests.serve_harness import (
     NETWORK,
     Hang,
-    MiniNet,
     ScriptedBackend,
     collect,
-    introduce,
+    connect_all,
     signer,
     start_node,
     text_of,
     wall_clock,
 )
+from transports.memory import MemoryNetwork
 
 FAST = Deadlines(accept_s=2.0, first_token_s=5.0, idle_s=3.0)
 
 
 async def test_sequential_requests_share_one_stream(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
-        net = MiniNet(nursery)
+        net = MemoryNetwork()
         gw = await start_node(nursery, net, 1, {})
         exe = await start_node(nursery, net, 2, {"m": ScriptedBackend(script=("a", "b", "c"))})
-        introduce(gw, [exe])
+        await connect_all(gw, [exe])
         for _ in range(5):
             events, err = await collect(gw.serve)
             assert err is None and text_of(events) == "abc"
-        assert gw.transport.opened == 1
+        assert gw.streams_opened == 1
         assert exe.serve.counters.served_for_peers == 5
         assert len({r.request_id for r in gw.receipts}) == 5  # each request has its own id and receipt
         nursery.cancel_scope.cancel()
@@ -44,10 +45,12 @@ async def test_sequential_requests_share_one_stream(autojump_clock: trio.testing
 
 async def test_rejected_offer_leaves_the_session_usable(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
-        net = MiniNet(nursery)
-        gw = await start_node(nursery, net, 1, {})
+        net = MemoryNetwork()
+        # the refused request gives up after max_wait_s: well inside pool_idle_s (30 s), so
+        # the pooled stream is still fresh for the third request
+        gw = await start_node(nursery, net, 1, {}, params=PolicyParams(accept_frequency=1.0, max_wait_s=5.0))
         exe = await start_node(nursery, net, 2, {"m": ScriptedBackend(script=("ok",))}, prices={"m": 1000})
-        introduce(gw, [exe])
+        await connect_all(gw, [exe])
         events, err = await collect(gw.serve)
         assert err is None and text_of(events) == "ok"
         exe.serve.prices["m"] = 10**9  # now every offer is below its price: Reject("price")
@@ -56,17 +59,17 @@ async def test_rejected_offer_leaves_the_session_usable(autojump_clock: trio.tes
         exe.serve.prices["m"] = 1000
         events, err = await collect(gw.serve)
         assert err is None and text_of(events) == "ok"
-        assert gw.transport.opened == 1  # ...and the same stream carried all three offers
+        assert gw.streams_opened == 1  # ...and the same stream carried all three offers
         nursery.cancel_scope.cancel()
 
 
 async def test_stale_pooled_stream_is_replaced_without_failover(autojump_clock: trio.testing.MockClock) -> None:
     deadlines = Deadlines(accept_s=2.0, session_idle_s=5.0, pool_idle_s=30.0)
     async with trio.open_nursery() as nursery:
-        net = MiniNet(nursery)
+        net = MemoryNetwork()
         gw = await start_node(nursery, net, 1, {}, deadlines=deadlines)
         exe = await start_node(nursery, net, 2, {"m": ScriptedBackend(script=("hi",))}, deadlines=deadlines)
-        introduce(gw, [exe])
+        await connect_all(gw, [exe])
         events, err = await collect(gw.serve)
         assert err is None and text_of(events) == "hi"
         await trio.sleep(10)  # the executor ended the idle session; our pooled end does not know yet
@@ -74,7 +77,7 @@ async def test_stale_pooled_stream_is_replaced_without_failover(autojump_clock: 
         events, err = await collect(gw.serve)
         assert err is None and text_of(events) == "hi"
         assert trio.current_time() - t0 < 0.5  # detected at once (end of stream), not by a timeout
-        assert gw.transport.opened == 2
+        assert gw.streams_opened == 2
         assert gw.serve.counters.failovers == 0
         assert exe.serve.counters.served_for_peers == 2
         nursery.cancel_scope.cancel()
@@ -83,29 +86,29 @@ async def test_stale_pooled_stream_is_replaced_without_failover(autojump_clock: 
 async def test_idle_streams_expire(autojump_clock: trio.testing.MockClock) -> None:
     deadlines = Deadlines(pool_idle_s=3.0, session_idle_s=60.0)
     async with trio.open_nursery() as nursery:
-        net = MiniNet(nursery)
+        net = MemoryNetwork()
         gw = await start_node(nursery, net, 1, {}, deadlines=deadlines)
         exe = await start_node(nursery, net, 2, {"m": ScriptedBackend(script=("hi",))})
-        introduce(gw, [exe])
+        await connect_all(gw, [exe])
         await collect(gw.serve)
         assert sum(len(v) for v in gw.serve._idle.values()) == 1
         await trio.sleep(5)
         assert gw.serve._idle == {}
         events, err = await collect(gw.serve)
-        assert err is None and gw.transport.opened == 2
+        assert err is None and gw.streams_opened == 2
         nursery.cancel_scope.cancel()
 
 
 async def test_peer_dies_with_several_session_requests_in_flight(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
-        net = MiniNet(nursery)
+        net = MemoryNetwork()
         gw = await start_node(nursery, net, 1, {}, deadlines=FAST)
         dying_backend = ScriptedBackend(script=("warm",), max_concurrency=8)
         dying = await start_node(nursery, net, 2, {"m": dying_backend})
         cont = ScriptedBackend(script=(" sat", "."), supports_continuation=True, max_concurrency=8)
         good = await start_node(nursery, net, 3, {"m": cont})
-        introduce(gw, [dying], stake=10**12)
-        introduce(gw, [good], stake=1)
+        await connect_all(gw, [dying], stake=10**12)
+        await connect_all(gw, [good], stake=1)
         n = 3
         results: list[tuple[list[object], object]] = []
 
@@ -115,7 +118,7 @@ async def test_peer_dies_with_several_session_requests_in_flight(autojump_clock:
         async with trio.open_nursery() as warm:  # three pooled session streams to `dying`
             for _ in range(n):
                 warm.start_soon(one)
-        assert all(err is None for _, err in results) and gw.transport.opened == n
+        assert all(err is None for _, err in results) and gw.streams_opened == n
         results.clear()
         dying_backend.script = ("The", " cat", Hang())
 
@@ -123,7 +126,7 @@ async def test_peer_dies_with_several_session_requests_in_flight(autojump_clock:
             while dying_backend.running < n:
                 await trio.sleep(0.01)
             await trio.sleep(0.5)
-            await dying.transport.kill()
+            dying.transport.kill()
 
         async with trio.open_nursery() as inner:
             inner.start_soon(kill_when_all_streaming)
@@ -151,10 +154,11 @@ def _offer(executor: str, rid: bytes) -> InferRequest:
 
 async def test_offer_while_one_runs_ends_the_session(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
-        net = MiniNet(nursery)
+        net = MemoryNetwork()
         gw = await start_node(nursery, net, 1, {})
         backend = ScriptedBackend(script=("slow", Hang()))
         exe = await start_node(nursery, net, 2, {"m": backend})
+        await gw.transport.connect(exe.transport.listen_addrs()[0])
         fs = FramedStream(await gw.transport.open_stream(exe.signer.peer_id, INFER_PROTOCOL))
         await fs.send(_offer(exe.signer.peer_id, b"\x01" * REQUEST_ID_SIZE))
         assert isinstance(await fs.recv(Accept, timeout=2), Accept)
@@ -173,9 +177,10 @@ async def test_offer_while_one_runs_ends_the_session(autojump_clock: trio.testin
 
 async def test_session_answers_offers_in_turn_on_a_raw_stream(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
-        net = MiniNet(nursery)
+        net = MemoryNetwork()
         gw = await start_node(nursery, net, 1, {})
         exe = await start_node(nursery, net, 2, {"m": ScriptedBackend(script=("x", "y"))})
+        await gw.transport.connect(exe.transport.listen_addrs()[0])
         fs = FramedStream(await gw.transport.open_stream(exe.signer.peer_id, INFER_PROTOCOL))
         for i in range(3):
             rid = bytes([i + 1]) * REQUEST_ID_SIZE
