@@ -42,7 +42,7 @@ def request() -> InferRequest:
 
 def receipt(text: str, *, tokens: int = 2, partial: bool = False) -> Receipt:
     req = request()
-    return Receipt(req.request_id, "net", REQUESTER.peer_id, EXECUTOR.peer_id, "m", req.digest(), sha256(text.encode()),
+    return Receipt(req.request_id, "net", REQUESTER.peer_id, EXECUTOR.peer_id, "m", req.request_hash(), sha256(text.encode()),
                    3, tokens, price_for(tokens, 1000), partial, 0, b"").signed(EXECUTOR)
 
 

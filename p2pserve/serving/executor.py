@@ -391,7 +391,7 @@ class InferExecutor:
             requester=req.requester,
             executor=self.peer_id,
             model=req.model,
-            request_hash=req.digest(),
+            request_hash=req.request_hash(),
             response_hash=sha256(text.encode()),
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,

@@ -114,7 +114,7 @@ def check_receipt(
         problems.append("request id or network")
     if receipt.model != request.model:
         problems.append("model")
-    if receipt.request_hash != request.digest():
+    if receipt.request_hash != request.request_hash():
         problems.append("request hash")
     if receipt.response_hash != sha256(text.encode()):
         problems.append("response hash")

@@ -7,6 +7,7 @@ with generous tolerances. Ledger (30-49) and duel (50-69) messages live with the
 
 from __future__ import annotations
 
+from p2pserve.crypto import sha256
 from p2pserve.errors import MalformedMessage
 from p2pserve.wire.codec import Message, SignedMessage, message
 from p2pserve.wire.limits import DEFAULT_LIMITS
@@ -22,6 +23,7 @@ __all__ = [
     "ModelStatus",
     "REQUEST_ID_SIZE",
     "Receipt",
+    "RequestHeader",
     "Reject",
     "Status",
 ]
@@ -145,6 +147,62 @@ class InferRequest(SignedMessage):
             raise MalformedMessage("request body exceeds max_prompt")
         _non_negative("max_price_per_1k", self.max_price_per_1k)
 
+    def header(self) -> RequestHeader:
+        """This request with its texts replaced by their hashes (see :class:`RequestHeader`)."""
+        return RequestHeader(
+            request_id=self.request_id,
+            network_id=self.network_id,
+            requester=self.requester,
+            executor=self.executor,
+            model=self.model,
+            kind=self.kind,
+            body_hash=sha256(self.body),
+            created_ms=self.created_ms,
+            continuation_hash=sha256(self.continuation.encode()),
+            max_price_per_1k=self.max_price_per_1k,
+        )
+
+    def request_hash(self) -> bytes:
+        """What the executor's receipt cites: the hash of :meth:`header`."""
+        return self.header().hash()
+
+
+@message(18)
+class RequestHeader(Message):
+    """An :class:`InferRequest` without its texts: their SHA-256 instead of the body and the
+    continuation, and no signature. A receipt's ``request_hash`` is the hash of this
+    header, so a duel order can show that two receipts answer the same prompt (equal
+    ``body_hash``) without carrying the prompt itself (up to 1 MiB) into a ledger block."""
+
+    request_id: bytes
+    network_id: str
+    requester: str
+    executor: str
+    model: str
+    kind: str
+    body_hash: bytes
+    created_ms: int
+    continuation_hash: bytes
+    max_price_per_1k: int
+
+    def _check(self) -> None:
+        if len(self.request_id) != REQUEST_ID_SIZE:
+            raise MalformedMessage(f"request_id must be {REQUEST_ID_SIZE} bytes")
+        if self.kind not in _KINDS:
+            raise MalformedMessage(f"kind must be one of {_KINDS}")
+        _short("network_id", self.network_id, 64)
+        _short("requester", self.requester, 128)
+        _short("executor", self.executor, 128)
+        _short("model", self.model)
+        if len(self.body_hash) != 32 or len(self.continuation_hash) != 32:
+            raise MalformedMessage("hashes are 32 bytes")
+        _non_negative("created_ms", self.created_ms)
+        _non_negative("max_price_per_1k", self.max_price_per_1k)
+
+    def hash(self) -> bytes:
+        """SHA-256 of the canonical encoding: a receipt's ``request_hash``."""
+        return sha256(self.encode())
+
 
 @message(11)
 class Accept(Message):
@@ -190,7 +248,7 @@ class Receipt(SignedMessage):
     executor: str
     model: str
     request_hash: bytes
-    """``InferRequest.digest()`` of the request this answers."""
+    """``InferRequest.request_hash()`` of the request this answers (its header's hash)."""
     response_hash: bytes
     """SHA-256 of the UTF-8 text this executor generated."""
     prompt_tokens: int
