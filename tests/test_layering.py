@@ -1,5 +1,6 @@
-"""Layering (DESIGN §1): pure modules import no trio/httpx/libp2p, even transitively;
-only node.py, cli/ and sim/ import the transports package."""
+"""Layering (docs/architecture.md, "Layers"): pure modules import no trio/httpx/libp2p, even
+transitively; the ledger stays below config, the API and the CLI; the wire layer imports only
+itself, crypto and errors; only node.py, cli/ and sim/ import the transports package."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ PKG = ROOT / "p2pserve"
 
 PURE = [
     "p2pserve.errors",
+    "p2pserve.units",
+    "p2pserve.rng",
     "p2pserve.crypto",
     "p2pserve.identity",
     "p2pserve.config",
@@ -23,17 +26,30 @@ PURE = [
     "p2pserve.wire.framing",
     "p2pserve.wire.messages",
     "p2pserve.wire.limits",
+    "p2pserve.wire.sync",
     "p2pserve.membership.table",
+    "p2pserve.membership.verified",
     "p2pserve.transport",
     "p2pserve.backends.base",
     "p2pserve.backends.metrics",
+    "p2pserve.backends.openai_format",
+    "p2pserve.backends.sse",
     "p2pserve.routing",
     "p2pserve.policies",
     "p2pserve.serving.receipts",
     "p2pserve.serving.events",
+    "p2pserve.serving.offenders",
+    "p2pserve.serving.offer",
+    "p2pserve.serving.dispatch",
+    "p2pserve.serving.router",
+    "p2pserve.serving.tracer",
     "p2pserve.ledger.blocks",
+    "p2pserve.ledger.state",
     "p2pserve.ledger.rules",
-    "p2pserve.duel.machine",
+    "p2pserve.ledger.forks",
+    "p2pserve.ledger.pending",
+    "p2pserve.ledger.payers",
+    "p2pserve.ledger.compare",
 ]
 FORBIDDEN = ("trio", "httpx", "libp2p", "transports", "hypercorn", "starlette", "sqlite3")
 
@@ -43,14 +59,92 @@ def _exists(mod: str) -> bool:
     return (ROOT / rel).with_suffix(".py").exists() or (ROOT / rel / "__init__.py").exists()
 
 
-@pytest.mark.parametrize("module", [m for m in PURE if _exists(m)])
-def test_pure_module_imports_no_io_library(module: str) -> None:
-    code = (
-        "import sys, importlib; importlib.import_module(%r); "
-        "bad = sorted({m.split('.')[0] for m in sys.modules} & set(%r)); print(','.join(bad))"
-    ) % (module, FORBIDDEN)
+def _loaded_after_import(module: str) -> list[str]:
+    """Every module in ``sys.modules`` after importing ``module`` in a fresh interpreter."""
+    code = "import sys, importlib; importlib.import_module(%r); print('\\n'.join(sorted(sys.modules)))" % module
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
-    assert out.stdout.strip() == "", f"{module} pulls in {out.stdout.strip()}"
+    return out.stdout.split()
+
+
+def test_pure_list_names_existing_modules() -> None:
+    """A stale entry would guard nothing: add a module here when it exists."""
+    assert [m for m in PURE if not _exists(m)] == []
+
+
+@pytest.mark.parametrize("module", PURE)
+def test_pure_module_imports_no_io_library(module: str) -> None:
+    bad = sorted({m.split(".")[0] for m in _loaded_after_import(module)} & set(FORBIDDEN))
+    assert bad == [], f"{module} pulls in {bad}"
+
+
+def _modules(package: str) -> list[str]:
+    """Dotted names of every module in ``package`` (a directory under the repository root)."""
+    root = ROOT / Path(*package.split("."))
+    names = []
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return names
+
+
+def _p2pserve_imports(path: Path) -> set[str]:
+    """The ``p2pserve`` modules a file imports anywhere (top level or inside functions)."""
+    package = ".".join(path.relative_to(ROOT).parent.parts)
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against the file's package
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                names.add(".".join([*base, *([node.module] if node.module else [])]))
+            elif node.module:
+                names.add(node.module)
+    return {n for n in names if n == "p2pserve" or n.startswith("p2pserve.")}
+
+
+def _under(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+LEDGER_MUST_NOT_IMPORT = ("p2pserve.config", "p2pserve.api", "p2pserve.cli")
+WIRE_MAY_IMPORT = ("p2pserve.wire", "p2pserve.crypto", "p2pserve.errors")
+
+
+def test_ledger_imports_neither_config_api_nor_cli() -> None:
+    """The ledger is below configuration and the entry points: it takes values, not config."""
+    direct = {
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in (PKG / "ledger").rglob("*.py")
+        for name in _p2pserve_imports(path)
+        if _under(name, LEDGER_MUST_NOT_IMPORT)
+    }
+    assert sorted(direct) == []
+    transitive = {
+        f"{module}: {name}"
+        for module in _modules("p2pserve.ledger")
+        for name in _loaded_after_import(module)
+        if _under(name, LEDGER_MUST_NOT_IMPORT)
+    }
+    assert sorted(transitive) == []
+
+
+def test_wire_imports_only_wire_crypto_and_errors() -> None:
+    """Messages and framing are the bottom of the protocol stack: bytes in, messages out."""
+    direct = {
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in (PKG / "wire").rglob("*.py")
+        for name in _p2pserve_imports(path)
+        if name != "p2pserve" and not _under(name, WIRE_MAY_IMPORT)
+    }
+    assert sorted(direct) == []
+    transitive = {
+        f"{module}: {name}"
+        for module in _modules("p2pserve.wire")
+        for name in _loaded_after_import(module)
+        if _under(name, ("p2pserve",)) and name != "p2pserve" and not _under(name, WIRE_MAY_IMPORT)
+    }
+    assert sorted(transitive) == []
 
 
 def _imports(path: Path) -> set[str]:

@@ -76,7 +76,7 @@ from p2pserve.net.framed import FramedStream
 from p2pserve.transport import PeerEvent, PubsubMessage, Stream, Subscription, Transport
 from p2pserve.wire.messages import Failure
 
-__all__ = ["KillFn", "OpenTransport", "TRIO_STREAM_GAPS", "TransportConformance", "TransportPool", "TrioStreamAdapter"]
+__all__ = ["TRIO_STREAM_GAPS", "KillFn", "OpenTransport", "TransportConformance", "TransportPool", "TrioStreamAdapter"]
 
 OpenTransport = Callable[[int], AbstractAsyncContextManager[Transport]]
 KillFn = Callable[[Transport], Awaitable[None]]
