@@ -9,15 +9,16 @@ a registered name (``"default"``, ``"local-only"``, ``"always-offload"``) or a d
 ``"package.module:Class"``, so a provider can plug in their own class. Such a class is
 called with one :class:`PolicyParams` argument and must satisfy :class:`Policy`.
 
-The default policy keeps WWW.Serve's behaviour and fixes its defects (research/wwwserve.md
-§3.2, §7, §9, §11):
+The default policy keeps WWW.Serve's behaviour and fixes its defects (``docs/notes-wwwserve.md``
+says what the original does and what changes):
 
 * requester cascade, decided per request and event-driven (no global 0.5 s tick; many
   requests in flight): a local model under its ``target_token_usage`` → run locally; else
   with probability ``offload_frequency`` → offload; else with probability
   ``queue_frequency`` → queue on the least-queued local model; else wait
   ``retry_interval_s`` and decide again. When an offload round found nobody, the request
-  falls back to a local model at once (DESIGN §6.3: "next candidate, then local").
+  falls back to a local model at once (``docs/protocol.md``, "Inference": "to the next
+  candidate, then to a local model").
 * a node that serves no local copy of the model (a gateway: ``models: []``) always offloads.
 * executor: accept with probability ``accept_frequency``, only while it has capacity (an
   idle local model for the offer and no backlog of its own users).

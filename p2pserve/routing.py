@@ -4,7 +4,7 @@ Pure logic: no I/O, no clock, and randomness only from the ``random.Random`` pas
 the same seed and the same input order give the same choice (the simulator and the tests
 rely on it).
 
-The rule (DESIGN §6.3, §6.5):
+The rule (``docs/protocol.md``, "Inference", item 1):
 
 * Candidates are the peers the caller passes in: peers that serve the model, are alive
   (not expired), accept work and are not frozen (:meth:`p2pserve.membership.table.PeerTable.candidates`

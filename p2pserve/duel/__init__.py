@@ -1,4 +1,4 @@
-"""Duel and judge (DESIGN §8): a sample of offloaded requests is answered by two executors
+"""Duel and judge (``docs/notes-duel.md``): a sample of offloaded requests is answered by two executors
 and a third node judges which answer is better.
 
 The judging layer, from pure to I/O (nothing is imported here, so ``import p2pserve.duel``

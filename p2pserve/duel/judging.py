@@ -63,8 +63,8 @@ SCORE_SCALE = 1_000_000
 SIMILARITY_MARGIN = 20_000
 """Millionths (0.02): closer than this, two answers' similarity to the reference is a tie.
 
-MiniLM separates a right from a wrong on-topic answer by 0.02 to 0.2 (research/backends.md
-§4); below 0.02 the difference says more about wording than about correctness."""
+MiniLM separates a right from a wrong on-topic answer by 0.02 to 0.2 (``docs/notes-backends.md``,
+"Judging with MiniLM"); below 0.02 the difference says more about wording than about correctness."""
 
 MAX_METHOD_NAME = 100
 """Longest method name a :class:`JudgeResult` carries (``module:Class`` included)."""

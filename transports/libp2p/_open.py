@@ -16,7 +16,7 @@ What this module owns, and its invariants:
   or the ``transports.libp2p._*`` modules behind it: every call that reaches into libp2p
   catches ``Exception`` and raises a :class:`~p2pserve.errors.TransportError` subclass
   ``from`` it. Only p2pserve errors and trio cancellation escape.
-* **Host settings for 0.8.1** (measured in ``/work/shared/research/libp2p.md``): gossipsub
+* **Host settings for 0.8.1** (measured and explained in ``docs/libp2p-notes.md``): gossipsub
   gets a real heartbeat, no adaptive gossip, v1.1 only, no spam protection and short
   backoffs; the auto-connector is off (node code decides whom to dial). The process-wide
   workarounds are in ``transports.libp2p._setup``, applied on first use.

@@ -5,7 +5,7 @@ What this module owns, and its invariants:
 * **The logger.** ``log`` is the ``transports.libp2p`` logger (the public module's name,
   which is what applications configure), shared by every ``transports.libp2p._*`` module.
   libp2p's own WARNING and above is forwarded to ``transports.libp2p.library``.
-* **Workarounds for 0.8.1** (measured in ``/work/shared/research/libp2p.md``): the 250 ms
+* **Workarounds for 0.8.1** (measured and explained in ``docs/libp2p-notes.md``): the 250 ms
   happy-eyeballs dial delay is set to 0; ``PY_YAMUX_RELEASE_ON_READ=0``; libp2p modules
   that log through the root logger get a stand-in ``logging`` that cannot run
   ``basicConfig()``; ``multiaddr``'s per-parse DEBUG logging is raised to INFO unless

@@ -262,7 +262,7 @@ class Snapshot:
 
 
 def render_metrics(dialect: Dialect, model: str, snap: Snapshot) -> str:
-    """``/metrics`` text in ``dialect``'s names (see research/backends.md §6)."""
+    """``/metrics`` text in ``dialect``'s names (see ``docs/notes-backends.md``, "Backend metrics")."""
     if dialect == "vllm":
         labels = f'{{model_name="{model}",engine="0"}}'
         rows = [("vllm:num_requests_running", "gauge", snap.running),
