@@ -145,7 +145,10 @@ class LedgerParams:
     max_initial_staked: float = 1000.0
     """Most credits an account may stake in its open block. Must match network-wide."""
     duel_penalty: float = 1.0
-    """Credits a duel verdict moves from the loser's stake to the winner. Must match network-wide."""
+    """Stake weight (credits) a duel moves from its loser to its winner, split among its
+    judges. Must match network-wide."""
+    judge_fee: float = 0.05
+    """Credits a requester pays a judge per verdict. Must match network-wide."""
 
     def __post_init__(self) -> None:
         # The genesis as a whole (check_genesis) is checked by NodeConfig: tests build unsound
@@ -153,7 +156,7 @@ class LedgerParams:
         if not self.network_id or len(self.network_id) > 64 or "/" in self.network_id:
             _invalid("network_id", "must be 1-64 characters without '/'", self.network_id)
         for name in ("initial_credit", "initial_staked", "unbonding_delay_s", "max_clock_skew_s",
-                     "max_initial_staked", "duel_penalty"):
+                     "max_initial_staked", "duel_penalty", "judge_fee"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 _invalid(name, "must be >= 0", value)
@@ -173,6 +176,7 @@ class LedgerParams:
             unbonding_delay_ms=round(self.unbonding_delay_s * 1000),
             duel_penalty=round(self.duel_penalty * MICRO),
             max_clock_skew_ms=round(self.max_clock_skew_s * 1000),
+            judge_fee=round(self.judge_fee * MICRO),
         )
 
 

@@ -32,7 +32,8 @@ from p2pserve.node import Node
 from p2pserve.serving.service import INFER_PROTOCOL, Completed
 from p2pserve.sim.cluster import Cluster, open_cluster
 from p2pserve.testing.ledger import make_receipt
-from p2pserve.wire.messages import InferRequest, Receipt, Reject
+from p2pserve.wire.duel import DuelOrder, JudgeCandidate
+from p2pserve.wire.messages import InferRequest, Receipt, Reject, RequestHeader
 from p2pserve.wire.sync import blocks_topic
 from tests.serve_harness import Hang, ScriptedBackend
 from transports.memory import MemoryNetwork
@@ -162,8 +163,10 @@ async def test_item2_one_oversized_receipt_does_not_disable_a_gateway(autojump_c
 async def test_item3_forged_verdicts_slash_nobody(autojump_clock: trio.testing.MockClock) -> None:
     """Attack 3: anyone could slash any staked account. A loser receipt copied from a public
     pay block plus a self-signed "winner" receipt with the same request ID, repeated with
-    fresh order IDs, took a victim's stake from 10 to 0 on every node. Now every node
-    refuses every verdict (no signed duel order exists yet); the victim keeps its stake."""
+    fresh order IDs, took a victim's stake from 10 to 0 on every node. Now a verdict needs
+    the requester's signed duel order over both executors' receipts for one prompt and a
+    judge that order draws: the forged verdicts (whoever signs the order) are refused
+    everywhere and the victim keeps its stake (tests/test_ledger_verdicts.py: each reason)."""
     configs = [cfg(models=False), cfg(ledger={"initial_staked": 10}), cfg(models=False)]
     async with open_cluster(configs, network=MemoryNetwork(seed=13), seed=13,
                             backends=lambda i: fake() if i == 1 else {}) as c:
@@ -177,17 +180,23 @@ async def test_item3_forged_verdicts_slash_nobody(autojump_clock: trio.testing.M
         assert isinstance(body, PayBody)
         loser_receipt = body.receipts[0]  # the victim's own receipt, public in the gateway's pay
         winner_receipt = dataclasses.replace(loser_receipt, executor=attacker.peer_id, signature=b"").signed(attacker.signer)
-        stake = victim.ledger.staked()
+        stake = victim.ledger.stake_of(victim.peer_id)
+        network = attacker.ledger.store.params.network_id
         for i in range(10):
-            verdict = VerdictBody(bytes([i]) * 16, attacker.peer_id, victim.peer_id, attacker.ledger.store.params.duel_penalty,
-                                  winner_receipt, loser_receipt, b"forged order")
-            judge = c[0] if i % 2 else attacker  # a verdict needs a third party: any key will do
-            state = judge.ledger.store.state
-            block = rules.next_block(judge.signer, state, verdict, judge.ledger.now_ms())
-            await attacker.transport.publish(blocks_topic(state.params.network_id), block.encode())
+            requester = (gw if i % 2 else attacker).peer_id  # claim the gateway ordered it, or order it ourselves
+            header = RequestHeader(bytes([i]) * 16, network, requester, victim.peer_id, MODEL, "chat", bytes(32), 0,
+                                   sha256(b""), 0)
+            order = DuelOrder(network, requester, (header, header), (winner_receipt, loser_receipt),
+                              (JudgeCandidate(attacker.peer_id, 1),), 1, b"")
+            order = dataclasses.replace(order, signature=attacker.signer.sign(order.signing_bytes()))
+            verdict = VerdictBody(order, "A", "fake", (), (), attacker.ledger.store.params.duel_penalty)
+            state = attacker.ledger.store.state
+            block = rules.next_block(attacker.signer, state, verdict, attacker.ledger.now_ms())
+            await attacker.transport.publish(blocks_topic(network), block.encode())
         await trio.sleep(10)
         for n in c.alive():
-            assert n.ledger.store.state.account(victim.peer_id).staked == stake  # type: ignore[union-attr]
+            assert n.ledger.store.state.stake_of(victim.peer_id) == stake
+            assert n.ledger.store.state.verdict_count() == 0
         assert same_fingerprint(c.alive())()
 
 

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from p2pserve.crypto import sha256
 from p2pserve.errors import InvalidBlock, LedgerError, LocalProtocolError, MalformedMessage
 from p2pserve.ledger import rules
 from p2pserve.ledger.blocks import (
@@ -30,6 +31,8 @@ from p2pserve.ledger.blocks import (
 from p2pserve.ledger.rules import LedgerState, apply, apply_proof, check, fingerprint, invariant_violations
 from p2pserve.testing.ledger import CREDIT, TEST_PARAMS, World
 from p2pserve.wire.codec import decode
+from p2pserve.wire.duel import DuelOrder, JudgeCandidate
+from p2pserve.wire.messages import RequestHeader
 
 
 def world(seed: int = 1) -> World:
@@ -229,19 +232,26 @@ def test_batched_pay_rejections() -> None:
     assert invariant_violations(w.state) == []
 
 
-def test_every_verdict_is_refused_until_duel_orders_exist() -> None:
+def test_a_verdict_built_from_public_receipts_moves_nothing() -> None:
     """Attack (issue 7, item 3): anyone could slash any stake with a forged verdict: a loser
     receipt copied from a public pay block plus a self-signed "winner" receipt for the same
-    request, repeated under fresh order IDs. No verdict can move stake without the
-    requester's signed duel order, which this version does not define: all are refused."""
+    request, repeated under fresh order IDs. A verdict now needs the requester's signed
+    order over both executors' receipts for one prompt, and a judge that order draws;
+    every form of the old attack is refused (tests/test_ledger_verdicts.py covers each
+    reason on its own)."""
     w = world()
-    w.open("judge")
-    for order in (b"o1", b"o2", b"o3"):
-        body = w.verdict_body(winner="bob", loser="alice", order_id=order)
-        rejects("no-duel-order", w.block("judge", body), w.state)
-        rejects("no-duel-order", w.block("bob", body), w.state)
+    w.open("judge", staked=10 * CREDIT)
+    copied = w.receipt("alice", "bob", CREDIT)  # bob's receipt for alice, public once paid
+    mine = dataclasses.replace(copied, executor=w.id("judge"), signature=b"").signed(w.signer("judge"))
+    for requester in ("judge", "bob"):  # the attacker signs the order itself, as requester or party
+        header = RequestHeader(copied.request_id, w.params.network_id, w.id(requester), w.id("bob"), "test-model",
+                               "chat", bytes(32), 0, sha256(b""), 0)
+        order = DuelOrder(w.params.network_id, w.id(requester), (header, header), (mine, copied),
+                          (JudgeCandidate(w.id("judge"), CREDIT),), 1, b"")
+        with pytest.raises(MalformedMessage):  # receipts not for this requester, nor for these offers
+            decode(order.encode(), expect=DuelOrder)
     a = w.state.account(w.id("alice"))
-    assert a is not None and a.staked == 10 * CREDIT
+    assert a is not None and a.staked == 10 * CREDIT and w.state.stake_of(w.id("alice")) == 10 * CREDIT
 
 
 def test_apply_retires_the_old_state_and_copy_keeps_it() -> None:

@@ -26,6 +26,7 @@ import msgpack
 from p2pserve.crypto import SIGNATURE_SIZE, Signer, sha256
 from p2pserve.errors import LocalProtocolError, MalformedMessage
 from p2pserve.wire.codec import Message, SignedMessage, decode, encode, message
+from p2pserve.wire.duel import DuelOrder, check_outcome
 from p2pserve.wire.messages import Receipt
 
 __all__ = [
@@ -38,7 +39,6 @@ __all__ = [
     "Kind",
     "MAX_BODY",
     "DEFAULT_MAX_CLOCK_SKEW_MS",
-    "MAX_ORDER",
     "MAX_RECEIPTS_PER_PAY",
     "MIN_UNBONDING_SKEWS",
     "NetworkParams",
@@ -63,8 +63,6 @@ MAX_RECEIPTS_PER_PAY = 128
 """Most receipts one ``pay`` block carries. A receipt is ~290 bytes with libp2p peer IDs, so
 128 of them (~37 KB) fit :data:`MAX_BODY`; a payer also stops filling a block at
 ``MAX_BODY`` (model names are free-form). (256 would not fit one gossip message.)"""
-MAX_ORDER = 8 * 1024
-"""Largest opaque signed duel order carried in a verdict."""
 _MAX_ID = 128
 _MAX_NETWORK_ID = 64
 DEFAULT_MAX_CLOCK_SKEW_MS = 30_000
@@ -114,16 +112,19 @@ class NetworkParams(Message):
     """Unstaked credit becomes free this long (plus ``max_clock_skew_ms``) after the unstake
     block's timestamp."""
     duel_penalty: int
-    """Micro-credits a verdict moves from the loser's stake to the winner."""
+    """Micro-credits of stake weight a duel moves from its loser to its winner, split among
+    its judges (each verdict moves ``duel_penalty // judges``)."""
     max_clock_skew_ms: int = DEFAULT_MAX_CLOCK_SKEW_MS
     """How far ahead of a receiver's clock a block may be dated; a block dated further ahead
     waits until the receiver's clock catches up. Unbonding adds it to the delay, so no
     accepted timestamp can shorten the delay."""
+    judge_fee: int = 0
+    """Micro-credits a requester pays a judge per verdict (through an ordinary pay block)."""
 
     def _check(self) -> None:
         if not 1 <= len(self.network_id) <= _MAX_NETWORK_ID or "/" in self.network_id:
             raise MalformedMessage("network_id must be 1-64 characters without '/'")
-        for n in ("initial_credit", "max_initial_staked", "unbonding_delay_ms", "duel_penalty", "max_clock_skew_ms"):
+        for n in ("initial_credit", "max_initial_staked", "unbonding_delay_ms", "duel_penalty", "max_clock_skew_ms", "judge_fee"):
             _non_negative(n, getattr(self, n))
         if self.unbonding_delay_ms < MIN_UNBONDING_SKEWS * self.max_clock_skew_ms:
             raise MalformedMessage(
@@ -217,30 +218,37 @@ class ClaimBody(Message):
 
 @message(36)
 class VerdictBody(Message):
-    """A judge's duel result, written on the judge's chain.
+    """A judge's verdict on a duel, written on the judge's chain.
 
-    Moves ``penalty`` (the network's ``duel_penalty``) from the loser's stake (then its
-    unbonding credit) to a claimable award for the winner. Cites both executors' signed
-    receipts and the requester's signed duel order (opaque bytes until the duel issue
-    defines its message; see docs/ledger.md).
+    Carries the requester's signed :class:`~p2pserve.wire.duel.DuelOrder` (which embeds
+    both executors' receipts), the ``outcome`` (``"A"``: the order's first executor won,
+    ``"B"``, or ``"tie"``), the method and its per-order results, and ``penalty``: the
+    stake weight moved from the loser to the winner (``duel_penalty // order.judges``;
+    0 for a tie). The rules check that the judge is the one the order draws.
     """
 
-    order_id: bytes
-    winner: str
-    loser: str
+    order: DuelOrder
+    outcome: str
+    method: str
+    verdicts: tuple[str, ...]
+    scores: tuple[int, ...]
     penalty: int
-    winner_receipt: Receipt
-    loser_receipt: Receipt
-    order: bytes
 
     def _check(self) -> None:
-        if not 1 <= len(self.order_id) <= 64:
-            raise MalformedMessage("order_id must be 1-64 bytes")
-        _peer_id_shape("winner", self.winner)
-        _peer_id_shape("loser", self.loser)
+        check_outcome(self.outcome, self.method, self.verdicts, self.scores)
         _non_negative("penalty", self.penalty)
-        if len(self.order) > MAX_ORDER:
-            raise MalformedMessage(f"duel order longer than {MAX_ORDER} bytes")
+        if self.outcome == "tie" and self.penalty:
+            raise MalformedMessage("a tie moves nothing (penalty 0)")
+
+    @property
+    def winner(self) -> str | None:
+        a, b = self.order.executors
+        return a if self.outcome == "A" else b if self.outcome == "B" else None
+
+    @property
+    def loser(self) -> str | None:
+        a, b = self.order.executors
+        return b if self.outcome == "A" else a if self.outcome == "B" else None
 
 
 Body = OpenBody | StakeBody | UnstakeBody | PayBody | ClaimBody | VerdictBody
@@ -312,8 +320,8 @@ def _canonical(raw: bytes) -> list[Any]:
 
 def decode_body(kind: int, raw: bytes) -> tuple[Body, tuple[bytes, ...]]:
     """Decode a canonical body of ``kind``; also the signing bytes of each receipt it embeds
-    (pay: its receipts, in order; verdict: winner's, loser's), taken from the bytes without
-    re-encoding.
+    (pay: its receipts, in order; verdict: the order's two receipts, then the order itself),
+    taken from the bytes without re-encoding.
 
     Raises MalformedMessage.
     """
@@ -325,7 +333,8 @@ def decode_body(kind: int, raw: bytes) -> tuple[Body, tuple[bytes, ...]]:
     if isinstance(body, PayBody):
         receipts: tuple[bytes, ...] = tuple(msgpack.packb(r[:-1], use_bin_type=True) for r in lst[1])
     elif isinstance(body, VerdictBody):
-        receipts = (msgpack.packb(lst[5][:-1], use_bin_type=True), msgpack.packb(lst[6][:-1], use_bin_type=True))
+        order = lst[1]  # [tag, network_id, requester, headers, receipts, candidates, judges, signature]
+        receipts = (*(msgpack.packb(r[:-1], use_bin_type=True) for r in order[4]), msgpack.packb(order[:-1], use_bin_type=True))
     else:
         receipts = ()
     return body, receipts

@@ -35,9 +35,18 @@ installs (:mod:`p2pserve.ledger.forks` computes it from every known block, so it
 depend on arrival order): blocks outside it are refused (``frozen``), and a claim of one of
 its side-branch pays is a *void* claim (a valid block crediting nothing).
 
-Verdicts. A verdict may move stake only with the requester's signed duel order binding
-both receipts and the judge's draw. This version defines no duel order, so every verdict
-is refused (``no-duel-order``).
+Verdicts. A ``verdict`` block carries the requester's signed duel order (both executors'
+receipts, the judge candidates) and the outcome. It is valid when every signature in it
+verifies, the order is well formed (:class:`~p2pserve.wire.duel.DuelOrder`), the block's
+account is a judge the order draws (:func:`p2pserve.duel.draw.draw_judges`), the penalty is
+``duel_penalty // order.judges`` (0 for a tie) and this judge has no verdict for the order
+yet. Its effect is on *stake weight*, the number routing draws by, not on anyone's credit:
+the winner's weight rises and the loser's falls by the penalty. Moving the loser's credit
+would let a judge's block invalidate the loser's own later blocks (an unstake that no
+longer fits), and which of them a node accepted would depend on arrival order; weight is
+read by nobody's chain rules, so every set of blocks gives one state. Two different orders
+citing one receipt (a requester re-signing a duel to redraw its judge) make both orders
+void: their verdicts stay valid blocks but move nothing, on every node that has seen both.
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from p2pserve.crypto import Signer, sha256, verify_by_peer_id
+from p2pserve.duel.draw import draw_judges
 from p2pserve.errors import BadSignature, InvalidBlock, LedgerError, MalformedMessage
 from p2pserve.ledger.blocks import (
     BODY_TYPES,
@@ -69,6 +79,7 @@ from p2pserve.ledger.state import (
     ForkView,
     LedgerState,
     Unbonding,
+    VerdictRecord,
     _Acct,
     _Core,
     fingerprint,
@@ -119,7 +130,11 @@ REASONS: dict[str, str] = {
     "double-claim": "the cited payment was already claimed",
     "wrong-payee": "the cited payment is to another account",
     "bad-claim": "the claim's citation does not match the payment",
-    "no-duel-order": "verdicts need a requester-signed duel order, which this version does not define",
+    "bad-verdict": "the verdict's order is of another network, or its penalty is not the network's",
+    "bad-order": "the duel order's requester signature does not verify",
+    "judge-is-party": "the judge is the duel's requester or one of its executors",
+    "not-drawn": "the judge is not one the duel order's draw picks",
+    "duplicate-verdict": "this judge already wrote a verdict for this order",
     "bad-proof": "an equivocation proof that proves nothing",
 }
 """Every reason code ``InvalidBlock`` carries, with its meaning."""
@@ -179,6 +194,7 @@ class Plan:
     """A void claim: the side-branch pay it cites (nothing is credited)."""
     paid: tuple[tuple[str, bytes], ...] = ()
     """``(executor, request_id)`` of every receipt a pay settles."""
+    verdict: VerdictRecord | None = None
     minted: int = 0
 
 
@@ -308,7 +324,34 @@ def _plan_unstake(x: _Ctx, body: UnstakeBody) -> Plan:
 
 
 def _plan_verdict(x: _Ctx, body: VerdictBody) -> Plan:
-    raise _fail("no-duel-order", "no verdict can move stake before signed duel orders exist")
+    """A judge's verdict: structure and parties first, then the draw, then signatures."""
+    b = x.p.block
+    order = body.order
+    judge = b.account
+    if order.network_id != b.network_id:
+        raise _fail("bad-verdict", "the order belongs to another network")
+    if judge in order.parties:
+        raise _fail("judge-is-party", f"{judge} is the requester or an executor of this duel")
+    order_id = sha256(x.p.receipt_signing_bytes[2])  # order.digest(), from its own bytes
+    if judge not in draw_judges(order_id, [(c.peer_id, c.stake) for c in order.candidates], order.judges, order.parties):
+        raise _fail("not-drawn", f"{judge} is not a judge this order draws")
+    penalty = 0 if body.outcome == "tie" else x.state.params.duel_penalty // order.judges
+    if body.penalty != penalty:
+        raise _fail("bad-verdict", f"penalty must be {penalty}")
+    if x.state.has_verdict(order_id, judge):
+        raise _fail("duplicate-verdict", f"{judge} already judged order {order_id.hex()[:16]}")
+    if x.verify:
+        sb = x.p.receipt_signing_bytes
+        try:
+            verify_by_peer_id(order.requester, sb[2], order.signature)
+        except (BadSignature, MalformedMessage) as exc:
+            raise _fail("bad-order", f"the requester's signature: {exc}") from exc
+        for r, rsb in zip(order.receipts, sb[:2], strict=True):
+            _verify_receipt(r, rsb, True)
+    a, bx = order.executors
+    keys = ((a, order.receipts[0].request_id), (bx, order.receipts[1].request_id))
+    record = VerdictRecord(order_id, judge, a, bx, body.outcome, penalty, keys)
+    return x.plan(x.head(x.free, x.acct.staked, x.unbonding), verdict=record)
 
 
 def _release(
@@ -419,10 +462,35 @@ def commit(pl: Plan, state: LedgerState) -> LedgerState:
         c.claimed_total += amount
     if pl.void is not None:
         c.voided.add(pl.void)
+    if pl.verdict is not None:
+        _count_verdict(c, pl.verdict)
     c.minted += pl.minted
     c.blocks += 1
     c.version += 1
     return LedgerState(state.params, c)
+
+
+def _count_verdict(c: _Core, v: VerdictRecord) -> None:
+    """Record ``v``; void its order (and any other) when two orders cite one receipt."""
+    c.verdicts.setdefault(v.order_id, {})[v.judge] = v
+    clash = set()
+    for key in v.receipts:
+        orders = c.orders_of.setdefault(key, set())
+        orders.add(v.order_id)
+        if len(orders) > 1:
+            clash |= orders
+    for oid in sorted(clash - c.void_orders):  # newly void: undo what their verdicts moved
+        c.void_orders.add(oid)
+        for other in c.verdicts[oid].values():
+            if other is not v:  # v has not moved anything yet
+                _move(c, other.deltas(), -1)
+    if v.order_id not in c.void_orders:
+        _move(c, v.deltas(), +1)
+
+
+def _move(c: _Core, deltas: tuple[tuple[str, int], ...], sign: int) -> None:
+    for account, amount in deltas:
+        c.stake_delta[account] = c.stake_delta.get(account, 0) + sign * amount
 
 
 # --- the public contract ---------------------------------------------------------------------

@@ -28,6 +28,7 @@ __all__ = [
     "ForkView",
     "LedgerState",
     "Unbonding",
+    "VerdictRecord",
     "fingerprint",
     "invariant_violations",
 ]
@@ -91,6 +92,28 @@ class ForkView:
 
 
 @dataclass(frozen=True, slots=True)
+class VerdictRecord:
+    """One counted verdict: executors ``a`` and ``b`` of the order (in its order), the
+    ``outcome`` (``"A"``, ``"B"``, ``"tie"``) and the stake weight it moves."""
+
+    order_id: bytes
+    judge: str
+    a: str
+    b: str
+    outcome: str
+    penalty: int
+    receipts: tuple[tuple[str, bytes], tuple[str, bytes]]
+    """``(executor, request_id)`` of the order's two receipts."""
+
+    def deltas(self) -> tuple[tuple[str, int], ...]:
+        """``(account, stake-weight change)`` this verdict makes while its order counts."""
+        if self.outcome == "tie" or not self.penalty:
+            return ()
+        winner, loser = (self.a, self.b) if self.outcome == "A" else (self.b, self.a)
+        return (winner, self.penalty), (loser, -self.penalty)
+
+
+@dataclass(frozen=True, slots=True)
 class _Acct:
     height: int
     head: bytes
@@ -111,6 +134,14 @@ class _Core:
     paid: set[tuple[str, bytes]] = field(default_factory=set)
     frozen: dict[str, EquivocationProof] = field(default_factory=dict)
     forks: dict[str, ForkView] = field(default_factory=dict)
+    verdicts: dict[bytes, dict[str, VerdictRecord]] = field(default_factory=dict)
+    """``order_id -> judge -> verdict`` of every verdict block applied."""
+    orders_of: dict[tuple[str, bytes], set[bytes]] = field(default_factory=dict)
+    """``(executor, request_id)`` of a receipt -> the orders citing it."""
+    void_orders: set[bytes] = field(default_factory=set)
+    """Orders sharing a receipt with another order: their verdicts move nothing."""
+    stake_delta: dict[str, int] = field(default_factory=dict)
+    """Stake weight won minus lost in counted verdicts, per account."""
     minted: int = 0
     owed: int = 0
     paid_total: int = 0
@@ -156,6 +187,10 @@ class LedgerState:
             paid=set(c.paid),
             frozen=dict(c.frozen),
             forks=dict(c.forks),
+            verdicts={k: dict(v) for k, v in c.verdicts.items()},
+            orders_of={k: set(v) for k, v in c.orders_of.items()},
+            void_orders=set(c.void_orders),
+            stake_delta=dict(c.stake_delta),
             minted=c.minted,
             owed=c.owed,
             paid_total=c.paid_total,
@@ -224,8 +259,36 @@ class LedgerState:
         return out
 
     def stake_of(self, account: str) -> int:
-        a = self.core.accounts.get(account)
-        return 0 if a is None or account in self.core.frozen else a.staked
+        """The stake weight routing uses: staked credit plus what duels moved to it (minus
+        what they moved away), never below 0; 0 for a frozen or unknown account."""
+        c = self.core
+        a = c.accounts.get(account)
+        if a is None or account in c.frozen:
+            return 0
+        return max(0, a.staked + c.stake_delta.get(account, 0))
+
+    def stake_delta(self, account: str) -> int:
+        """Stake weight won minus lost in duels (counted verdicts)."""
+        return self.core.stake_delta.get(account, 0)
+
+    def verdicts(self) -> list[VerdictRecord]:
+        """Every counted verdict (orders not void), sorted by order ID then judge."""
+        c = self.core
+        return [
+            v for oid, by_judge in sorted(c.verdicts.items()) if oid not in c.void_orders
+            for _, v in sorted(by_judge.items())
+        ]
+
+    def verdict_count(self) -> int:
+        """Verdict blocks applied (void orders included)."""
+        return sum(len(v) for v in self.core.verdicts.values())
+
+    def has_verdict(self, order_id: bytes, judge: str) -> bool:
+        v = self.core.verdicts.get(order_id)
+        return v is not None and judge in v
+
+    def void_orders(self) -> list[bytes]:
+        return sorted(self.core.void_orders)
 
     @property
     def minted(self) -> int:
@@ -266,9 +329,10 @@ def fingerprint(state: LedgerState) -> bytes:
         for k, a in sorted(c.accounts.items())
     ]
     forks = [[k, f.height, sorted(f.canonical)] for k, f in sorted(c.forks.items())]
+    verdicts = [[oid, sorted(by_judge)] for oid, by_judge in sorted(c.verdicts.items())]
     summary = [
         state.params.network_id, c.minted, c.owed, accounts, sorted(c.claimables), sorted(c.frozen), forks,
-        sorted(c.voided),
+        sorted(c.voided), verdicts, sorted(c.void_orders), sorted((k, v) for k, v in c.stake_delta.items() if v),
     ]
     return sha256(msgpack.packb(summary, use_bin_type=True))
 
@@ -291,4 +355,6 @@ def invariant_violations(state: LedgerState) -> list[str]:
         out.append("owed total does not match the unclaimed credits")
     if t["claimed"] > t["paid"]:
         out.append("more claimed than paid")
+    if sum(c.stake_delta.values()) != 0:
+        out.append("duel stake weight does not balance (won != lost)")
     return out

@@ -21,7 +21,6 @@ from p2pserve.ledger.blocks import (
     PayBody,
     StakeBody,
     UnstakeBody,
-    VerdictBody,
 )
 from p2pserve.ledger.rules import LedgerState
 from p2pserve.units import MICRO
@@ -129,13 +128,6 @@ class World:
 
     def claim(self, name: str, source: Block, amount: int) -> Block:
         return self.add(self.block(name, self.claim_body(source, amount)))
-
-    def verdict_body(self, winner: str, loser: str, requester: str = "req", order_id: bytes | None = None) -> VerdictBody:
-        rid = self.rng.randbytes(16)
-        wr = self.receipt(requester, winner, 1, request_id=rid)
-        lr = self.receipt(requester, loser, 1, request_id=rid)
-        oid = order_id if order_id is not None else self.rng.randbytes(16)
-        return VerdictBody(oid, self.id(winner), self.id(loser), self.params.duel_penalty, wr, lr, b"order")
 
     def random_step(self, names: list[str]) -> Block | None:
         """One random valid block among opened ``names`` (None if the draw had nothing to do)."""
