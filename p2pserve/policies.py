@@ -40,8 +40,8 @@ from p2pserve.errors import ConfigError
 __all__ = [
     "POLICIES",
     "AlwaysOffloadPolicy",
-    "DefaultPolicy",
     "Decision",
+    "DefaultPolicy",
     "DispatchParams",
     "LocalModel",
     "LocalOnlyPolicy",

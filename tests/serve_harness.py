@@ -32,9 +32,9 @@ from p2pserve.wire.messages import ModelStatus, Receipt, Status
 from transports.memory import MemoryNetwork, MemoryTransport
 
 __all__ = [
+    "NETWORK",
     "Fail",
     "Hang",
-    "NETWORK",
     "Node",
     "ScriptedBackend",
     "Sleep",

@@ -22,19 +22,6 @@ import transports
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Modules whose __all__ is not in RUF022 order today. Their owners sort them; then the strict
-# xfail below fails and the entry goes.
-UNSORTED_TODAY = {
-    "p2pserve.backends.embedded",
-    "p2pserve.ledger.blocks",
-    "p2pserve.ledger.rules",
-    "p2pserve.policies",
-    "p2pserve.serving.events",
-    "p2pserve.wire.framing",
-    "p2pserve.wire.messages",
-}
-
-
 def _public_modules() -> list[str]:
     """Every module of p2pserve and transports with no ``_private`` part, but ``__main__``s."""
     names = []
@@ -66,15 +53,7 @@ def test_ruf022_key() -> None:
     assert sorted(names, key=ruf022_key) == ["HASH_SIZE", "MAX_BODY", "A", "Block", "Kind", "item2", "item10", "load"]
 
 
-@pytest.mark.parametrize(
-    "module",
-    [
-        pytest.param(m, marks=pytest.mark.xfail(strict=True, reason="__all__ not in RUF022 order yet"))
-        if m in UNSORTED_TODAY
-        else m
-        for m in _with_all()
-    ],
-)
+@pytest.mark.parametrize("module", _with_all())
 def test_all_is_sorted(module: str) -> None:
     exported = list(importlib.import_module(module).__all__)
     assert exported == sorted(exported, key=ruf022_key)
@@ -87,22 +66,23 @@ def test_all_names_exist(module: str) -> None:
     assert [name for name in mod.__all__ if not hasattr(mod, name)] == []
 
 
-def test_unsorted_list_names_modules_with_all() -> None:
-    assert sorted(UNSORTED_TODAY - set(_with_all())) == []
-
-
-def test_top_level_exports_exactly_its_public_members() -> None:
-    """The top-level package's public members and its ``__all__`` agree (httpx's rule).
-
-    Today ``p2pserve/__init__.py`` has no ``__all__`` and no public member but
-    ``__version__``: a curated API (node, config, signer, errors) is still to come."""
+def test_top_level_exports_exactly_its_entry_points_lazily() -> None:
+    """The top-level package lists its entry points in ``__all__`` and every one resolves;
+    none is imported until used, so pure modules stay free of trio, libp2p and sqlite3."""
     public = sorted(
         name for name, value in vars(p2pserve).items() if not name.startswith("_") and not isinstance(value, ModuleType)
     )
-    assert public == sorted(getattr(p2pserve, "__all__", []))
+    assert public == []  # nothing eager
+    for name in p2pserve.__all__:
+        assert getattr(p2pserve, name) is getattr(importlib.import_module(p2pserve._HOMES[name]), name)
+    assert set(p2pserve.__all__) <= set(dir(p2pserve))
+    with pytest.raises(AttributeError):
+        p2pserve.nothing_here  # noqa: B018
     assert isinstance(p2pserve.__version__, str)
 
 
 def test_package_is_marked_typed() -> None:
-    """PEP 561: type checkers use p2pserve's inline types only if it ships ``py.typed``."""
-    assert (ROOT / "p2pserve" / "py.typed").is_file()
+    """PEP 561: type checkers use the inline types only if the packages ship ``py.typed``
+    (listed as package data in pyproject.toml: setuptools 68 leaves it out otherwise)."""
+    assert (ROOT / "p2pserve" / "py.typed").is_file() and (ROOT / "transports" / "py.typed").is_file()
+    assert 'p2pserve = ["py.typed"]' in (ROOT / "pyproject.toml").read_text()

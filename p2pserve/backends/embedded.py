@@ -42,10 +42,10 @@ from p2pserve.backends.registry import EMBEDDED_MODEL as MODEL_NAME
 from p2pserve.errors import BackendResponseError, BackendUnavailable, BadRequest
 
 __all__ = [
-    "EmbeddedBackend",
     "GGUF_FILE",
     "INSTALL_HINT",
     "MODEL_NAME",
+    "EmbeddedBackend",
     "find_gguf",
     "missing_reason",
 ]

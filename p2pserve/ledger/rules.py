@@ -89,11 +89,11 @@ from p2pserve.wire.messages import Receipt
 
 __all__ = [
     "DEPENDENCY_REASONS",
+    "REASONS",
+    "TIME_REASONS",
     "LedgerState",
     "Plan",
     "Prepared",
-    "REASONS",
-    "TIME_REASONS",
     "apply",
     "apply_proof",
     "check",

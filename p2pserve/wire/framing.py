@@ -10,7 +10,7 @@ from __future__ import annotations
 from p2pserve.errors import FrameTooLarge, LocalProtocolError, MalformedMessage
 from p2pserve.wire.limits import DEFAULT_LIMITS
 
-__all__ = ["FrameDecoder", "MAX_VARINT_LEN", "decode_uvarint", "encode_frame", "encode_uvarint"]
+__all__ = ["MAX_VARINT_LEN", "FrameDecoder", "decode_uvarint", "encode_frame", "encode_uvarint"]
 
 MAX_VARINT_LEN = 10
 

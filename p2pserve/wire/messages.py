@@ -13,18 +13,18 @@ from p2pserve.wire.codec import Message, SignedMessage, message
 from p2pserve.wire.limits import DEFAULT_LIMITS
 
 __all__ = [
+    "MAX_STATUS_INTERVAL_MS",
+    "REQUEST_ID_SIZE",
     "Accept",
     "Cancel",
     "Chunk",
     "Done",
     "Failure",
     "InferRequest",
-    "MAX_STATUS_INTERVAL_MS",
     "ModelStatus",
-    "REQUEST_ID_SIZE",
     "Receipt",
-    "RequestHeader",
     "Reject",
+    "RequestHeader",
     "Status",
 ]
 
