@@ -37,7 +37,7 @@ from p2pserve.ledger.blocks import (
     make_block,
 )
 from p2pserve.ledger.store import LedgerStore
-from p2pserve.wire.messages import Receipt
+from p2pserve.wire.infer import Receipt
 
 PARAMS = NetworkParams("bench", 1_000 * 1_000_000, 1_000 * 1_000_000, 60_000, 1_000_000)
 

@@ -28,7 +28,8 @@ from p2pserve.policies import PolicyParams, load_policy
 from p2pserve.serving.service import Deadlines, ServeService
 from p2pserve.testing.scripted import Fail, Hang, ScriptedBackend, Sleep
 from p2pserve.transport import PeerEvent, Stream, StreamHandler, Subscription, Validator
-from p2pserve.wire.messages import ModelStatus, Receipt, Status
+from p2pserve.wire.gossip import ModelStatus, Status
+from p2pserve.wire.infer import Receipt
 from transports.memory import MemoryNetwork, MemoryTransport
 
 __all__ = [

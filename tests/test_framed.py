@@ -19,7 +19,7 @@ from p2pserve.net.framed import FramedStream
 from p2pserve.transport import Stream
 from p2pserve.wire.codec import encode
 from p2pserve.wire.framing import encode_frame, encode_uvarint
-from p2pserve.wire.messages import Accept, Failure, Reject
+from p2pserve.wire.infer import Accept, Failure, Reject
 from tests.conftest import signer_for
 from transports.memory import MemoryNetwork
 

@@ -24,7 +24,7 @@ PURE = [
     "p2pserve.wire",
     "p2pserve.wire.codec",
     "p2pserve.wire.framing",
-    "p2pserve.wire.messages",
+    "p2pserve.wire.infer",
     "p2pserve.wire.limits",
     "p2pserve.wire.sync",
     "p2pserve.membership.table",

@@ -32,7 +32,7 @@ from p2pserve.ledger.rules import LedgerState, apply, apply_proof, check, finger
 from p2pserve.testing.ledger import CREDIT, TEST_PARAMS, World
 from p2pserve.wire.codec import decode
 from p2pserve.wire.duel import DuelOrder, JudgeCandidate
-from p2pserve.wire.messages import RequestHeader
+from p2pserve.wire.infer import RequestHeader
 
 
 def world(seed: int = 1) -> World:

@@ -23,7 +23,7 @@ from p2pserve.ledger.service import LedgerService
 from p2pserve.ledger.store import LedgerStore
 from p2pserve.ledger.unpaid import UNPAID_NAME, UnpaidLog
 from p2pserve.testing.ledger import CREDIT, TEST_PARAMS, make_receipt
-from p2pserve.wire.messages import Receipt
+from p2pserve.wire.infer import Receipt
 from transports.memory import MemoryNetwork
 
 RNG = random.Random(5)

@@ -9,7 +9,7 @@ from p2pserve.crypto import Signer
 from p2pserve.membership.gossip import GossipService
 from p2pserve.membership.table import PeerTable
 from p2pserve.sim.cluster import open_cluster
-from p2pserve.wire.messages import Status
+from p2pserve.wire.gossip import Status
 from tests.conftest import signer_for
 from transports.memory import MemoryNetwork
 

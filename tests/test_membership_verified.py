@@ -16,7 +16,7 @@ from p2pserve.membership.gossip import GossipService, status_topic
 from p2pserve.membership.table import PeerTable
 from p2pserve.membership.verified import VerifiedStatuses
 from p2pserve.transport import PubsubMessage
-from p2pserve.wire.messages import Status
+from p2pserve.wire.gossip import Status
 from tests.conftest import signer_for
 from transports.memory import MemoryNetwork, MemoryTransport
 

@@ -19,7 +19,7 @@ from p2pserve.serving import executor
 from p2pserve.serving.events import Completed
 from p2pserve.serving.events import TextDelta as Delta
 from p2pserve.sim.cluster import open_cluster
-from p2pserve.wire.messages import Chunk
+from p2pserve.wire.infer import Chunk
 from transports.memory import MemoryNetwork
 
 MODEL = "fake-model"

@@ -19,7 +19,7 @@ from p2pserve.net.framed import FramedStream
 from p2pserve.serving.service import INFER_PROTOCOL
 from p2pserve.sim.cluster import open_cluster
 from p2pserve.wire.framing import encode_uvarint
-from p2pserve.wire.messages import Status
+from p2pserve.wire.gossip import Status
 from transports.memory import MemoryNetwork
 
 MODEL = "fake-model"

@@ -28,7 +28,7 @@ from p2pserve.serving.offer import (
     Text,
 )
 from p2pserve.serving.receipts import Bounds, price_for
-from p2pserve.wire.messages import Accept, Chunk, Done, Failure, InferRequest, Receipt, Reject
+from p2pserve.wire.infer import Accept, Chunk, Done, Failure, InferRequest, Receipt, Reject
 
 REQUESTER, EXECUTOR = Signer(b"r" * 32), Signer(b"e" * 32)
 D = Deadlines(accept_s=2, first_token_s=60, idle_s=30, cancel_s=5)

@@ -7,7 +7,7 @@ import random
 
 from p2pserve.crypto import Signer
 from p2pserve.membership.table import PeerTable, UpdateResult
-from p2pserve.wire.messages import ModelStatus, Status
+from p2pserve.wire.gossip import ModelStatus, Status
 
 A, B, ME = (Signer(bytes([i]) * 32) for i in (1, 2, 3))
 

@@ -74,7 +74,7 @@ async def test_receipt_check_catches_every_mismatch(autojump_clock: trio.testing
     import dataclasses
 
     from p2pserve.errors import RemoteProtocolError
-    from p2pserve.wire.messages import InferRequest
+    from p2pserve.wire.infer import InferRequest
 
     r = done.receipt
     fake_req = InferRequest(r.request_id, r.network_id, r.requester, r.executor, "m", "chat", b"{}", 0, "", 1000, b"")

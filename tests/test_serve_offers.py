@@ -12,7 +12,7 @@ import trio.testing
 from p2pserve.net.framed import FramedStream
 from p2pserve.serving.replay_log import REPLAY_NAME, ReplayLog
 from p2pserve.serving.service import INFER_PROTOCOL, ReplayGuard
-from p2pserve.wire.messages import Accept, Done, InferRequest, Reject
+from p2pserve.wire.infer import Accept, Done, InferRequest, Reject
 from tests.serve_harness import NETWORK, ScriptedBackend, signer, start_node, start_transport, wall_clock
 from transports.memory import MemoryNetwork
 

@@ -12,7 +12,7 @@ import trio
 
 from p2pserve.crypto import sha256
 from p2pserve.wire.codec import decode
-from p2pserve.wire.messages import Receipt
+from p2pserve.wire.infer import Receipt
 from tests.libp2p_harness import MODEL, three_nodes, wait_ready
 
 pytestmark = pytest.mark.libp2p

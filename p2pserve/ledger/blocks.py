@@ -27,7 +27,7 @@ from p2pserve.crypto import SIGNATURE_SIZE, Signer, sha256
 from p2pserve.errors import LocalProtocolError, MalformedMessage
 from p2pserve.wire.codec import Message, SignedMessage, decode, encode, message
 from p2pserve.wire.duel import DuelOrder, check_outcome
-from p2pserve.wire.messages import Receipt
+from p2pserve.wire.infer import Receipt
 
 __all__ = [
     "BODY_TYPES",

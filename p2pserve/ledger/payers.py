@@ -13,7 +13,7 @@ forgotten first).
 from __future__ import annotations
 
 from p2pserve.ledger.state import LedgerState
-from p2pserve.wire.messages import Receipt
+from p2pserve.wire.infer import Receipt
 
 __all__ = ["MAX_ISSUED", "Admission", "PayerBook"]
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from p2pserve.errors import P2PServeError
 from p2pserve.ledger.blocks import MAX_BODY, MAX_RECEIPTS_PER_PAY
 from p2pserve.ledger.unpaid import UnpaidLog
-from p2pserve.wire.messages import Receipt
+from p2pserve.wire.infer import Receipt
 
 __all__ = ["Hold", "PayQueue"]
 

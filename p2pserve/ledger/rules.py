@@ -85,7 +85,7 @@ from p2pserve.ledger.state import (
     fingerprint,
     invariant_violations,
 )
-from p2pserve.wire.messages import Receipt
+from p2pserve.wire.infer import Receipt
 
 __all__ = [
     "DEPENDENCY_REASONS",

@@ -57,8 +57,8 @@ from p2pserve.ledger.sync import LedgerSync
 from p2pserve.ledger.unpaid import UNPAID_NAME, UnpaidLog
 from p2pserve.transport import Transport
 from p2pserve.units import MICRO
+from p2pserve.wire.infer import Receipt
 from p2pserve.wire.limits import DEFAULT_LIMITS, Limits
-from p2pserve.wire.messages import Receipt
 
 __all__ = ["Admission", "Hold", "LedgerService"]
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from p2pserve.errors import MalformedMessage, StoreError
 from p2pserve.wire.codec import decode
 from p2pserve.wire.framing import FrameDecoder, encode_frame
-from p2pserve.wire.messages import Receipt
+from p2pserve.wire.infer import Receipt
 
 __all__ = ["UNPAID_NAME", "UnpaidLog"]
 

@@ -1,6 +1,6 @@
 """Gossip membership: publish our signed status, learn peers from theirs, dial what we learn.
 
-Every ``interval`` seconds the node publishes a :class:`~p2pserve.wire.messages.Status` on
+Every ``interval`` seconds the node publishes a :class:`~p2pserve.wire.infer.Status` on
 ``/p2pserve/<network_id>/status/1``. The topic validator accepts only well-formed statuses of
 our network whose signature verifies and whose signer is the pubsub origin, so forged or
 garbled statuses are neither delivered nor relayed. The validator and the receive loop share
@@ -40,8 +40,8 @@ from p2pserve.membership.table import PeerTable, UpdateResult
 from p2pserve.membership.verified import SHARED, VerifiedStatuses
 from p2pserve.rng import derive, fresh_seed
 from p2pserve.transport import PubsubMessage, Transport
+from p2pserve.wire.gossip import MAX_STATUS_INTERVAL_MS, ModelStatus, Status
 from p2pserve.wire.limits import DEFAULT_LIMITS
-from p2pserve.wire.messages import MAX_STATUS_INTERVAL_MS, ModelStatus, Status
 
 __all__ = ["GossipService", "LocalState", "status_topic"]
 

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from p2pserve.errors import BadSignature, MalformedMessage
-from p2pserve.wire.messages import ModelStatus, Status
+from p2pserve.wire.gossip import ModelStatus, Status
 
 __all__ = ["PeerEntry", "PeerTable", "UpdateResult"]
 

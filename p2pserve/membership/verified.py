@@ -7,7 +7,7 @@ once, and the receive loop gets the very object the validator accepted.
 
 Invariants:
 
-* only bytes that decode to a well-formed :class:`~p2pserve.wire.messages.Status` whose
+* only bytes that decode to a well-formed :class:`~p2pserve.wire.infer.Status` whose
   signature verifies are remembered, mapped to that (immutable) Status; the key is the
   whole message, so a single changed bit is a miss and is checked from scratch;
 * a hit returns what decoding and verifying the same bytes again would: skipping the work is
@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 from p2pserve.errors import ProtocolError
 from p2pserve.wire.codec import decode
-from p2pserve.wire.messages import Status
+from p2pserve.wire.gossip import Status
 
 __all__ = ["SHARED", "VerifiedStatuses"]
 

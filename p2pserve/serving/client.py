@@ -52,8 +52,8 @@ from p2pserve.serving.offenders import OffenderBook
 from p2pserve.serving.offer import TERMINAL, Ended, Event, Input, OfferSession, SendCancel, Settled, State, Text
 from p2pserve.serving.receipts import Bounds, price_for
 from p2pserve.transport import Transport
+from p2pserve.wire.infer import REQUEST_ID_SIZE, Cancel, Chunk, Done, Failure, InferRequest, Receipt
 from p2pserve.wire.limits import DEFAULT_LIMITS, Limits
-from p2pserve.wire.messages import REQUEST_ID_SIZE, Cancel, Chunk, Done, Failure, InferRequest, Receipt
 
 __all__ = ["InferClient"]
 

@@ -3,7 +3,7 @@
 This module owns :class:`InferExecutor` (the protocol handler the serving service installs),
 the per-stream offer session and the outbox that writes a burst of chunks in one write.
 
-Per offer, on a session stream (messages in :mod:`p2pserve.wire.messages`)::
+Per offer, on a session stream (messages in :mod:`p2pserve.wire.infer`)::
 
     requester → executor   InferRequest   signed by the requester, fresh 16-byte request_id
     executor  → requester  Accept | Reject(reason)
@@ -47,8 +47,8 @@ from p2pserve.serving.local import LocalModels
 from p2pserve.serving.receipts import Bounds, ReplayGuard, price_for
 from p2pserve.serving.replay_log import ReplayLog
 from p2pserve.transport import Stream
+from p2pserve.wire.infer import Accept, Cancel, Chunk, Done, Failure, InferRequest, Receipt, Reject
 from p2pserve.wire.limits import DEFAULT_LIMITS, Limits
-from p2pserve.wire.messages import Accept, Cancel, Chunk, Done, Failure, InferRequest, Receipt, Reject
 
 __all__ = ["InferExecutor"]
 

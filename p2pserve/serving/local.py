@@ -22,7 +22,7 @@ from p2pserve.backends.base import Backend, Finished, Kind, Load
 from p2pserve.errors import BackendError
 from p2pserve.policies import LocalModel, Policy
 from p2pserve.serving.events import Attempt, Completed, DispatchSettings, Outcome, Progress, ServeEvent, Started
-from p2pserve.wire.messages import ModelStatus
+from p2pserve.wire.gossip import ModelStatus
 
 __all__ = ["LocalModels"]
 

@@ -40,7 +40,7 @@ from p2pserve.serving.events import Deadlines, Outcome
 from p2pserve.serving.offenders import Offence
 from p2pserve.serving.receipts import Bounds, check_receipt
 from p2pserve.wire.codec import Message
-from p2pserve.wire.messages import Accept, Chunk, Done, Failure, InferRequest, Receipt, Reject
+from p2pserve.wire.infer import Accept, Chunk, Done, Failure, InferRequest, Receipt, Reject
 
 __all__ = [
     "TRANSITIONS",

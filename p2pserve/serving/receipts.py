@@ -34,7 +34,7 @@ from typing import Any
 
 from p2pserve.crypto import sha256
 from p2pserve.errors import RemoteProtocolError
-from p2pserve.wire.messages import InferRequest, Receipt
+from p2pserve.wire.infer import InferRequest, Receipt
 
 __all__ = ["PROMPT_SLACK", "TOKEN_SLACK", "Bounds", "ReplayGuard", "check_receipt", "price_for"]
 

@@ -76,8 +76,9 @@ from p2pserve.serving.replay_log import ReplayLog
 from p2pserve.serving.router import PosRouter, Router
 from p2pserve.serving.tracer import NULL_TRACER, Tracer
 from p2pserve.transport import Transport
+from p2pserve.wire.gossip import ModelStatus
+from p2pserve.wire.infer import Receipt
 from p2pserve.wire.limits import DEFAULT_LIMITS, Limits
-from p2pserve.wire.messages import ModelStatus, Receipt
 
 __all__ = [
     "INFER_PROTOCOL",

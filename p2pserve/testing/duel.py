@@ -10,7 +10,7 @@ from p2pserve.duel.draw import draw_judges
 from p2pserve.ledger.blocks import VerdictBody
 from p2pserve.testing.ledger import World
 from p2pserve.wire.duel import DuelOrder, JudgeCandidate
-from p2pserve.wire.messages import Receipt, RequestHeader
+from p2pserve.wire.infer import Receipt, RequestHeader
 
 __all__ = ["drawn_judge", "duel_order", "verdict_body"]
 

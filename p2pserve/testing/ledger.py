@@ -24,7 +24,7 @@ from p2pserve.ledger.blocks import (
 )
 from p2pserve.ledger.rules import LedgerState
 from p2pserve.units import MICRO
-from p2pserve.wire.messages import Receipt
+from p2pserve.wire.infer import Receipt
 
 __all__ = ["CREDIT", "TEST_PARAMS", "World", "make_receipt"]
 

@@ -74,7 +74,7 @@ from p2pserve.crypto import Signer
 from p2pserve.errors import ConnectionBroken, DialError, P2PServeError, StreamClosed
 from p2pserve.net.framed import FramedStream
 from p2pserve.transport import PeerEvent, PubsubMessage, Stream, Subscription, Transport
-from p2pserve.wire.messages import Failure
+from p2pserve.wire.infer import Failure
 
 __all__ = ["TRIO_STREAM_GAPS", "KillFn", "OpenTransport", "TransportConformance", "TransportPool", "TrioStreamAdapter"]
 

@@ -2,19 +2,9 @@
 
 from p2pserve.wire.codec import Message, SignedMessage, decode, encode, message
 from p2pserve.wire.framing import FrameDecoder, encode_frame, encode_uvarint
+from p2pserve.wire.gossip import ModelStatus, Status
+from p2pserve.wire.infer import Accept, Cancel, Chunk, Done, Failure, InferRequest, Receipt, Reject
 from p2pserve.wire.limits import DEFAULT_LIMITS, Limits
-from p2pserve.wire.messages import (
-    Accept,
-    Cancel,
-    Chunk,
-    Done,
-    Failure,
-    InferRequest,
-    ModelStatus,
-    Receipt,
-    Reject,
-    Status,
-)
 
 __all__ = [
     "DEFAULT_LIMITS",

@@ -27,7 +27,17 @@ import msgpack
 from p2pserve.crypto import Signer, sha256, verify_by_peer_id
 from p2pserve.errors import LocalProtocolError, MalformedMessage
 
-__all__ = ["MAX_ITEMS", "Message", "SignedMessage", "decode", "encode", "message", "registry"]
+__all__ = [
+    "MAX_ITEMS",
+    "Message",
+    "SignedMessage",
+    "check_length",
+    "check_non_negative",
+    "decode",
+    "encode",
+    "message",
+    "registry",
+]
 
 M = TypeVar("M", bound="Message")
 
@@ -83,6 +93,18 @@ class SignedMessage(Message):
     def verify(self) -> None:
         """Raise BadSignature unless the signature verifies for ``self.signer``'s key."""
         verify_by_peer_id(self.signer, self.signing_bytes(), getattr(self, "signature"))  # noqa: B009 (declared by subclasses)
+
+
+def check_length(name: str, value: str, limit: int = 256) -> None:
+    """A ``_check`` helper: MalformedMessage when ``value`` is longer than ``limit`` characters."""
+    if len(value) > limit:
+        raise MalformedMessage(f"{name} longer than {limit} characters")
+
+
+def check_non_negative(name: str, value: int) -> None:
+    """A ``_check`` helper: MalformedMessage when ``value`` is negative."""
+    if value < 0:
+        raise MalformedMessage(f"{name} must be >= 0")
 
 
 def registry() -> dict[int, type[Message]]:

@@ -13,8 +13,8 @@ from __future__ import annotations
 from p2pserve.crypto import sha256
 from p2pserve.errors import MalformedMessage
 from p2pserve.wire.codec import Message, SignedMessage, message
+from p2pserve.wire.infer import REQUEST_ID_SIZE, Receipt, RequestHeader
 from p2pserve.wire.limits import DEFAULT_LIMITS
-from p2pserve.wire.messages import REQUEST_ID_SIZE, Receipt, RequestHeader
 
 __all__ = [
     "JUDGE_MODEL",

@@ -1,19 +1,20 @@
-"""Wire messages for gossip (tags 1-9) and inference forwarding (tags 10-29).
+"""Wire messages of inference forwarding, ``/p2pserve/infer/1`` (tags 10-29).
 
 Credit amounts are integers in micro-credits (1 credit = 1_000_000). Times on the wire are
 integer milliseconds of the sender's wall clock (``*_ms``); they are only ever compared
-with generous tolerances. Ledger (30-49) and duel (50-69) messages live with their owners.
+with generous tolerances. The other protocols' messages: :mod:`p2pserve.wire.gossip`
+(1-9), :mod:`p2pserve.ledger.blocks` and :mod:`p2pserve.wire.sync` (30-49),
+:mod:`p2pserve.wire.duel` (50-69).
 """
 
 from __future__ import annotations
 
 from p2pserve.crypto import sha256
 from p2pserve.errors import MalformedMessage
-from p2pserve.wire.codec import Message, SignedMessage, message
+from p2pserve.wire.codec import Message, SignedMessage, check_length, check_non_negative, message
 from p2pserve.wire.limits import DEFAULT_LIMITS
 
 __all__ = [
-    "MAX_STATUS_INTERVAL_MS",
     "REQUEST_ID_SIZE",
     "Accept",
     "Cancel",
@@ -21,90 +22,13 @@ __all__ = [
     "Done",
     "Failure",
     "InferRequest",
-    "ModelStatus",
     "Receipt",
     "Reject",
     "RequestHeader",
-    "Status",
 ]
 
 REQUEST_ID_SIZE = 16
-MAX_STATUS_INTERVAL_MS = 120_000
-"""A peer may not declare a slower gossip than this (it would stay listed long after leaving)."""
 _KINDS = ("chat", "completion")
-
-
-def _short(name: str, value: str, limit: int = 256) -> None:
-    if len(value) > limit:
-        raise MalformedMessage(f"{name} longer than {limit} characters")
-
-
-def _non_negative(name: str, value: int) -> None:
-    if value < 0:
-        raise MalformedMessage(f"{name} must be >= 0")
-
-
-# --- gossip -------------------------------------------------------------------------------
-
-
-@message(2)
-class ModelStatus(Message):
-    """One model a node serves, with its current load."""
-
-    name: str
-    context_length: int
-    price_per_1k: int
-    """Price in micro-credits per 1000 output tokens."""
-    running: int
-    queued: int
-    token_usage: float | None
-    """KV-cache usage 0..1, or None when the backend does not say (unknown is never idle)."""
-    accepting: bool
-
-    def _check(self) -> None:
-        _short("model name", self.name)
-        for n in ("context_length", "price_per_1k", "running", "queued"):
-            _non_negative(n, getattr(self, n))
-        if self.token_usage is not None and not 0.0 <= self.token_usage <= 1.5:
-            raise MalformedMessage("token_usage out of range")
-
-
-@message(1)
-class Status(SignedMessage):
-    """A node's signed self-description, gossiped every ``status_interval`` seconds."""
-
-    network_id: str
-    peer_id: str
-    seq: int
-    """Strictly increasing per node run-and-restart (starts at the wall clock in ms)."""
-    timestamp_ms: int
-    addrs: tuple[str, ...]
-    models: tuple[ModelStatus, ...]
-    accepting: bool
-    running: int
-    queued: int
-    stake: int
-    """Staked micro-credits the node claims (routing checks it against the ledger when known)."""
-    ledger_head: bytes
-    interval_ms: int
-    """How often this node gossips its status now; receivers expire it after a few of these."""
-    signature: bytes
-
-    SIGNER = "peer_id"
-
-    def _check(self) -> None:
-        _short("network_id", self.network_id, 64)
-        lim = DEFAULT_LIMITS.max_peers_per_status
-        if len(self.addrs) > lim or len(self.models) > lim:
-            raise MalformedMessage(f"status lists more than {lim} addresses or models")
-        for a in self.addrs:
-            _short("address", a)
-        for n in ("seq", "timestamp_ms", "running", "queued", "stake"):
-            _non_negative(n, getattr(self, n))
-        if not 0 < self.interval_ms <= MAX_STATUS_INTERVAL_MS:
-            raise MalformedMessage(f"interval_ms must be within (0, {MAX_STATUS_INTERVAL_MS}]")
-        if len(self.ledger_head) > 64:
-            raise MalformedMessage("ledger_head longer than 64 bytes")
 
 
 # --- inference forwarding (/p2pserve/infer/1) ------------------------------------------------
@@ -142,10 +66,10 @@ class InferRequest(SignedMessage):
             raise MalformedMessage(f"request_id must be {REQUEST_ID_SIZE} bytes")
         if self.kind not in _KINDS:
             raise MalformedMessage(f"kind must be one of {_KINDS}")
-        _short("model", self.model)
+        check_length("model", self.model)
         if len(self.body) > DEFAULT_LIMITS.max_prompt or len(self.continuation) > DEFAULT_LIMITS.max_prompt:
             raise MalformedMessage("request body exceeds max_prompt")
-        _non_negative("max_price_per_1k", self.max_price_per_1k)
+        check_non_negative("max_price_per_1k", self.max_price_per_1k)
 
     def header(self) -> RequestHeader:
         """This request with its texts replaced by their hashes (see :class:`RequestHeader`)."""
@@ -190,14 +114,14 @@ class RequestHeader(Message):
             raise MalformedMessage(f"request_id must be {REQUEST_ID_SIZE} bytes")
         if self.kind not in _KINDS:
             raise MalformedMessage(f"kind must be one of {_KINDS}")
-        _short("network_id", self.network_id, 64)
-        _short("requester", self.requester, 128)
-        _short("executor", self.executor, 128)
-        _short("model", self.model)
+        check_length("network_id", self.network_id, 64)
+        check_length("requester", self.requester, 128)
+        check_length("executor", self.executor, 128)
+        check_length("model", self.model)
         if len(self.body_hash) != 32 or len(self.continuation_hash) != 32:
             raise MalformedMessage("hashes are 32 bytes")
-        _non_negative("created_ms", self.created_ms)
-        _non_negative("max_price_per_1k", self.max_price_per_1k)
+        check_non_negative("created_ms", self.created_ms)
+        check_non_negative("max_price_per_1k", self.max_price_per_1k)
 
     def hash(self) -> bytes:
         """SHA-256 of the canonical encoding: a receipt's ``request_hash``."""
@@ -219,7 +143,7 @@ class Reject(Message):
     reason: str
 
     def _check(self) -> None:
-        _short("reason", self.reason, 1024)
+        check_length("reason", self.reason, 1024)
 
 
 @message(13)
@@ -230,7 +154,7 @@ class Chunk(Message):
     text: str
 
     def _check(self) -> None:
-        _non_negative("index", self.index)
+        check_non_negative("index", self.index)
         if len(self.text) > DEFAULT_LIMITS.max_text_chunk:
             raise MalformedMessage("chunk text exceeds max_text_chunk")
 
@@ -263,7 +187,7 @@ class Receipt(SignedMessage):
 
     def _check(self) -> None:
         for n in ("prompt_tokens", "completion_tokens", "price", "timestamp_ms"):
-            _non_negative(n, getattr(self, n))
+            check_non_negative(n, getattr(self, n))
         if len(self.request_hash) != 32 or len(self.response_hash) != 32:
             raise MalformedMessage("hashes are 32 bytes")
 
@@ -285,8 +209,8 @@ class Failure(Message):
     receipt: Receipt | None
 
     def _check(self) -> None:
-        _short("code", self.code, 64)
-        _short("message", self.message, 4096)
+        check_length("code", self.code, 64)
+        check_length("message", self.message, 4096)
 
 
 @message(17)
