@@ -29,11 +29,11 @@ from p2pserve.ledger.state import fingerprint
 from p2pserve.ledger.store import LedgerStore
 from p2pserve.net.framed import FramedStream
 from p2pserve.node import Node
-from p2pserve.serving.service import INFER_PROTOCOL, Completed
+from p2pserve.serving.service import Completed
 from p2pserve.sim.cluster import Cluster, open_cluster
 from p2pserve.testing.ledger import make_receipt
 from p2pserve.wire.duel import DuelOrder, JudgeCandidate
-from p2pserve.wire.infer import InferRequest, Receipt, Reject, RequestHeader
+from p2pserve.wire.infer import INFER_PROTOCOL, InferRequest, Receipt, Reject, RequestHeader
 from p2pserve.wire.sync import blocks_topic
 from tests.serve_harness import Hang, ScriptedBackend
 from transports.memory import MemoryNetwork

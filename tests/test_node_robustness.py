@@ -16,10 +16,10 @@ from p2pserve.ledger.rules import fingerprint
 from p2pserve.ledger.sync import SYNC_PROTOCOL, blocks_topic
 from p2pserve.membership.gossip import status_topic
 from p2pserve.net.framed import FramedStream
-from p2pserve.serving.service import INFER_PROTOCOL
 from p2pserve.sim.cluster import open_cluster
 from p2pserve.wire.framing import encode_uvarint
 from p2pserve.wire.gossip import Status
+from p2pserve.wire.infer import INFER_PROTOCOL
 from transports.memory import MemoryNetwork
 
 MODEL = "fake-model"

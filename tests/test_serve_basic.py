@@ -9,8 +9,8 @@ from p2pserve.backends.base import Load, TextDelta
 from p2pserve.crypto import sha256
 from p2pserve.errors import NoCapacity, UnknownModel
 from p2pserve.policies import PolicyParams
-from p2pserve.serving.receipts import Bounds
-from p2pserve.serving.service import Completed, Started, check_receipt, price_for
+from p2pserve.serving.receipts import Bounds, check_receipt, price_for
+from p2pserve.serving.service import Completed, Started
 from tests.serve_harness import ScriptedBackend, collect, connect_all, start_node, text_of
 from transports.memory import MemoryNetwork
 

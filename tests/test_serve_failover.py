@@ -10,9 +10,10 @@ from p2pserve.backends.base import Load
 from p2pserve.errors import NoCapacity, RequestFailed
 from p2pserve.net.framed import FramedStream
 from p2pserve.policies import PolicyParams
-from p2pserve.serving.service import INFER_PROTOCOL, Completed, Deadlines, Started, TextDelta, price_for
+from p2pserve.serving.receipts import price_for
+from p2pserve.serving.service import Completed, Deadlines, Started, TextDelta
 from p2pserve.transport import Stream
-from p2pserve.wire.infer import Accept, Chunk, InferRequest
+from p2pserve.wire.infer import INFER_PROTOCOL, Accept, Chunk, InferRequest
 from tests.serve_harness import Fail, Hang, Node, ScriptedBackend, Sleep, collect, connect_all, start_node, text_of
 from transports.memory import MemoryNetwork
 

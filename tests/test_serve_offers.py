@@ -10,9 +10,9 @@ import trio
 import trio.testing
 
 from p2pserve.net.framed import FramedStream
+from p2pserve.serving.receipts import ReplayGuard
 from p2pserve.serving.replay_log import REPLAY_NAME, ReplayLog
-from p2pserve.serving.service import INFER_PROTOCOL, ReplayGuard
-from p2pserve.wire.infer import Accept, Done, InferRequest, Reject
+from p2pserve.wire.infer import INFER_PROTOCOL, Accept, Done, InferRequest, Reject
 from tests.serve_harness import NETWORK, ScriptedBackend, signer, start_node, start_transport, wall_clock
 from transports.memory import MemoryNetwork
 
@@ -125,7 +125,7 @@ def test_replay_guard_window_and_bound() -> None:
 
 @pytest.mark.parametrize("n", [0, 1, 999, 1000, 1001])
 def test_price_rounds_up(n: int) -> None:
-    from p2pserve.serving.service import price_for
+    from p2pserve.serving.receipts import price_for
 
     assert price_for(n, 1000) == n
     assert price_for(n, 1) == (n + 999) // 1000

@@ -10,8 +10,8 @@ import trio.testing
 from p2pserve.errors import ConnectionBroken
 from p2pserve.net.framed import FramedStream
 from p2pserve.policies import PolicyParams
-from p2pserve.serving.service import INFER_PROTOCOL, Completed, Deadlines, Started
-from p2pserve.wire.infer import REQUEST_ID_SIZE, Accept, Chunk, Done, InferRequest
+from p2pserve.serving.service import Completed, Deadlines, Started
+from p2pserve.wire.infer import INFER_PROTOCOL, REQUEST_ID_SIZE, Accept, Chunk, Done, InferRequest
 from tests.serve_harness import (
     NETWORK,
     Hang,

@@ -36,7 +36,6 @@ from p2pserve.membership.table import PeerTable
 from p2pserve.net.exchange import SessionPool
 from p2pserve.net.framed import FramedStream
 from p2pserve.serving.events import (
-    INFER_PROTOCOL,
     Attempt,
     Completed,
     CreditHold,
@@ -52,7 +51,7 @@ from p2pserve.serving.offenders import OffenderBook
 from p2pserve.serving.offer import TERMINAL, Ended, Event, Input, OfferSession, SendCancel, Settled, State, Text
 from p2pserve.serving.receipts import Bounds, price_for
 from p2pserve.transport import Transport
-from p2pserve.wire.infer import REQUEST_ID_SIZE, Cancel, Chunk, Done, Failure, InferRequest, Receipt
+from p2pserve.wire.infer import INFER_PROTOCOL, REQUEST_ID_SIZE, Cancel, Chunk, Done, Failure, InferRequest, Receipt
 from p2pserve.wire.limits import DEFAULT_LIMITS, Limits
 
 __all__ = ["InferClient"]

@@ -18,7 +18,6 @@ from p2pserve.backends.base import TextDelta
 from p2pserve.wire.infer import Receipt
 
 __all__ = [
-    "INFER_PROTOCOL",
     "Admission",
     "Attempt",
     "Completed",
@@ -33,8 +32,6 @@ __all__ = [
     "TextDelta",
     "Wallet",
 ]
-
-INFER_PROTOCOL = "/p2pserve/infer/1"
 
 
 @dataclass(frozen=True, slots=True)

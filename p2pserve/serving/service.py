@@ -56,7 +56,6 @@ from p2pserve.rng import derive
 from p2pserve.serving.client import InferClient
 from p2pserve.serving.dispatch import Fail, Offer, Phase, RequestLifecycle, Sleep, UseLocal, Where
 from p2pserve.serving.events import (
-    INFER_PROTOCOL,
     Attempt,
     Completed,
     Deadlines,
@@ -71,27 +70,23 @@ from p2pserve.serving.events import (
 from p2pserve.serving.executor import InferExecutor
 from p2pserve.serving.local import LocalModels
 from p2pserve.serving.offenders import OffenderBook
-from p2pserve.serving.receipts import Bounds, ReplayGuard, check_receipt, price_for
+from p2pserve.serving.receipts import Bounds, ReplayGuard, price_for
 from p2pserve.serving.replay_log import ReplayLog
 from p2pserve.serving.router import PosRouter, Router
 from p2pserve.serving.tracer import NULL_TRACER, Tracer
 from p2pserve.transport import Transport
 from p2pserve.wire.gossip import ModelStatus
-from p2pserve.wire.infer import Receipt
+from p2pserve.wire.infer import INFER_PROTOCOL, Receipt
 from p2pserve.wire.limits import DEFAULT_LIMITS, Limits
 
 __all__ = [
-    "INFER_PROTOCOL",
     "Completed",
     "Deadlines",
-    "ReplayGuard",
     "ServeCounters",
     "ServeEvent",
     "ServeService",
     "Started",
     "TextDelta",
-    "check_receipt",
-    "price_for",
 ]
 
 log = logging.getLogger(__name__)

@@ -15,6 +15,7 @@ from p2pserve.wire.codec import Message, SignedMessage, check_length, check_non_
 from p2pserve.wire.limits import DEFAULT_LIMITS
 
 __all__ = [
+    "INFER_PROTOCOL",
     "REQUEST_ID_SIZE",
     "Accept",
     "Cancel",
@@ -26,6 +27,8 @@ __all__ = [
     "Reject",
     "RequestHeader",
 ]
+
+INFER_PROTOCOL = "/p2pserve/infer/1"
 
 REQUEST_ID_SIZE = 16
 _KINDS = ("chat", "completion")
