@@ -23,7 +23,9 @@ PURE = [
     "p2pserve.config",
     "p2pserve.wire",
     "p2pserve.wire.codec",
+    "p2pserve.wire.duel",
     "p2pserve.wire.framing",
+    "p2pserve.wire.gossip",
     "p2pserve.wire.infer",
     "p2pserve.wire.limits",
     "p2pserve.wire.sync",
@@ -50,6 +52,10 @@ PURE = [
     "p2pserve.ledger.pending",
     "p2pserve.ledger.payers",
     "p2pserve.ledger.compare",
+    "p2pserve.duel",
+    "p2pserve.duel.draw",
+    "p2pserve.duel.judging",
+    "p2pserve.duel.ratings",
 ]
 FORBIDDEN = ("trio", "httpx", "libp2p", "transports", "hypercorn", "starlette", "sqlite3")
 
