@@ -55,6 +55,7 @@ PURE = [
     "p2pserve.duel",
     "p2pserve.duel.draw",
     "p2pserve.duel.judging",
+    "p2pserve.duel.machine",
     "p2pserve.duel.ratings",
 ]
 FORBIDDEN = ("trio", "httpx", "libp2p", "transports", "hypercorn", "starlette", "sqlite3")
