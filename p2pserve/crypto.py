@@ -104,8 +104,25 @@ def verify(public_key: bytes, data: bytes, signature: bytes) -> None:
 
 
 def verify_by_peer_id(peer_id: str, data: bytes, signature: bytes) -> None:
-    """Verify a signature against the key embedded in ``peer_id``."""
+    """Verify a signature against the key embedded in ``peer_id``.
+
+    Signatures that verified are remembered (:data:`_VERIFIED`, bounded): a node sees the
+    same signed block again in sync answers and replays, and the simulator runs hundreds
+    of nodes in one process that all receive the same blocks, so each is checked once per
+    process. The memory is keyed by the signer, the SHA-256 of the data and the whole
+    signature, so only an identical (peer, data, signature) triple is ever taken from it;
+    failures are never remembered."""
+    key = (peer_id, sha256(data), signature)
+    if key in _VERIFIED:
+        return
     verify(public_key_from_peer_id(peer_id), data, signature)
+    if len(_VERIFIED) >= _VERIFIED_MAX:
+        _VERIFIED.clear()
+    _VERIFIED.add(key)
+
+
+_VERIFIED: set[tuple[str, bytes, bytes]] = set()
+_VERIFIED_MAX = 200_000
 
 
 class Signer:

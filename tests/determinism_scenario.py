@@ -42,7 +42,7 @@ def config(i: int) -> Any:
 def backends(i: int) -> dict[str, Any]:
     if i == 0:
         return {}
-    fake = {"max_running": 4, "ttft_s": 0.05 * i, "tpot_s": 0.01, "fault_rate": 0.15, "fault_seed": i,
+    fake = {"max_running": 4, "ttft_s": 0.05 * i, "tpot_s": 0.01, "fault_rate": 0.3, "fault_seed": i,
             "faults": ("http500", "cut")}
     return {MODEL: build_backend(BackendSpec(MODEL, kind="fake", fake=fake, max_concurrency=4))}
 

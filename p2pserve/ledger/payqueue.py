@@ -63,7 +63,8 @@ class PayQueue:
 
     ``available()`` is the payer's free credit less what is queued and held;
     ``is_paid(executor, request_id)`` asks the ledger; ``on_full`` is called when one
-    executor has ``max_receipts_per_pay`` receipts queued."""
+    executor has ``max_receipts_per_pay`` receipts queued, ``on_queued`` on every receipt
+    queued (the pay writer sleeps while the queue is empty)."""
 
     def __init__(
         self,
@@ -73,6 +74,7 @@ class PayQueue:
         is_paid: Callable[[str, bytes], bool],
         max_receipts_per_pay: int = MAX_RECEIPTS_PER_PAY,
         on_full: Callable[[], None] = lambda: None,
+        on_queued: Callable[[], None] = lambda: None,
         unpaid_log: UnpaidLog | None = None,
     ) -> None:
         self.me = me
@@ -80,6 +82,7 @@ class PayQueue:
         self.is_paid = is_paid
         self.max_receipts_per_pay = max_receipts_per_pay
         self.on_full = on_full
+        self.on_queued = on_queued
         self.unpaid_log = unpaid_log
         self._queue: dict[str, list[Receipt]] = {}
         self._keys: set[tuple[str, bytes]] = set()
@@ -126,6 +129,7 @@ class PayQueue:
         q.append(r)
         self._keys.add(key)
         self.reserved += r.price
+        self.on_queued()
         if len(q) >= self.max_receipts_per_pay:
             self.on_full()
         return True

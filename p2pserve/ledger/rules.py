@@ -172,12 +172,26 @@ def prepare(block: Block, raw: bytes | None = None) -> Prepared:
     ``raw``, when given, must be the bytes ``block`` was decoded from by ``decode_block``
     (its signing bytes are then sliced from them instead of re-encoded).
     """
+    known = _PREPARED.get(id(block))
+    if known is not None and known[0] is block:
+        return known[1]
     try:
         body, receipts = decode_body(block.kind, block.body)
         sb = block.signing_bytes() if raw is None else signing_bytes_of(raw)
     except MalformedMessage as exc:
         raise _fail("malformed", str(exc)) from exc
-    return Prepared(block, sb, sha256(sb), body, receipts)
+    p = Prepared(block, sb, sha256(sb), body, receipts)
+    if len(_PREPARED) >= _PREPARED_MAX:
+        _PREPARED.clear()
+    _PREPARED[id(block)] = (block, p)
+    return p
+
+
+_PREPARED: dict[int, tuple[Block, Prepared]] = {}
+"""Blocks prepared lately, by object (each entry keeps its block alive, so an ``id`` is never
+reused while it is here): a gossiped block object is shared by every node of a process
+(:func:`p2pserve.ledger.sync.decode_gossip`) and prepared once. Blocks are immutable."""
+_PREPARED_MAX = 16_384
 
 
 @dataclass(slots=True)

@@ -20,7 +20,7 @@ writes to the node's own chain, under one lock, so heights never collide.
   gossip; :meth:`run` flushes on the way out (bounded). The unpaid log keeps queued
   receipts across a crash (re-checked once the chain is confirmed).
 * **Claim** every payment to us once: at once when sync applies it, and every
-  ``claim_interval``.
+  ``claim_interval`` (a safety net).
 * **Admit (executor side).** :meth:`admit`: an opened, unfrozen requester whose credit
   covers the worst case plus what it owes us, with nothing overdue.
 """
@@ -109,10 +109,12 @@ class LedgerService:
         self.sync.withhold = self.account  # peers get our own chain only once it is confirmed
         self._nursery: trio.Nursery | None = None
         self._full = trio.Event()
+        self._queued = trio.Event()
         self._claim_wake = trio.Event()
         self.queue = PayQueue(
             signer.peer_id, available=self.available, is_paid=lambda e, r: self.store.state.is_paid(e, r),
-            max_receipts_per_pay=max_receipts_per_pay, on_full=lambda: self._full.set(), unpaid_log=unpaid_log,
+            max_receipts_per_pay=max_receipts_per_pay, on_full=lambda: self._full.set(), on_queued=lambda: self._queued.set(),
+            unpaid_log=unpaid_log,
         )
         """Holds and receipts waiting for the next pay block."""
         self.payers = PayerBook(signer.peer_id, int(payment_grace_s * 1000))
@@ -214,7 +216,10 @@ class LedgerService:
         await self._opened.wait()
         self._requeue_logged(logged)
         while True:
-            with trio.move_on_after(self.pay_interval):
+            if not self.queue:  # nothing to pay: sleep until a receipt is queued
+                await self._queued.wait()
+            self._queued = trio.Event()
+            with trio.move_on_after(self.pay_interval):  # gather more receipts into the same blocks
                 await self._full.wait()
             self._full = trio.Event()
             try:

@@ -208,6 +208,11 @@ class LedgerState:
             return None
         return AccountView(account, a.height, a.head, a.timestamp_ms, a.free, a.staked, a.unbonding, account in c.frozen)
 
+    def head_of(self, account: str) -> bytes | None:
+        """The hash of ``account``'s newest block (None before its open)."""
+        a = self.core.accounts.get(account)
+        return None if a is None else a.head
+
     def accounts(self) -> list[str]:
         """Opened accounts, sorted."""
         return sorted(self.core.accounts)

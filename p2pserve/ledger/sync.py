@@ -64,6 +64,27 @@ __all__ = ["SYNC_PROTOCOL", "LedgerSync", "blocks_topic"]
 log = logging.getLogger(__name__)
 
 
+_DECODED: dict[bytes, Block | EquivocationProof] = {}
+_DECODED_MAX = 16_384
+
+
+def decode_gossip(data: bytes) -> Block | EquivocationProof:
+    """A gossiped block (decoded canonically) or equivocation proof; MalformedMessage otherwise.
+
+    Decoded messages are remembered by their exact bytes (they are immutable): the topic
+    validator and the receive loop decode each message once between them, and in the
+    simulator the hundreds of nodes of one process share the work."""
+    known = _DECODED.get(data)
+    if known is not None:
+        return known
+    decoded: Message = decode(data, expect=(Block, EquivocationProof))
+    obj: Block | EquivocationProof = decode_block(data) if isinstance(decoded, Block) else decoded  # type: ignore[assignment]
+    if len(_DECODED) >= _DECODED_MAX:
+        _DECODED.clear()
+    _DECODED[data] = obj
+    return obj
+
+
 class LedgerSync:
     """Gossip + pull for one node's :class:`LedgerStore`. Run it with ``nursery.start``."""
 
@@ -81,6 +102,9 @@ class LedgerSync:
         ingest_max: int = 256,
         retry_interval: float = 1.0,
         max_side_per_session: int = 1024,
+        connect_sync_peers: int = 3,
+        connect_sync_window: float = 30.0,
+        head_sync_interval: float = 5.0,
         on_applied: Callable[[list[Block]], None] | None = None,
         on_own_conflict: Callable[[list[Block], str], None] | None = None,
     ) -> None:
@@ -103,8 +127,16 @@ class LedgerSync:
         self.ingest_max = ingest_max
         self.retry_interval = retry_interval
         self.max_side_per_session = max_side_per_session
+        self.connect_sync_peers = connect_sync_peers
+        self.connect_sync_window = connect_sync_window
+        self.head_sync_interval = head_sync_interval
         self.on_applied = on_applied
         self.on_own_conflict = on_own_conflict
+        self._synced_at: list[float] = []
+        """trio times of the recent completed pulls (at most ``connect_sync_peers``)."""
+        self._head_missing: dict[str, tuple[bytes, float]] = {}
+        self._pending_wake = trio.Event()
+        """Per peer, a head block its status named that we lack, and since when."""
         self.withhold: str | None = None
         """An account whose blocks sync answers leave out (our own, until it is confirmed)."""
         self._nursery: trio.Nursery | None = None
@@ -137,12 +169,43 @@ class LedgerSync:
                 nursery.cancel_scope.cancel()
 
     async def _watch_peers(self, events: AsyncIterator[PeerEvent]) -> None:
+        """Pull from a peer that connects, unless ``connect_sync_peers`` pulls completed in
+        the last ``connect_sync_window`` seconds: a node joining (or coming back from a
+        partition) catches up from its first few connections; after that, gossip and
+        :meth:`peer_head` keep it current, and a network of N nodes does not run a full
+        sync per connection (N x connections rounds)."""
         async for ev in events:
-            if ev.connected:
+            if ev.connected and not self._recently_synced():
                 self.request_sync(ev.peer_id)
+
+    def _recently_synced(self) -> bool:
+        """Enough pulls completed lately, or running now, to skip one on connect."""
+        now = trio.current_time()
+        recent = [t for t in self._synced_at if now - t < self.connect_sync_window]
+        return len(recent) + len(self._syncing) >= self.connect_sync_peers
+
+    def peer_head(self, peer_id: str, head: bytes) -> None:
+        """A peer's status says its own chain ends in ``head``. When a later status still
+        names a block we do not hold, ``head_sync_interval`` seconds or more after the first
+        (so not a block still on its way by gossip), pull from that peer."""
+        if not head or self.store.state.head_of(peer_id) == head:
+            self._head_missing.pop(peer_id, None)
+            return
+        now = trio.current_time()
+        first = self._head_missing.get(peer_id)
+        if first is None or first[0] != head:
+            if len(self._head_missing) > 4096:
+                self._head_missing.clear()
+            self._head_missing[peer_id] = (head, now)
+        elif now - first[1] >= self.head_sync_interval:
+            self._head_missing[peer_id] = (head, now)
+            self.request_sync(peer_id)
 
     async def _retry_loop(self) -> None:
         while True:
+            if not len(self.store.pending):  # nothing waits: sleep until something does
+                await self._pending_wake.wait()
+            self._pending_wake = trio.Event()
             await trio.sleep(self.retry_interval)
             now = self.now_ms()
             if now is None:
@@ -181,6 +244,7 @@ class LedgerSync:
     async def _background_sync(self, peer_id: str) -> None:
         try:
             await self.sync_with(peer_id)
+            self._synced_at = [*self._synced_at, trio.current_time()][-self.connect_sync_peers :]
         except (TransportError, ProtocolError) as exc:
             log.info("ledger sync with %s failed: %s", peer_id, exc)
         finally:
@@ -229,22 +293,22 @@ class LedgerSync:
         if len(msg.data) > self.limits.max_pubsub_message:
             return False
         try:
-            obj: Message = decode(msg.data, expect=(Block, EquivocationProof))
+            obj = decode_gossip(msg.data)
         except MalformedMessage:
             return False
-        block = obj if isinstance(obj, Block) else obj.first  # type: ignore[attr-defined]
+        block = obj if isinstance(obj, Block) else obj.first
         return bool(block.network_id == self.store.params.network_id)
 
     def _on_gossip(self, msg: PubsubMessage) -> tuple[Block, str] | None:
         """Decode one gossip message: a block to ingest (with its publisher), or None (a
         proof, applied here, or garbage)."""
         try:
-            obj: Message = decode(msg.data, expect=(Block, EquivocationProof))
+            obj = decode_gossip(msg.data)
             if isinstance(obj, EquivocationProof):
                 if self.store.add_proof(obj):
-                    self._spawn_publish(obj.encode())
+                    self._spawn_publish(msg.data)
                 return None
-            return decode_block(msg.data), msg.from_peer
+            return obj, msg.from_peer
         except (MalformedMessage, P2PServeError) as exc:
             log.info("dropping gossip from %s: %s", msg.from_peer, exc)
             return None
@@ -276,6 +340,8 @@ class LedgerSync:
         self._handle_result(res, None)
 
     def _handle_result(self, res: IngestResult, peer: str | None) -> None:
+        if len(self.store.pending):
+            self._pending_wake.set()
         for proof in res.proofs:
             self._spawn_publish(proof.encode())
         if res.own_conflicts and peer is not None:
@@ -338,9 +404,11 @@ class LedgerSync:
                 blocks = []
                 for raw in msg.blocks:
                     try:
-                        blocks.append(decode_block(raw))
+                        obj = decode_gossip(raw)
                     except MalformedMessage:
                         continue
+                    if isinstance(obj, Block):
+                        blocks.append(obj)
                 res = self.store.ingest(blocks, now_ms=self.now_ms())
                 applied += len(res.applied)
                 self._handle_result(res, peer_id)

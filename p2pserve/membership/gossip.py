@@ -101,6 +101,8 @@ class GossipService:
         self.received = 0
         self.rejected = 0
         self.on_peer_change: Callable[[str, bool], None] | None = None
+        self.on_status: Callable[[Status], None] | None = None
+        """Called with every accepted status (synchronous, must not raise)."""
         self._wake = trio.Event()
         self._last_poke = -float("inf")
 
@@ -193,6 +195,8 @@ class GossipService:
                 continue
             result = self.peers.update(status, trio.current_time(), verified=True)
             self.received += 1
+            if self.on_status is not None:
+                self.on_status(status)
             if result is UpdateResult.NEW:
                 log.info("peer joined: %s", status.peer_id)
                 self.poke()  # let the newcomer learn about us without waiting a full interval

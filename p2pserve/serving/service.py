@@ -198,7 +198,8 @@ class ServeService:
 
     async def _load_loop(self) -> None:
         while True:
-            await trio.sleep(self.load_interval)
+            # a gateway has no loads to read: wake only to close idle pooled streams
+            await trio.sleep(self.load_interval if self.local.backends else self.deadlines.pool_idle_s / 2)
             await self.local.refresh()
             await self._client.close_idle(self.deadlines.pool_idle_s)
 
