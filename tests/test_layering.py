@@ -48,6 +48,8 @@ PURE = [
     "p2pserve.ledger.blocks",
     "p2pserve.ledger.state",
     "p2pserve.ledger.rules",
+    "p2pserve.ledger.planners",
+    "p2pserve.ledger.prepared",
     "p2pserve.ledger.forks",
     "p2pserve.ledger.pending",
     "p2pserve.ledger.payers",

@@ -52,40 +52,13 @@ void: their verdicts stay valid blocks but move nothing, on every node that has 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
-from p2pserve.crypto import Signer, sha256, verify_by_peer_id
-from p2pserve.duel.draw import draw_judges
-from p2pserve.errors import BadSignature, InvalidBlock, LedgerError, MalformedMessage
-from p2pserve.ledger.blocks import (
-    BODY_TYPES,
-    ZERO_HASH,
-    Block,
-    Body,
-    ClaimBody,
-    EquivocationProof,
-    OpenBody,
-    PayBody,
-    StakeBody,
-    UnstakeBody,
-    VerdictBody,
-    decode_body,
-    make_block,
-    signing_bytes_of,
-)
-from p2pserve.ledger.state import (
-    Claimable,
-    ForkView,
-    LedgerState,
-    Unbonding,
-    VerdictRecord,
-    _Acct,
-    _Core,
-    fingerprint,
-    invariant_violations,
-)
-from p2pserve.wire.infer import Receipt
+from p2pserve.crypto import Signer, verify_by_peer_id
+from p2pserve.errors import BadSignature, LedgerError, MalformedMessage
+from p2pserve.ledger.blocks import BODY_TYPES, ZERO_HASH, Block, Body, EquivocationProof, OpenBody, make_block
+from p2pserve.ledger.planners import PLANNERS, Ctx, plan_open, release
+from p2pserve.ledger.prepared import DEPENDENCY_REASONS, REASONS, TIME_REASONS, Plan, Prepared, fail, prepare
+from p2pserve.ledger.state import Claimable, ForkView, LedgerState, VerdictRecord, _Acct, _Core, fingerprint, invariant_violations
 
 __all__ = [
     "DEPENDENCY_REASONS",
@@ -106,120 +79,6 @@ __all__ = [
     "verify_proof",
 ]
 
-REASONS: dict[str, str] = {
-    "malformed": "the block or its body does not decode canonically",
-    "wrong-network": "the block belongs to another network",
-    "bad-signature": "the signature does not verify for the account's key",
-    "duplicate": "this exact block is already in the ledger (a replay)",
-    "equivocation": "another block is already at this account and height",
-    "frozen": "the account is frozen after an equivocation and this block is not on its relied-on branch",
-    "height-gap": "the previous height of this account is not known (yet)",
-    "bad-prev": "prev is not the hash of the account's previous block",
-    "bad-timestamp": "earlier than the previous block",
-    "future": "dated further ahead of the receiver's clock than the genesis allows (waits)",
-    "bad-open": "open only at height 0, and within the genesis limits",
-    "bad-amount": "amounts must be positive",
-    "insufficient-funds": "free credit would go negative",
-    "unbonding": "the credit exists but is still unbonding",
-    "unbonding-wait": "the receiver first saw the unstake less than the unbonding delay ago (waits)",
-    "insufficient-stake": "staked credit would go negative",
-    "bad-receipt": "a cited receipt is unsigned, of another network, or not this payer's",
-    "mixed-payees": "a pay's receipts are not all from one executor",
-    "duplicate-pay": "a receipt was already paid (or appears twice in the pay)",
-    "unknown-pay": "the claim cites no known payment to anyone",
-    "double-claim": "the cited payment was already claimed",
-    "wrong-payee": "the cited payment is to another account",
-    "bad-claim": "the claim's citation does not match the payment",
-    "bad-verdict": "the verdict's order is of another network, or its penalty is not the network's",
-    "bad-order": "the duel order's requester signature does not verify",
-    "judge-is-party": "the judge is the duel's requester or one of its executors",
-    "not-drawn": "the judge is not one the duel order's draw picks",
-    "duplicate-verdict": "this judge already wrote a verdict for this order",
-    "bad-proof": "an equivocation proof that proves nothing",
-}
-"""Every reason code ``InvalidBlock`` carries, with its meaning."""
-
-DEPENDENCY_REASONS = frozenset({"height-gap", "unknown-pay"})
-"""Reasons that may resolve once sync delivers missing blocks (keep such blocks pending)."""
-
-TIME_REASONS = frozenset({"future", "unbonding-wait"})
-"""Reasons that resolve as the receiver's clock advances (keep such blocks and retry)."""
-
-
-def _fail(reason: str, detail: str = "") -> InvalidBlock:
-    assert reason in REASONS, reason
-    return InvalidBlock(reason, detail)
-
-
-# --- planning --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Prepared:
-    """A block with its signing bytes, hash and decoded body (computed once)."""
-
-    block: Block
-    signing_bytes: bytes
-    hash: bytes
-    body: Body
-    receipt_signing_bytes: tuple[bytes, ...]
-    """Signing bytes of the receipts the body embeds (pay: each, in order)."""
-
-
-def prepare(block: Block, raw: bytes | None = None) -> Prepared:
-    """Decode the body and hash the block; raises InvalidBlock("malformed").
-
-    ``raw``, when given, must be the bytes ``block`` was decoded from by ``decode_block``
-    (its signing bytes are then sliced from them instead of re-encoded).
-    """
-    known = _PREPARED.get(id(block))
-    if known is not None and known[0] is block:
-        return known[1]
-    try:
-        body, receipts = decode_body(block.kind, block.body)
-        sb = block.signing_bytes() if raw is None else signing_bytes_of(raw)
-    except MalformedMessage as exc:
-        raise _fail("malformed", str(exc)) from exc
-    p = Prepared(block, sb, sha256(sb), body, receipts)
-    if len(_PREPARED) >= _PREPARED_MAX:
-        _PREPARED.clear()
-    _PREPARED[id(block)] = (block, p)
-    return p
-
-
-_PREPARED: dict[int, tuple[Block, Prepared]] = {}
-"""Blocks prepared lately, by object (each entry keeps its block alive, so an ``id`` is never
-reused while it is here): a gossiped block object is shared by every node of a process
-(:func:`p2pserve.ledger.sync.decode_gossip`) and prepared once. Blocks are immutable."""
-_PREPARED_MAX = 16_384
-
-
-@dataclass(slots=True)
-class Plan:
-    """The effects of one checked block, ready for :func:`commit` on the same state."""
-
-    prepared: Prepared
-    version: int
-    acct: _Acct
-    add_claimable: tuple[bytes, str, int] | None = None
-    """A pay's credit: ``(source hash, payee, amount)``."""
-    claim: bytes | None = None
-    void: bytes | None = None
-    """A void claim: the side-branch pay it cites (nothing is credited)."""
-    paid: tuple[tuple[str, bytes], ...] = ()
-    """``(executor, request_id)`` of every receipt a pay settles."""
-    verdict: VerdictRecord | None = None
-    minted: int = 0
-
-
-def _verify_receipt(r: Receipt, signing_bytes: bytes, verify: bool) -> None:
-    if verify:
-        try:
-            verify_by_peer_id(r.executor, signing_bytes, r.signature)
-        except (BadSignature, MalformedMessage) as exc:
-            raise _fail("bad-receipt", f"receipt signature: {exc}") from exc
-
-
 def plan(
     p: Prepared,
     state: LedgerState,
@@ -236,18 +95,18 @@ def plan(
 
     The checks every block passes come first (:func:`_check_chain`: network, signature,
     duplicate / equivocation, frozen, height, prev, timestamp); then the kind's own rules
-    (:data:`_PLANNERS`, one function per body class).
+    (:data:`PLANNERS`, one function per body class).
     """
     acct = _check_chain(p, state, now_ms, verify)
     body = p.body
     if (p.block.height == 0) != isinstance(body, OpenBody):
-        raise _fail("bad-open", "a chain starts with exactly one open, at height 0")
+        raise fail("bad-open", "a chain starts with exactly one open, at height 0")
     if isinstance(body, OpenBody):
-        return _plan_open(p, body, state)
+        return plan_open(p, body, state)
     assert acct is not None
-    free, unbonding = _release(acct, p.block.timestamp_ms, now_ms, not_before)
-    ctx = _Ctx(p, state, acct, free, unbonding, verify)
-    return _PLANNERS[type(body)](ctx, body)
+    free, unbonding = release(acct, p.block.timestamp_ms, now_ms, not_before)
+    ctx = Ctx(p, state, acct, free, unbonding, verify)
+    return PLANNERS[type(body)](ctx, body)
 
 
 def _check_chain(p: Prepared, state: LedgerState, now_ms: int | None, verify: bool) -> _Acct | None:
@@ -256,200 +115,32 @@ def _check_chain(p: Prepared, state: LedgerState, now_ms: int | None, verify: bo
     params = state.params
     b = p.block
     if b.network_id != params.network_id:
-        raise _fail("wrong-network", f"{b.network_id!r} is not {params.network_id!r}")
+        raise fail("wrong-network", f"{b.network_id!r} is not {params.network_id!r}")
     if verify:
         try:
             verify_by_peer_id(b.account, p.signing_bytes, b.signature)
         except (BadSignature, MalformedMessage) as exc:
-            raise _fail("bad-signature", str(exc)) from exc
+            raise fail("bad-signature", str(exc)) from exc
     acct = c.accounts.get(b.account)
     h = b.height
     if acct is not None and h <= acct.height:
         if c.hashes[b.account][h] == p.hash:
-            raise _fail("duplicate", f"{b.account} height {h}")
-        raise _fail("equivocation", f"{b.account} already has another block at height {h}")
+            raise fail("duplicate", f"{b.account} height {h}")
+        raise fail("equivocation", f"{b.account} already has another block at height {h}")
     fork = c.forks.get(b.account)
     if fork is not None and h >= fork.height and p.hash not in fork.canonical:
-        raise _fail("frozen", b.account)
+        raise fail("frozen", b.account)
     expected = 0 if acct is None else acct.height + 1
     if h != expected:
-        raise _fail("height-gap", f"{b.account} is at height {expected - 1}, block is at {h}")
+        raise fail("height-gap", f"{b.account} is at height {expected - 1}, block is at {h}")
     if b.prev != (ZERO_HASH if acct is None else acct.head):
-        raise _fail("bad-prev", f"{b.account} height {h}")
+        raise fail("bad-prev", f"{b.account} height {h}")
     ts = b.timestamp_ms
     if acct is not None and ts < acct.timestamp_ms:
-        raise _fail("bad-timestamp", f"{ts} is before the previous block's {acct.timestamp_ms}")
+        raise fail("bad-timestamp", f"{ts} is before the previous block's {acct.timestamp_ms}")
     if now_ms is not None and ts > now_ms + params.max_clock_skew_ms:
-        raise _fail("future", f"{ts} is more than {params.max_clock_skew_ms} ms ahead of {now_ms}")
+        raise fail("future", f"{ts} is more than {params.max_clock_skew_ms} ms ahead of {now_ms}")
     return acct
-
-
-@dataclass(frozen=True, slots=True)
-class _Ctx:
-    """What a kind's planner needs: the block, the state, the account after unbonding
-    releases due by the block's timestamp."""
-
-    p: Prepared
-    state: LedgerState
-    acct: _Acct
-    free: int
-    unbonding: tuple[Unbonding, ...]
-    verify: bool
-
-    def spend(self, amount: int) -> int:
-        """Free credit left after spending ``amount``; raises when it is not there."""
-        if amount <= 0:
-            raise _fail("bad-amount", f"{amount}")
-        if self.free < amount:
-            if self.free + sum(u.amount for u in self.unbonding) >= amount:
-                raise _fail("unbonding", f"needs {amount}, {self.free} free, the rest unbonding")
-            raise _fail("insufficient-funds", f"needs {amount}, has {self.free}")
-        return self.free - amount
-
-    def head(self, free: int, staked: int, unbonding: tuple[Unbonding, ...]) -> _Acct:
-        b = self.p.block
-        return _Acct(b.height, self.p.hash, b.timestamp_ms, free, staked, unbonding)
-
-    def plan(self, acct: _Acct, **effects: object) -> Plan:
-        return Plan(self.p, self.state.core.version, acct, **effects)  # type: ignore[arg-type]
-
-
-def _plan_open(p: Prepared, body: OpenBody, state: LedgerState) -> Plan:
-    params = state.params
-    limit = min(params.initial_credit, params.max_initial_staked)
-    if body.initial_staked > limit:
-        raise _fail("bad-open", f"initial_staked {body.initial_staked} above {limit}")
-    new = _Acct(0, p.hash, p.block.timestamp_ms, params.initial_credit - body.initial_staked, body.initial_staked, ())
-    return Plan(p, state.core.version, new, minted=params.initial_credit)
-
-
-def _plan_stake(x: _Ctx, body: StakeBody) -> Plan:
-    return x.plan(x.head(x.spend(body.amount), x.acct.staked + body.amount, x.unbonding))
-
-
-def _plan_unstake(x: _Ctx, body: UnstakeBody) -> Plan:
-    if body.amount <= 0:
-        raise _fail("bad-amount", f"{body.amount}")
-    if x.acct.staked < body.amount:
-        raise _fail("insufficient-stake", f"unstakes {body.amount}, has {x.acct.staked} staked")
-    params = x.state.params
-    entry = Unbonding(x.p.block.timestamp_ms + params.unbonding_delay_ms + params.max_clock_skew_ms, body.amount, x.p.hash)
-    return x.plan(x.head(x.free, x.acct.staked - body.amount, (*x.unbonding, entry)))
-
-
-def _plan_verdict(x: _Ctx, body: VerdictBody) -> Plan:
-    """A judge's verdict: structure and parties first, then the draw, then signatures."""
-    b = x.p.block
-    order = body.order
-    judge = b.account
-    if order.network_id != b.network_id:
-        raise _fail("bad-verdict", "the order belongs to another network")
-    if judge in order.parties:
-        raise _fail("judge-is-party", f"{judge} is the requester or an executor of this duel")
-    order_id = sha256(x.p.receipt_signing_bytes[2])  # order.digest(), from its own bytes
-    if judge not in draw_judges(order_id, [(c.peer_id, c.stake) for c in order.candidates], order.judges, order.parties):
-        raise _fail("not-drawn", f"{judge} is not a judge this order draws")
-    penalty = 0 if body.outcome == "tie" else x.state.params.duel_penalty // order.judges
-    if body.penalty != penalty:
-        raise _fail("bad-verdict", f"penalty must be {penalty}")
-    if x.state.has_verdict(order_id, judge):
-        raise _fail("duplicate-verdict", f"{judge} already judged order {order_id.hex()[:16]}")
-    if x.verify:
-        sb = x.p.receipt_signing_bytes
-        try:
-            verify_by_peer_id(order.requester, sb[2], order.signature)
-        except (BadSignature, MalformedMessage) as exc:
-            raise _fail("bad-order", f"the requester's signature: {exc}") from exc
-        for r, rsb in zip(order.receipts, sb[:2], strict=True):
-            _verify_receipt(r, rsb, True)
-    a, bx = order.executors
-    keys = ((a, order.receipts[0].request_id), (bx, order.receipts[1].request_id))
-    record = VerdictRecord(order_id, judge, a, bx, body.outcome, penalty, keys)
-    return x.plan(x.head(x.free, x.acct.staked, x.unbonding), verdict=record)
-
-
-def _release(
-    acct: _Acct, ts: int, now_ms: int | None, not_before: Callable[[bytes], int | None] | None
-) -> tuple[int, tuple[Unbonding, ...]]:
-    """``(free, unbonding)`` once the unbonding entries due by ``ts`` are released.
-
-    With the receiver's clock, an entry due by ``ts`` but not yet released by the
-    receiver's own ``not_before`` makes the block wait (``unbonding-wait``)."""
-    free, unbonding = acct.free, acct.unbonding
-    due = [u for u in unbonding if u.release_ms <= ts]
-    if not due:
-        return free, unbonding
-    if now_ms is not None and not_before is not None:
-        for u in due:
-            nb = not_before(u.unstake)
-            if nb is not None and now_ms < nb:
-                raise _fail("unbonding-wait", f"the unstake {u.unstake.hex()[:16]} was first seen here too recently")
-    return free + sum(u.amount for u in due), tuple(u for u in unbonding if u.release_ms > ts)
-
-
-def _plan_claim(x: _Ctx, body: ClaimBody) -> Plan:
-    b = x.p.block
-    c = x.state.core
-    src = c.claimables.get(body.source_hash)
-    if src is None:
-        if body.source_hash in c.claimed or body.source_hash in c.voided:
-            raise _fail("double-claim", body.source_hash.hex())
-        fork = c.forks.get(body.source_account)
-        side = fork.side.get(body.source_hash) if fork is not None else None
-        if side is None:
-            raise _fail("unknown-pay", body.source_hash.hex())
-        payee, amount = side
-        if payee != b.account:
-            raise _fail("wrong-payee", f"the payment is to {payee}")
-        if amount != body.amount:
-            raise _fail("bad-claim", "the amount differs from the cited payment")
-        # a claim of a side-branch pay of an equivocator: valid, credits nothing
-        return x.plan(x.head(x.free, x.acct.staked, x.unbonding), void=body.source_hash)
-    if src.payee != b.account:
-        raise _fail("wrong-payee", f"the payment is to {src.payee}")
-    if (src.source_account, src.source_height, src.amount) != (body.source_account, body.source_height, body.amount):
-        raise _fail("bad-claim", "account, height or amount differ from the cited payment")
-    return x.plan(x.head(x.free + src.amount, x.acct.staked, x.unbonding), claim=body.source_hash)
-
-
-def _pay_amount(body: PayBody, c: _Core, network_id: str, payer: str) -> int:
-    """Check a pay's receipts without signatures (cheap checks first); their price sum."""
-    payee = body.payee
-    seen: set[bytes] = set()
-    total = 0
-    for r in body.receipts:
-        if r.executor != payee:
-            raise _fail("mixed-payees", f"receipts from {payee} and {r.executor}")
-        if r.network_id != network_id or r.requester != payer or r.executor == payer:
-            raise _fail("bad-receipt", "each receipt must be for this network, from another executor, to this payer")
-        if r.price <= 0:
-            raise _fail("bad-amount", f"receipt price {r.price} (a zero-price receipt needs no pay)")
-        if r.request_id in seen or (r.executor, r.request_id) in c.paid:
-            raise _fail("duplicate-pay", f"receipt for request {r.request_id.hex()} by {r.executor}")
-        seen.add(r.request_id)
-        total += r.price
-    return total
-
-
-def _plan_pay(x: _Ctx, body: PayBody) -> Plan:
-    """A pay: cheap checks of its receipts first, then funds, then every receipt's signature."""
-    b = x.p.block
-    amount = _pay_amount(body, x.state.core, b.network_id, b.account)
-    free_after = x.spend(amount)
-    for r, sb in zip(body.receipts, x.p.receipt_signing_bytes, strict=True):
-        _verify_receipt(r, sb, x.verify)
-    keys = tuple((r.executor, r.request_id) for r in body.receipts)
-    return x.plan(x.head(free_after, x.acct.staked, x.unbonding), add_claimable=(x.p.hash, body.payee, amount), paid=keys)
-
-
-_PLANNERS: dict[type, Callable[[_Ctx, Any], Plan]] = {
-    StakeBody: _plan_stake,
-    UnstakeBody: _plan_unstake,
-    PayBody: _plan_pay,
-    ClaimBody: _plan_claim,
-    VerdictBody: _plan_verdict,
-}
-"""One planner per body class (OpenBody is planned before the account exists)."""
 
 
 def commit(pl: Plan, state: LedgerState) -> LedgerState:
@@ -530,9 +221,9 @@ def verify_proof(proof: EquivocationProof, state: LedgerState) -> None:
     try:
         proof.verify()
     except (MalformedMessage, BadSignature) as exc:
-        raise _fail("bad-proof", str(exc)) from exc
+        raise fail("bad-proof", str(exc)) from exc
     if proof.first.network_id != state.params.network_id:
-        raise _fail("wrong-network", proof.first.network_id)
+        raise fail("wrong-network", proof.first.network_id)
 
 
 def apply_proof(proof: EquivocationProof, state: LedgerState, fork: ForkView | None = None) -> LedgerState:
@@ -570,4 +261,4 @@ def next_block(signer: Signer, state: LedgerState, body: Body, timestamp_ms: int
 
 
 # A new kind cannot be added without rules for it.
-assert set(BODY_TYPES.values()) == {OpenBody, *_PLANNERS}
+assert set(BODY_TYPES.values()) == {OpenBody, *PLANNERS}
