@@ -16,6 +16,7 @@ PKG = ROOT / "p2pserve"
 
 PURE = [
     "p2pserve.errors",
+    "p2pserve.hostnames",
     "p2pserve.units",
     "p2pserve.rng",
     "p2pserve.crypto",

@@ -11,15 +11,8 @@ import trio
 import trio.testing
 
 from p2pserve.errors import ConnectionBroken, DialError, StreamClosed, TransportError
-from p2pserve.testing.transport_suite import (
-    KillFn,
-    OpenTransport,
-    TransportConformance,
-    collect,
-    echo_handler,
-    read_all,
-    wait_until,
-)
+from p2pserve.testing.stream_helpers import collect, echo_handler, read_all, wait_until
+from p2pserve.testing.transport_suite import KillFn, OpenTransport, TransportConformance
 from p2pserve.transport import PeerEvent, PubsubMessage, Stream, Transport
 from tests.conftest import signer_for
 from transports.memory import LinkSpec, MemoryNetwork, MemoryTransport

@@ -39,7 +39,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from p2pserve.config import DEFAULT_PORTS, normalize_origin, split_host
+from p2pserve.hostnames import DEFAULT_PORTS, normalize_origin, split_host
 
 __all__ = ["HostPolicy", "RequestGuard", "bearer_denied", "build_app", "check_bearer", "serve_app"]
 

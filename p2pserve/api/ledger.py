@@ -27,7 +27,7 @@ from p2pserve.ledger.compare import Heads
 from p2pserve.ledger.service import LedgerService
 from p2pserve.units import MICRO
 
-__all__ = ["ledger_routes"]
+__all__ = ["ledger_routes", "ledger_summary"]
 
 _MAX_BODY = 4096
 
@@ -38,7 +38,7 @@ def _error(message: str, status: int, code: str) -> JSONResponse:
 
 def ledger_routes(ledger: LedgerService, *, api_key: str | None = None) -> list[Route]:
     async def summary(request: Request) -> Response:
-        return check_bearer(request, api_key) or JSONResponse(ledger.summary())
+        return check_bearer(request, api_key) or JSONResponse(ledger_summary(ledger))
 
     async def blocks(request: Request) -> Response:
         denied = check_bearer(request, api_key)
@@ -75,7 +75,7 @@ def ledger_routes(ledger: LedgerService, *, api_key: str | None = None) -> list[
                 return _error(f"refused by the ledger rules: {exc}", 400, exc.reason)
             except P2PServeError as exc:
                 return _error(str(exc), 503, "ledger_unavailable")
-            return JSONResponse({"block": h.hex(), **ledger.summary()})
+            return JSONResponse({"block": h.hex(), **ledger_summary(ledger)})
 
         return endpoint
 
@@ -86,3 +86,29 @@ def ledger_routes(ledger: LedgerService, *, api_key: str | None = None) -> list[
         Route("/p2pserve/ledger/stake", stake_route(False), methods=["POST"]),
         Route("/p2pserve/ledger/unstake", stake_route(True), methods=["POST"]),
     ]
+
+
+def ledger_summary(ledger: LedgerService) -> dict[str, Any]:
+    """The node's own account and ledger counters, as ``/p2pserve/ledger`` and the status show them."""
+    acct = ledger.store.state.account(ledger.account)
+    return {
+        "account": ledger.account,
+        "opened": acct is not None,
+        "writable": ledger.writable,
+        "height": acct.height if acct else None,
+        "free": ledger.free() / MICRO,
+        "staked": ledger.staked() / MICRO,
+        "stake_weight": ledger.stake_of(ledger.account) / MICRO,
+        "unbonding": (acct.unbonding_total if acct else 0) / MICRO,
+        "frozen": bool(acct and acct.frozen),
+        "paid": ledger.paid,
+        "queued": ledger.queued(),
+        "reserved": ledger.reserved / MICRO,
+        "held": ledger.queue.held / MICRO,
+        "claimed": ledger.claimed,
+        "unpaid": ledger.unpaid,
+        "repairs": ledger.repairs,
+        "blocks": ledger.store.count(),
+        "pending": ledger.store.pending_count(),
+        "fingerprint": ledger.fingerprint(),
+    }

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 import trio
 
+from p2pserve.api.ledger import ledger_summary
 from p2pserve.ledger.service import LedgerService
 from p2pserve.membership.gossip import GossipService
 from p2pserve.membership.table import PeerTable
@@ -55,7 +56,7 @@ def render_status(node: NodeView) -> dict[str, Any]:
             for m in node.serve.model_status()
         ],
         "served": dataclasses.asdict(node.serve.counters),
-        "ledger": node.ledger.summary(),
+        "ledger": ledger_summary(node.ledger),
         "ledger_fingerprint": node.ledger.fingerprint(),
         "offenders": node.serve.offenders.snapshot(now),
         "offloading": offloading(node),

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import trio
 
@@ -56,7 +55,6 @@ from p2pserve.ledger.store import LedgerStore
 from p2pserve.ledger.sync import LedgerSync
 from p2pserve.ledger.unpaid import UNPAID_NAME, UnpaidLog
 from p2pserve.transport import Transport
-from p2pserve.units import MICRO
 from p2pserve.wire.infer import Receipt
 from p2pserve.wire.limits import DEFAULT_LIMITS, Limits
 
@@ -482,26 +480,3 @@ class LedgerService:
 
     def fingerprint(self) -> str:
         return fingerprint(self.store.state).hex()
-
-    def summary(self) -> dict[str, Any]:
-        acct = self.store.state.account(self.account)
-        return {
-            "account": self.account,
-            "opened": acct is not None,
-            "writable": self.writable,
-            "height": acct.height if acct else None,
-            "free": self.free() / MICRO,
-            "staked": self.staked() / MICRO,
-            "unbonding": (acct.unbonding_total if acct else 0) / MICRO,
-            "frozen": bool(acct and acct.frozen),
-            "paid": self.paid,
-            "queued": self.queued(),
-            "reserved": self.reserved / MICRO,
-            "held": self.queue.held / MICRO,
-            "claimed": self.claimed,
-            "unpaid": self.unpaid,
-            "repairs": self.repairs,
-            "blocks": self.store.count(),
-            "pending": self.store.pending_count(),
-            "fingerprint": self.fingerprint(),
-        }
