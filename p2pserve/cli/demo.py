@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -50,63 +51,15 @@ def demo(
     """Start a local network of N nodes serving the embedded model; Ctrl-C stops it."""
     root = (data_dir or resolve_data_dir(None) / "demo").expanduser()
     procs: list[subprocess.Popen[str]] = []
-    apis: list[str] = []
-    bootstrap: str | None = None
-    stop = False
-
-    def _stop(signum: int, frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, _stop)
+    stopping = {"now": False}
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.update(now=True))
     try:
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=console) as progress:
-            task = progress.add_task("starting nodes", total=nodes)
-            for i in range(nodes):
-                port = base_api_port + i if _port_free(base_api_port + i) else _free_port()
-                cmd = ["--data-dir", str(root / f"node{i}"), "--listen", "/ip4/127.0.0.1/tcp/0", "--api", f"127.0.0.1:{port}", "--log-level", log_level]
-                cfg = config_dir / f"node{i}.yaml"
-                if cfg.exists():
-                    cmd += ["--config", str(cfg)]
-                if bootstrap:
-                    cmd += ["--bootstrap", bootstrap]
-                proc = spawn_join(cmd)
-                procs.append(proc)
-                banner = read_banner(proc)
-                apis.append(banner["api"][0])
-                if bootstrap is None:
-                    bootstrap = banner["listening"][0]
-                progress.update(task, advance=1, description=f"node{i} {banner['peer_id'][0][-8:]} up")
-            task2 = progress.add_task("waiting for every node to see the others", total=nodes)
-            served: list[list[str]] = [[] for _ in apis]
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and not stop:
-                seen = 0
-                for i, api in enumerate(apis):
-                    try:
-                        st = httpx.get(f"{api}/p2pserve/status", timeout=2).json()
-                        served[i] = [m["name"] for m in st["models"]]
-                        seen += len(st["peers"]) == nodes - 1
-                    except (httpx.HTTPError, ValueError, KeyError):
-                        pass
-                progress.update(task2, completed=seen)
-                if seen == nodes:
-                    break
-                time.sleep(0.3)
-
-        def say(text: str) -> None:
-            console.print(text, highlight=False, soft_wrap=True)
-
-        say(f"\n[bold green]{nodes} nodes running[/] (data in {root})")
-        for i, (api, models) in enumerate(zip(apis, served, strict=True)):
-            say(f"  node{i}: {api}  " + (f"serves {', '.join(models)}" if models else "gateway: serves nothing, offloads every request"))
-        say("\nAsk the network from another terminal:")
-        say(f'  .venv/bin/p2pserve ask "What is the capital of France?" --api {apis[0]}')
-        say(f"  .venv/bin/p2pserve status --api {apis[0]}")
-        say(f"  .venv/bin/p2pserve audit --api {apis[0]}")
-        say(f"  any OpenAI client with base_url={apis[0]}/v1")
-        say("\nCtrl-C stops the network.")
-        while not stop:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TimeElapsedColumn(), console=console) as progress:
+            apis = _start_nodes(progress, procs, nodes, root, config_dir, base_api_port, log_level)
+            served = _wait_for_mesh(progress, apis, lambda: stopping["now"])
+        _print_help(root, apis, served)
+        while not stopping["now"]:
             for i, p in enumerate(procs):
                 if p.poll() is not None:
                     raise fail(f"node{i} exited with code {p.returncode}")
@@ -118,3 +71,66 @@ def demo(
     finally:
         stop_processes(procs)
         console.print("network stopped")
+
+
+def _start_nodes(
+    progress: Progress, procs: list[subprocess.Popen[str]], nodes: int, root: Path, config_dir: Path, base_api_port: int,
+    log_level: str,
+) -> list[str]:
+    """Start the nodes one after another (each bootstrapping from node 0); their API URLs."""
+    task = progress.add_task("starting nodes", total=nodes)
+    apis: list[str] = []
+    bootstrap: str | None = None
+    for i in range(nodes):
+        port = base_api_port + i if _port_free(base_api_port + i) else _free_port()
+        cmd = ["--data-dir", str(root / f"node{i}"), "--listen", "/ip4/127.0.0.1/tcp/0", "--api", f"127.0.0.1:{port}",
+               "--log-level", log_level]
+        cfg = config_dir / f"node{i}.yaml"
+        if cfg.exists():
+            cmd += ["--config", str(cfg)]
+        if bootstrap:
+            cmd += ["--bootstrap", bootstrap]
+        proc = spawn_join(cmd)
+        procs.append(proc)
+        banner = read_banner(proc)
+        apis.append(banner["api"][0])
+        if bootstrap is None:
+            bootstrap = banner["listening"][0]
+        progress.update(task, advance=1, description=f"node{i} {banner['peer_id'][0][-8:]} up")
+    return apis
+
+
+def _wait_for_mesh(progress: Progress, apis: list[str], stopping: Callable[[], bool], timeout: float = 30.0) -> list[list[str]]:
+    """Wait (bounded) until every node lists every other; the models each node serves."""
+    task = progress.add_task("waiting for every node to see the others", total=len(apis))
+    served: list[list[str]] = [[] for _ in apis]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not stopping():
+        seen = 0
+        for i, api in enumerate(apis):
+            try:
+                st = httpx.get(f"{api}/p2pserve/status", timeout=2).json()
+                served[i] = [m["name"] for m in st["models"]]
+                seen += len(st["peers"]) == len(apis) - 1
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+        progress.update(task, completed=seen)
+        if seen == len(apis):
+            break
+        time.sleep(0.3)
+    return served
+
+
+def _print_help(root: Path, apis: list[str], served: list[list[str]]) -> None:
+    def say(text: str) -> None:
+        console.print(text, highlight=False, soft_wrap=True)
+
+    say(f"\n[bold green]{len(apis)} nodes running[/] (data in {root})")
+    for i, (api, models) in enumerate(zip(apis, served, strict=True)):
+        say(f"  node{i}: {api}  " + (f"serves {', '.join(models)}" if models else "gateway: serves nothing, offloads every request"))
+    say("\nAsk the network from another terminal:")
+    say(f'  .venv/bin/p2pserve ask "What is the capital of France?" --api {apis[0]}')
+    say(f"  .venv/bin/p2pserve status --api {apis[0]}")
+    say(f"  .venv/bin/p2pserve audit --api {apis[0]}")
+    say(f"  any OpenAI client with base_url={apis[0]}/v1")
+    say("\nCtrl-C stops the network.")

@@ -132,12 +132,8 @@ async def open_libp2p_transport(
                     await stopped.wait()
                 host_scope.cancel()  # a no-op unless the orderly shutdown overran
     except BaseExceptionGroup as group:
-        # The nursery wraps the body's exception in a group; hand the caller back
-        # exactly what the body raised when nothing else went wrong.
-        leaves = _leaf_exceptions(group)
-        if len(leaves) == 1 and (not primary or leaves[0] is primary[0]):
-            unwrapped = leaves[0]
-        else:
+        unwrapped = _sole_exception(group, primary)
+        if unwrapped is None:
             raise
     if unwrapped is not None:
         raise unwrapped
@@ -264,6 +260,15 @@ def _disable_auto_connector(host: IHost) -> None:
         await trio.lowlevel.checkpoint()
 
     host.get_network().auto_connector.maybe_connect = do_nothing  # type: ignore[attr-defined]
+
+
+def _sole_exception(group: BaseExceptionGroup, primary: list[BaseException]) -> BaseException | None:
+    """The nursery wraps the body's exception in a group: the one exception to hand the
+    caller back (exactly what the body raised), or None when more went wrong."""
+    leaves = _leaf_exceptions(group)
+    if len(leaves) == 1 and (not primary or leaves[0] is primary[0]):
+        return leaves[0]
+    return None
 
 
 def _leaf_exceptions(exc: BaseException) -> list[BaseException]:
