@@ -239,12 +239,11 @@ class _StakeOnly:
         self.calls.append(("stake", amount))
         return b"\x00" * 32
 
-    def summary(self) -> dict[str, Any]:
-        return {}
 
 
-async def test_real_server_on_loopback_refuses_the_attack() -> None:
+async def test_real_server_on_loopback_refuses_the_attack(monkeypatch: pytest.MonkeyPatch) -> None:
     """Hypercorn on 127.0.0.1, port 0 (the guard learns the port from each connection)."""
+    monkeypatch.setattr("p2pserve.api.ledger.ledger_summary", lambda ledger: {})  # the double has no account
     ledger = _StakeOnly()
     app = build_app(status=lambda: {"ok": True}, metrics=lambda: "", host="127.0.0.1", port=0,
                     extra_routes=list(ledger_routes(cast(LedgerService, ledger))))
