@@ -319,22 +319,30 @@ def _tag(frame: bytes) -> int | None:
 
 def load_api(url: str, api_key: str | None = None, timeout: float = 60.0) -> AuditSource:
     """Fetch every block from a node's API. Raises StoreError on any failure."""
+    content = api_get(url, BLOCKS_PATH, "application/octet-stream", api_key, timeout)
+    try:
+        source = parse_frames(content)
+    except MalformedMessage as exc:
+        raise StoreError(f"{url.rstrip('/')}{BLOCKS_PATH}: bad block stream: {exc}") from exc
+    source.label = url.rstrip("/") + BLOCKS_PATH
+    return source
+
+
+def api_get(url: str, path: str, accept: str, api_key: str | None, timeout: float) -> bytes:
+    """The body of ``GET url+path`` from a node's API (bearer ``api_key`` if given).
+    Raises StoreError on any failure."""
     import httpx
 
-    headers = {"Accept": "application/octet-stream"}
+    headers = {"Accept": accept}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
-    target = url.rstrip("/") + BLOCKS_PATH
+    target = url.rstrip("/") + path
     try:
         resp = httpx.get(target, headers=headers, timeout=timeout)
         resp.raise_for_status()
-        source = parse_frames(resp.content)
     except httpx.HTTPError as exc:
         raise StoreError(f"cannot fetch {target}: {exc}") from exc
-    except MalformedMessage as exc:
-        raise StoreError(f"{target}: bad block stream: {exc}") from exc
-    source.label = target
-    return source
+    return resp.content
 
 
 def encode_stream(params: NetworkParams, raws: Iterable[bytes]) -> Iterator[bytes]:

@@ -7,6 +7,7 @@ account. Pure but for :func:`load_heads` (HTTP, httpx imported lazily).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -168,17 +169,10 @@ def compare_heads(nodes: Sequence[Heads]) -> Comparison:
 
 def load_heads(url: str, api_key: str | None = None, timeout: float = 30.0) -> Heads:
     """Fetch a node's heads (``source`` is ``url``). Raises StoreError on any failure."""
-    import httpx
+    from p2pserve.ledger.audit import api_get  # I/O, kept out of this pure module's imports
 
-    headers = {"Accept": "application/json"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    target = url.rstrip("/") + HEADS_PATH
+    content = api_get(url, HEADS_PATH, "application/json", api_key, timeout)
     try:
-        resp = httpx.get(target, headers=headers, timeout=timeout)
-        resp.raise_for_status()
-        return Heads.from_json(resp.json(), url)
-    except httpx.HTTPError as exc:
-        raise StoreError(f"cannot fetch {target}: {exc}") from exc
-    except (ValueError, MalformedMessage) as exc:
-        raise StoreError(f"{target}: {exc}") from exc
+        return Heads.from_json(json.loads(content), url)
+    except ValueError as exc:
+        raise StoreError(f"{url.rstrip('/')}{HEADS_PATH}: not JSON: {exc}") from exc

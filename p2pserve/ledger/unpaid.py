@@ -18,13 +18,12 @@ Not thread-safe; one log per node, used from one trio task at a time.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from p2pserve.errors import MalformedMessage, StoreError
+from p2pserve.errors import MalformedMessage
+from p2pserve.framelog import FrameLog
 from p2pserve.wire.codec import decode
-from p2pserve.wire.framing import FrameDecoder, encode_frame
 from p2pserve.wire.infer import Receipt
 
 __all__ = ["UNPAID_NAME", "UnpaidLog"]
@@ -37,8 +36,8 @@ class UnpaidLog:
     """Receipts queued for payment, on disk. Open with :meth:`open`, then :meth:`load`."""
 
     def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        self._fd: int | None = None
+        self.log = FrameLog(path, _MAX_RECEIPT)
+        self.path = self.log.path
 
     def open(self) -> list[Receipt]:
         """Open (creating) the file; the receipts it holds, in the order they were queued.
@@ -46,30 +45,13 @@ class UnpaidLog:
         Raises StoreError if the file cannot be opened or read.
         """
         receipts = self.load()
-        try:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise StoreError(f"cannot open {self.path}: {exc}") from exc
+        self.log.open()
         return receipts
 
     def load(self) -> list[Receipt]:
         """The receipts in the file (none if it does not exist)."""
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise StoreError(f"cannot read {self.path}: {exc}") from exc
-        dec = FrameDecoder(_MAX_RECEIPT)
-        dec.feed(data)
         out: list[Receipt] = []
-        while True:
-            try:
-                frame = dec.next_frame()
-            except MalformedMessage:  # a corrupt length: nothing after it can be framed
-                break
-            if frame is None:  # the end, or a torn last frame
-                break
+        for frame in self.log.read():
             try:
                 out.append(decode(frame, expect=Receipt))
             except MalformedMessage:
@@ -78,32 +60,13 @@ class UnpaidLog:
 
     def append(self, receipt: Receipt) -> None:
         """Add one receipt (one ``write()``; not fsynced). Raises StoreError."""
-        if self._fd is None:
-            return
-        try:
-            os.write(self._fd, encode_frame(receipt.encode(), _MAX_RECEIPT))
-        except OSError as exc:
-            raise StoreError(f"cannot write {self.path}: {exc}") from exc
+        self.log.append(receipt.encode())
 
     def rewrite(self, receipts: Iterable[Receipt]) -> None:
         """Make the file hold exactly ``receipts`` (after a flush). Raises StoreError."""
-        if self._fd is None:
-            return
-        data = b"".join(encode_frame(r.encode(), _MAX_RECEIPT) for r in receipts)
-        try:
-            if not data:
-                os.ftruncate(self._fd, 0)
-                return
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, self.path)
-            os.close(self._fd)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise StoreError(f"cannot rewrite {self.path}: {exc}") from exc
+        if self.log.is_open:
+            self.log.rewrite(r.encode() for r in receipts)
 
     def close(self) -> None:
         """Close the file (idempotent)."""
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            os.close(fd)
+        self.log.close()

@@ -15,14 +15,12 @@ Not thread-safe; one log per node, used from one trio task at a time.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import msgpack
 
-from p2pserve.errors import MalformedMessage, StoreError
-from p2pserve.wire.framing import FrameDecoder, encode_frame
+from p2pserve.framelog import FrameLog
 
 __all__ = ["REPLAY_NAME", "ReplayLog"]
 
@@ -36,9 +34,9 @@ class ReplayLog:
     """Offers taken, on disk (see the module docstring)."""
 
     def __init__(self, path: Path | str, *, compact_every: int = 200_000) -> None:
-        self.path = Path(path)
+        self.log = FrameLog(path, _MAX_ENTRY)
+        self.path = self.log.path
         self.compact_every = compact_every
-        self._fd: int | None = None
         self._written = 0
 
     def open(self, now_ms: int, window_ms: int) -> list[Entry]:
@@ -50,12 +48,9 @@ class ReplayLog:
 
     def append(self, requester: str, request_id: bytes, created_ms: int) -> None:
         """Record one offer taken (one ``write()``). Raises StoreError."""
-        if self._fd is None:
+        if not self.log.is_open:
             return
-        try:
-            os.write(self._fd, _frame((requester, request_id, created_ms)))
-        except OSError as exc:
-            raise StoreError(f"cannot write {self.path}: {exc}") from exc
+        self.log.append(_pack((requester, request_id, created_ms)))
         self._written += 1
 
     def needs_compaction(self) -> bool:
@@ -67,27 +62,11 @@ class ReplayLog:
 
     def close(self) -> None:
         """Close the file (idempotent)."""
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            os.close(fd)
+        self.log.close()
 
     def _load(self) -> list[Entry]:
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise StoreError(f"cannot read {self.path}: {exc}") from exc
-        dec = FrameDecoder(_MAX_ENTRY)
-        dec.feed(data)
         out: list[Entry] = []
-        while True:
-            try:
-                frame = dec.next_frame()
-            except MalformedMessage:
-                break
-            if frame is None:
-                break
+        for frame in self.log.read():
             try:
                 r, i, c = msgpack.unpackb(frame, raw=False)
             except Exception:  # a torn or foreign frame: skip it, the rest is still good
@@ -97,17 +76,9 @@ class ReplayLog:
         return out
 
     def _rewrite(self, entries: list[Entry]) -> None:
-        self.close()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_bytes(b"".join(_frame(e) for e in entries))
-            os.replace(tmp, self.path)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise StoreError(f"cannot write {self.path}: {exc}") from exc
+        self.log.rewrite(_pack(e) for e in entries)
         self._written = len(entries)
 
 
-def _frame(entry: Entry) -> bytes:
-    return encode_frame(msgpack.packb(list(entry), use_bin_type=True), _MAX_ENTRY)
+def _pack(entry: Entry) -> bytes:
+    return msgpack.packb(list(entry), use_bin_type=True)  # type: ignore[no-any-return]

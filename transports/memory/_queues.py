@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, Self, TypeVar
 
 import trio
 
@@ -26,18 +26,46 @@ __all__ = ["MemorySubscription"]
 log = logging.getLogger("transports.memory")  # the public module's name: what applications configure
 
 
-class MemorySubscription:
+T = TypeVar("T")
+
+
+class _Queue(Generic[T]):
+    """What both queues share: items consumed with ``async for``, woken by ``_push``; once
+    ended, the iteration stops when the items left are consumed."""
+
+    __slots__ = ("_closed", "_items", "_lot")
+
+    def __init__(self, maxlen: int | None = None) -> None:
+        self._items: deque[T] = deque(maxlen=maxlen)
+        self._lot = trio.lowlevel.ParkingLot()
+        self._closed = False
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> T:
+        await trio.lowlevel.checkpoint()
+        while not self._items:
+            if self._closed:
+                raise StopAsyncIteration
+            await self._lot.park()
+        return self._items.popleft()
+
+    def _end(self) -> None:
+        self._closed = True
+        self._lot.unpark_all()
+
+
+class MemorySubscription(_Queue[PubsubMessage]):
     """A bounded queue of one topic's messages for one subscriber."""
 
-    __slots__ = ("_closed", "_items", "_lot", "_transport", "topic", "validator")
+    __slots__ = ("_transport", "topic", "validator")
 
     def __init__(self, transport: MemoryTransport, topic: str, validator: Validator | None) -> None:
+        super().__init__()
         self._transport = transport
         self.topic = topic
         self.validator = validator
-        self._items: deque[PubsubMessage] = deque()
-        self._lot = trio.lowlevel.ParkingLot()
-        self._closed = False
 
     def _push(self, msg: PubsubMessage) -> None:
         if len(self._items) >= self._transport.network.subscription_buffer:
@@ -46,21 +74,9 @@ class MemorySubscription:
         self._items.append(msg)
         self._lot.unpark_all()
 
-    def __aiter__(self) -> MemorySubscription:
-        return self
-
-    async def __anext__(self) -> PubsubMessage:
-        await trio.lowlevel.checkpoint()
-        while not self._items:
-            if self._closed:
-                raise StopAsyncIteration
-            await self._lot.park()
-        return self._items.popleft()
-
     def _end(self) -> None:
-        self._closed = True
-        self._items.clear()
-        self._lot.unpark_all()
+        self._items.clear()  # a closed subscription discards what is buffered
+        super()._end()
 
     async def aclose(self) -> None:
         """Stop delivery; pending and later messages are discarded. Idempotent."""
@@ -69,35 +85,14 @@ class MemorySubscription:
         await trio.lowlevel.checkpoint()
 
 
-class _PeerEvents:
+class _PeerEvents(_Queue[PeerEvent]):
     """A live iterator of peer events; ends when the transport closes."""
 
-    __slots__ = ("__weakref__", "_closed", "_items", "_lot")
+    __slots__ = ("__weakref__",)
 
     def __init__(self) -> None:
-        self._items: deque[PeerEvent] = deque(maxlen=4096)
-        self._lot = trio.lowlevel.ParkingLot()
-        self._closed = False
+        super().__init__(maxlen=4096)
 
     def _push(self, ev: PeerEvent) -> None:
         self._items.append(ev)
         self._lot.unpark_all()
-
-    def _end(self) -> None:
-        self._closed = True
-        self._lot.unpark_all()
-
-    def __aiter__(self) -> _PeerEvents:
-        return self
-
-    async def __anext__(self) -> PeerEvent:
-        await trio.lowlevel.checkpoint()
-        while not self._items:
-            if self._closed:
-                raise StopAsyncIteration
-            await self._lot.park()
-        return self._items.popleft()
-
-    async def aclose(self) -> None:
-        self._end()
-        await trio.lowlevel.checkpoint()
