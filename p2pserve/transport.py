@@ -16,6 +16,11 @@ Semantics every implementation guarantees:
   explicitly and treat an early ``b""`` as broken). Using a stream after ``aclose`` raises
   :class:`~p2pserve.errors.StreamClosed`. ``aclose`` is idempotent and never raises.
   Foreign exceptions never escape: only ``P2PServeError`` subclasses and trio cancellation.
+  The suite runs ``trio.testing.check_half_closeable_stream`` on every transport's streams;
+  a transport declares the trio properties it still lacks (``trio_stream_gaps``: today
+  both accept a non-integer ``max_bytes``, and py-libp2p's streams neither wake a reader
+  blocked on a stream being closed nor fail a send after the remote closed), and a test
+  fails as soon as a declared gap is fixed.
 * Stream handlers run in the transport's own nursery; an exception from a handler is
   logged and the stream reset; it never takes the transport down.
 * ``publish`` delivers to every current subscriber of the topic on other reachable peers
