@@ -103,11 +103,32 @@ class ServerParams:
     """Dial learned peers until this many are connected."""
     request_timeout: float = 300.0
     """Overall bound on one user request (seconds)."""
+    duel_rate: float = 0.1
+    """Share of this node's offloaded requests that become duels (a second executor answers
+    too and a third node judges; docs/duel.md). 0 disables duels."""
+    duel_judges: int = 1
+    """Judges drawn per duel (1-5); each verdict moves its share of the network's duel_penalty."""
+    judge: bool = False
+    """Advertise judging: drawn judges get the prompt and both answers of a duel and earn the
+    network's judge_fee per verdict."""
+    judge_method: str = "reference-similarity"
+    """How this node judges: ``reference-similarity`` (answers itself, compares embeddings),
+    ``llm-pairwise`` (asks its model in both orders), ``fake`` (tests), or ``module:Class``."""
+    judge_model: str | None = None
+    """The local model a judge uses to answer or compare (default: its first model)."""
+    judge_timeout: float = 120.0
+    """Seconds a requester waits for a judge's verdict."""
 
     def __post_init__(self) -> None:
-        for name in ("status_interval", "peer_ttl", "max_status_rate", "request_timeout"):
+        for name in ("status_interval", "peer_ttl", "max_status_rate", "request_timeout", "judge_timeout"):
             if not getattr(self, name) > 0:
                 _invalid(name, "must be > 0", getattr(self, name))
+        if not 0.0 <= self.duel_rate <= 1.0:
+            _invalid("duel_rate", "must be within [0, 1]", self.duel_rate)
+        if not 1 <= self.duel_judges <= 5:
+            _invalid("duel_judges", "must be 1-5", self.duel_judges)
+        if not self.judge_method:
+            _invalid("judge_method", "must name a method", self.judge_method)
         if self.target_connections < 1:
             _invalid("target_connections", "must be at least 1", self.target_connections)
         if not _is_host_port(self.api):

@@ -22,6 +22,11 @@ from p2pserve.backends.registry import BackendSpec, build_backend
 from p2pserve.clock import SYSTEM_CLOCK, Clock
 from p2pserve.config import NodeConfig
 from p2pserve.crypto import Signer
+from p2pserve.duel.coordinator import DuelCoordinator
+from p2pserve.duel.judge import JudgeService, backend_generators
+from p2pserve.duel.machine import Deadlines as DuelDeadlines
+from p2pserve.duel.methods import load_method
+from p2pserve.errors import ConfigError
 from p2pserve.identity import default_data_dir
 from p2pserve.ledger.service import LedgerService
 from p2pserve.ledger.store import LedgerStore
@@ -100,7 +105,29 @@ class Node:
         )
         self.serve = self._serve_service(replay_log)
         self.gossip.on_status = lambda st: self.ledger.sync.peer_head(st.peer_id, st.ledger_head)
+        self.duels = DuelCoordinator(
+            self.serve, self.ledger, self.peers, transport, signer,
+            rate=sp.duel_rate, judges=sp.duel_judges, seed=derive(self.seed, "duels").getrandbits(64),
+            deadlines=DuelDeadlines(shadow_s=sp.request_timeout, judging_s=sp.judge_timeout),
+            clock=clock, limits=config.limits,
+        )
+        self.serve.on_completed = self.duels.consider
+        self.judge = self._judge_service() if sp.judge else None
         self.started_at = 0.0
+
+    def _judge_service(self) -> JudgeService:
+        """The judge, with its method built on one of this node's models (ConfigError when
+        the method needs a model and the node has none)."""
+        sp = self.config.server_params
+        name = sp.judge_model or next(iter(self.backends), None)
+        deps: dict[str, Any] = {}
+        if name is not None:
+            if name not in self.backends:
+                raise ConfigError(f"server_params.judge_model: {name!r} is not one of this node's models")
+            deps["generate"], deps["generate_reference"] = backend_generators(self.backends[name])
+        method = load_method(sp.judge_method, **deps)
+        return JudgeService(self.transport, self.signer, self.ledger, method, clock=self.clock, limits=self.config.limits,
+                            judge_s=sp.judge_timeout * 0.8)
 
     def _serve_service(self, replay_log: ReplayLog | None) -> ServeService:
         sp = self.config.server_params
@@ -141,8 +168,9 @@ class Node:
             accepting=any(m.accepting for m in models),
             running=sum(m.running for m in models),
             queued=sum(m.queued for m in models) if models else self.serve.backlog(),
-            stake=self.ledger.staked(),
+            stake=self.ledger.stake_of(self.peer_id),
             ledger_head=self.ledger.head(),
+            judge=self.judge is not None,
         )
 
     def api_routes(self) -> list[Any]:
@@ -160,6 +188,9 @@ class Node:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.ledger.run)
                 await nursery.start(self.serve.run)
+                await nursery.start(self.duels.run)
+                if self.judge is not None:
+                    await nursery.start(self.judge.run)
                 await nursery.start(self.gossip.run)
                 task_status.started(self)
         finally:

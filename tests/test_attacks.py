@@ -410,9 +410,7 @@ async def test_item7_an_equivocation_strands_no_honest_chain(autojump_clock: tri
 
 
 def audit_store(store: LedgerStore) -> audit.AuditReport:
-    records = [audit.Record(r.raw, r.account, r.height, r.hash) for r in store.rows()]
-    records += [audit.Record(raw) for raw in store.side_rows()]
-    return audit.audit(audit.AuditSource(store.params, records, store.proof_rows()))
+    return audit.audit(audit.from_store(store))
 
 
 async def test_item8_stake_alone_cannot_capture_every_request(autojump_clock: trio.testing.MockClock) -> None:

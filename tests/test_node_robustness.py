@@ -71,7 +71,7 @@ async def test_garbage_everywhere_then_still_serving(autojump_clock: trio.testin
             real = victim.gossip.make_status()
             forged = dataclasses.replace(real, stake=10**15)
             other_net = dataclasses.replace(real, network_id="othernet")
-            mine = Status("devnet", attacker.peer_id, 1, 0, (), (), True, 0, 0, 10**15, b"", 2000, b"").signed(attacker)
+            mine = Status("devnet", attacker.peer_id, 1, 0, (), (), True, 0, 0, 10**15, b"", 2000, False, b"").signed(attacker)
             for topic in (status_topic("devnet"), blocks_topic("devnet")):
                 for data in (b"", b"\xff" * 100, forged.encode(), other_net.encode(), real.encode(), b"\x00" * 70_000):
                     await t.publish(topic, data)

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import trio
 
 from p2pserve.api.ledger import ledger_summary
+from p2pserve.duel.coordinator import DuelCoordinator
 from p2pserve.ledger.service import LedgerService
 from p2pserve.membership.gossip import GossipService
 from p2pserve.membership.table import PeerTable
@@ -19,7 +20,7 @@ from p2pserve.serving.service import ServeService
 from p2pserve.transport import Transport
 from p2pserve.units import MICRO
 
-__all__ = ["NodeView", "offloading", "render_metrics", "render_status"]
+__all__ = ["NodeView", "duel_record", "offloading", "render_metrics", "render_status"]
 
 
 class NodeView(Protocol):
@@ -34,6 +35,7 @@ class NodeView(Protocol):
     gossip: GossipService
     serve: ServeService
     ledger: LedgerService
+    duels: DuelCoordinator
     started_at: float
 
 
@@ -60,6 +62,8 @@ def render_status(node: NodeView) -> dict[str, Any]:
         "ledger_fingerprint": node.ledger.fingerprint(),
         "offenders": node.serve.offenders.snapshot(now),
         "offloading": offloading(node),
+        "duels": duel_record(node),
+        "ratings": {peer: r.as_dict() for peer, r in sorted(node.ledger.ratings().items())},
         "uptime_s": round(now - node.started_at, 3),
         "connected_peers": sorted(node.transport.connected_peers()),
         "peers": _peers(node, now),
@@ -88,6 +92,25 @@ def _peers(node: NodeView, now: float) -> list[dict[str, Any]]:
     return peers
 
 
+def duel_record(node: NodeView) -> dict[str, int]:
+    """This node's duels: started as requester, settled, and from the ledger's counted
+    verdicts, won, lost and tied as an executor and judged as a judge."""
+    me = node.peer_id
+    won = lost = tied = judged = 0
+    for v in node.ledger.store.state.verdicts():
+        judged += v.judge == me
+        if me in (v.a, v.b):
+            if v.outcome == "tie":
+                tied += 1
+            elif (v.outcome == "A") == (v.a == me):
+                won += 1
+            else:
+                lost += 1
+    c = node.duels.counters
+    return {"started": c.started, "settled": c.settled, "abandoned": c.abandoned, "won": won, "lost": lost,
+            "tied": tied, "judged": judged}
+
+
 def offloading(node: NodeView) -> dict[str, Any]:
     """Whether the node can offload now, and if not, why."""
     if not node.ledger.can_afford(1):
@@ -113,6 +136,9 @@ def render_metrics(node: NodeView) -> str:
     one("ledger_free_credits", "gauge", node.ledger.free() / MICRO)
     one("ledger_staked_credits", "gauge", node.ledger.staked() / MICRO)
     one("ledger_blocks", "gauge", node.ledger.store.count())
+    one("duels_started_total", "counter", node.duels.counters.started)
+    one("duels_settled_total", "counter", node.duels.counters.settled)
+    one("ledger_verdicts", "gauge", node.ledger.store.state.verdict_count())
     for m in node.serve.model_status():
         labels = f'{{model="{m.name}"}}'
         lines += [f"p2pserve_model_running{labels} {m.running}", f"p2pserve_model_queued{labels} {m.queued}"]

@@ -42,6 +42,7 @@ from p2pserve.ledger import forks, rules
 from p2pserve.ledger.blocks import EquivocationProof, NetworkParams, decode_block
 from p2pserve.ledger.rules import Prepared
 from p2pserve.ledger.state import LedgerState
+from p2pserve.ledger.store import LedgerStore
 from p2pserve.wire.codec import Message, decode
 from p2pserve.wire.framing import FrameDecoder
 
@@ -250,6 +251,14 @@ def _proofs(
 
 
 # --- sources ---------------------------------------------------------------------------------
+
+
+def from_store(store: LedgerStore) -> AuditSource:
+    """Everything an open store holds (its chains, the off-choice blocks of frozen accounts,
+    the equivocation proofs), as ``audit`` reads it: a running node audits its own copy."""
+    records = [Record(r.raw, r.account, r.height, r.hash) for r in store.rows()]
+    records += [Record(raw) for raw in store.side_rows()]
+    return AuditSource(store.params, records, store.proof_rows(), label=str(store.path))
 
 
 def load_db(path: Path | str) -> AuditSource:

@@ -34,6 +34,7 @@ import trio
 
 from p2pserve.clock import SYSTEM_CLOCK, Clock
 from p2pserve.crypto import Signer
+from p2pserve.duel.ratings import Rating, bradley_terry
 from p2pserve.errors import InvalidBlock, LedgerError, P2PServeError
 from p2pserve.ledger import rules
 from p2pserve.ledger.blocks import (
@@ -46,6 +47,7 @@ from p2pserve.ledger.blocks import (
     PayBody,
     StakeBody,
     UnstakeBody,
+    VerdictBody,
     make_block,
 )
 from p2pserve.ledger.payers import Admission, PayerBook
@@ -106,6 +108,7 @@ class LedgerService:
         self._conflicts: list[tuple[list[Block], str]] = []
         self.sync.withhold = self.account  # peers get our own chain only once it is confirmed
         self._nursery: trio.Nursery | None = None
+        self._ratings: tuple[int, dict[str, Rating]] | None = None
         self._full = trio.Event()
         self._queued = trio.Event()
         self._claim_wake = trio.Event()
@@ -439,6 +442,20 @@ class LedgerService:
         """Start unbonding ``amount`` staked micro-credits. Raises InvalidBlock or LedgerError."""
         await self.wait_writable(10.0)
         return await self._write(UnstakeBody(amount))
+
+    async def verdict(self, body: VerdictBody) -> bytes:
+        """Write our verdict on a duel we were drawn to judge (the rules check the draw).
+        Raises InvalidBlock or LedgerError."""
+        await self.wait_writable(10.0)
+        return await self._write(body)
+
+    def ratings(self) -> dict[str, Rating]:
+        """Bradley-Terry ratings of every executor with counted verdicts (recomputed only
+        when a verdict was applied since the last call)."""
+        verdicts = self.store.state.verdicts()
+        if self._ratings is None or self._ratings[0] != len(verdicts):
+            self._ratings = (len(verdicts), bradley_terry((v.a, v.b, v.outcome) for v in verdicts))
+        return self._ratings[1]
 
     # --- executor side: may this requester offer us work? -----------------------------------
 

@@ -62,6 +62,7 @@ class LocalState:
     queued: int = 0
     stake: int = 0
     ledger_head: bytes = b""
+    judge: bool = False
 
 
 class GossipService:
@@ -130,6 +131,7 @@ class GossipService:
             stake=st.stake,
             ledger_head=st.ledger_head,
             interval_ms=max(1, round(self.current_interval() * 1000)),
+            judge=st.judge,
             signature=b"",
         )
         return status.signed(self.signer)

@@ -275,7 +275,7 @@ class InferClient:
             self.counters.offloaded += 1
             attempt.completed = Completed(
                 ev.final.finish_reason, ev.final.receipt.prompt_tokens, progress.completion_tokens, peer,
-                local=False, receipt=settled, receipts=tuple(progress.receipts),
+                local=False, receipt=settled, receipts=tuple(progress.receipts), offer=s.request,
             )
             return out
         partial = settled.completion_tokens if settled is not None and isinstance(ev.final, Failure) else None

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from p2pserve.backends.base import TextDelta
-from p2pserve.wire.infer import Receipt
+from p2pserve.wire.infer import InferRequest, Receipt
 
 __all__ = [
     "Admission",
@@ -80,7 +80,8 @@ class Completed:
     ``completion_tokens`` sums every executor's tokens (a vanished executor's are counted as
     the chunks it sent). ``receipt`` is the last executor's verified receipt (None when it
     ran locally or its receipt did not verify); ``receipts`` holds every verified receipt
-    of this request, partial ones included, in order.
+    of this request, partial ones included, in order. ``offer`` is the signed offer the last
+    executor answered (None when it ran locally): a duel order cites its header.
     """
 
     finish_reason: str
@@ -90,6 +91,7 @@ class Completed:
     local: bool
     receipt: Receipt | None = None
     receipts: tuple[Receipt, ...] = ()
+    offer: InferRequest | None = None
 
 
 ServeEvent = Started | TextDelta | Completed

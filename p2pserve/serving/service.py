@@ -162,6 +162,9 @@ class ServeService:
             limits=limits,
         )
         self.replay: ReplayGuard = self._executor.replay
+        self.on_completed: Callable[[Kind, str, dict[str, Any], str, Completed, str], None] | None = None
+        """Hears of every completed user request, with its whole text (synchronous, must not
+        block or raise): the duel coordinator samples offloaded ones."""
 
     @property
     def peer_id(self) -> str:
@@ -244,16 +247,41 @@ class ServeService:
         executor: str | None = None
         self.tracer.request_started(key, model, trio.current_time())
         try:
+            text: list[str] = []
             async with aclosing(self._request(kind, model, body, body_bytes, key)) as events:
                 async for ev in events:
-                    if isinstance(ev, Completed):
+                    if isinstance(ev, TextDelta):
+                        text.append(ev.text)
+                    elif isinstance(ev, Completed):
                         executor = ev.executor
+                        if self.on_completed is not None:
+                            self.on_completed(kind, model, body, "".join(text), ev, key)
                     yield ev
         except BaseException:
             self.counters.failures += 1
             raise
         finally:
             self.tracer.request_ended(key, executor is not None, executor, trio.current_time())
+
+    async def run_on(
+        self, peer: str, kind: Kind, model: str, body: dict[str, Any], body_bytes: bytes, *, key: str
+    ) -> tuple[bool, str, Completed | None]:
+        """Offer ``body_bytes`` (the exact bytes another executor got) to ``peer`` alone: no
+        fail-over, no local run, no user. Whether the executor only declined for now (busy:
+        worth offering again later), the answer's text and its :class:`Completed` (when it
+        completed). This is an ordinary offer, paid like any (the duel's second executor
+        cannot tell it from one)."""
+        progress, attempt = Progress(), Attempt()
+        text: list[str] = []
+        rng = derive(self.seed, "shadow", key, peer, trio.current_time())
+        async with aclosing(self._client.run_remote(peer, kind, model, body, body_bytes, progress, attempt, rng)) as events:
+            async for ev in events:
+                if isinstance(ev, TextDelta):
+                    text.append(ev.text)
+        if attempt.outcome is not Outcome.COMPLETED:
+            log.info("offer to %s alone ended %s: %s", peer, attempt.outcome.value, "; ".join(progress.reasons[-2:]))
+        busy = attempt.outcome is Outcome.REFUSED and peer not in progress.excluded
+        return busy, "".join(text), attempt.completed
 
     def _auto_key(self, body_bytes: bytes) -> str:
         digest = hashlib.sha256(body_bytes).hexdigest()[:16]

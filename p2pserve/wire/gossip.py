@@ -57,6 +57,8 @@ class Status(SignedMessage):
     ledger_head: bytes
     interval_ms: int
     """How often this node gossips its status now; receivers expire it after a few of these."""
+    judge: bool
+    """The node judges duels (``/p2pserve/judge/1``)."""
     signature: bytes
 
     SIGNER = "peer_id"

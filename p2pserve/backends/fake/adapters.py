@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import trio
 
-from p2pserve.backends.fake.plan import DIALECTS
+from p2pserve.backends.fake.plan import ANSWERS, DIALECTS
 from p2pserve.backends.fake.server import FAULTS, FakeBackend, FakeConfig, Fault, FullReply, _Cut
 
 __all__ = ["FakeServer", "create_app", "handle_httpx", "main", "mock_transport", "serve_fake_backend"]
@@ -169,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--max-running", type=int, default=8)
     p.add_argument("--kv-tokens", type=int, default=65536)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--answers", choices=ANSWERS, default="words", help="noise: answers unrelated to the prompt")
     p.add_argument("--fault-rate", type=float, default=0.0)
     p.add_argument("--fault-seed", type=int, default=0)
     p.add_argument("--schedule", type=_parse_schedule, default={}, help="e.g. 0=http500,3=cut")
@@ -177,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = FakeConfig(
         model=args.model, dialect=args.dialect, ttft_s=args.ttft, tpot_s=args.tpot,
         time_scale=args.time_scale, max_running=args.max_running, kv_tokens_total=args.kv_tokens,
-        seed=args.seed, fault_rate=args.fault_rate, fault_seed=args.fault_seed,
+        seed=args.seed, answers=args.answers, fault_rate=args.fault_rate, fault_seed=args.fault_seed,
         schedule=args.schedule, stall_s=args.stall,
     )
 

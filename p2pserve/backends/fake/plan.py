@@ -39,8 +39,11 @@ from p2pserve.backends.openai_format import (
 from p2pserve.errors import BadRequest
 
 __all__ = [
+    "ANSWERS",
     "DIALECTS",
+    "NOISE_WORDS",
     "WORDS",
+    "Answers",
     "Dialect",
     "FakeRequestError",
     "Plan",
@@ -62,6 +65,16 @@ WORDS: tuple[str, ...] = tuple(
     raven river saffron sierra summit thistle timber tundra valley violet willow yarrow zephyr""".split()
 )
 assert len(WORDS) == 64
+
+NOISE_WORDS: tuple[str, ...] = tuple(
+    """blorf cranth dwizzle flumox grebnak hoxile jirvo klemp lunzor mibble nurfle opzak
+    plinth quorble rastik snerve trabble uvok vintle wuxor yibble zantoph""".split()
+)
+"""The vocabulary of ``answers: noise``: words found in no prompt and in no :data:`WORDS`
+answer, so a judge (even the fake one) can tell noise from an answer."""
+
+Answers = Literal["words", "noise"]
+ANSWERS: tuple[Answers, ...] = get_args(Answers)
 
 _ECHO = "echo:"
 _DEFAULT_MAX_TOKENS = 64
@@ -119,6 +132,12 @@ def _answer(kind: Kind, model: str, source: object, seed: int) -> list[str]:
         return _PIECE_RE.findall(last.lstrip()[len(_ECHO):].strip())
     digest = hashlib.sha256(_canonical({"model": model, "input": source, "seed": seed})).digest()
     return _words_pieces(digest, leading_space=kind == "completion")
+
+
+def _noise(kind: Kind, model: str, source: object, seed: int) -> list[str]:
+    """8-23 words of :data:`NOISE_WORDS`, picked by the request's hash (the prompt is ignored)."""
+    h = hashlib.sha256(_canonical({"noise": model, "input": source, "seed": seed})).digest()
+    return [(" " if (kind == "completion" or i) else "") + NOISE_WORDS[b % len(NOISE_WORDS)] for i, b in enumerate(h[1 : 9 + h[0] % 16])]
 
 
 def _last_user(messages: object) -> str:
@@ -187,8 +206,10 @@ def _count_words(source: object) -> int:
     return sum(len(m["content"].split()) for m in source)
 
 
-def plan_request(kind: Kind, body: Mapping[str, Any], *, model: str, seed: int = 0) -> Plan:
-    """The deterministic answer to one request body (see the module docstring).
+def plan_request(kind: Kind, body: Mapping[str, Any], *, model: str, seed: int = 0, answers: Answers = "words") -> Plan:
+    """The deterministic answer to one request body (see the module docstring). With
+    ``answers="noise"`` the answer is words of :data:`NOISE_WORDS` that have nothing to do
+    with the prompt (a bad model, for duel tests); they too depend only on the request.
 
     Raises :class:`FakeRequestError` (400) for an invalid body and (404) for another model.
     """
@@ -204,7 +225,7 @@ def plan_request(kind: Kind, body: Mapping[str, Any], *, model: str, seed: int =
     req_seed = body.get("seed", seed)
     if not isinstance(req_seed, int) or isinstance(req_seed, bool):
         raise FakeRequestError(400, "'seed' must be an integer")
-    rest = _continued(kind, model, source, req_seed)
+    rest = _noise(kind, model, source, req_seed) if answers == "noise" else _continued(kind, model, source, req_seed)
     if rest is None:
         rest = _answer(kind, model, source, req_seed)
     pieces = rest[:max_tokens]

@@ -24,7 +24,9 @@ import trio
 
 from p2pserve.backends.base import Kind
 from p2pserve.backends.fake.plan import (
+    ANSWERS,
     DIALECTS,
+    Answers,
     Dialect,
     FakeRequestError,
     Plan,
@@ -80,8 +82,13 @@ class FakeConfig:
     cut_after: int = 2
     """Stream chunks sent before a ``cut`` (or a malformed line) happens."""
     created: int = 1_700_000_000
+    answers: Answers = "words"
+    """``words``: the deterministic answer of the content rule; ``noise``: words unrelated to
+    the prompt (a bad model, for duels)."""
 
     def __post_init__(self) -> None:
+        if self.answers not in ANSWERS:
+            raise ValueError(f"answers must be one of {ANSWERS}, not {self.answers!r}")
         if self.dialect not in DIALECTS:
             raise ValueError(f"dialect must be one of {DIALECTS}, not {self.dialect!r}")
         if self.max_running < 1 or self.kv_tokens_total < 1:
@@ -202,7 +209,7 @@ class FakeBackend:
             body = json.loads(raw)
             if not isinstance(body, dict):
                 raise FakeRequestError(400, "the body must be a JSON object")
-            plan = plan_request(kind, body, model=self.config.model, seed=self.config.seed)
+            plan = plan_request(kind, body, model=self.config.model, seed=self.config.seed, answers=self.config.answers)
         except json.JSONDecodeError:
             return _error_reply(400, "the body is not JSON")
         except FakeRequestError as exc:
