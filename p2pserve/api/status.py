@@ -83,6 +83,7 @@ def _peers(node: NodeView, now: float) -> list[dict[str, Any]]:
                 "models": [m.name for m in s.models],
                 "load": {"running": s.running, "queued": s.queued, "token_usage": {m.name: m.token_usage for m in s.models}},
                 "accepting": s.accepting,
+                "judge": s.judge,
                 "stake": s.stake / MICRO,
                 "last_seen_s": round(now - e.last_seen, 3),
                 "connected": s.peer_id in connected,

@@ -63,6 +63,23 @@ def render(report: audit_mod.AuditReport, console: Console) -> None:
         f"+ unbonding {_credits(t['unbonding'])} + unclaimed {_credits(t['owed'])}"
     )
     console.print(f"fingerprint {fingerprint(report.state).hex()}")
+    render_duels(report, console)
+
+
+def render_duels(report: audit_mod.AuditReport, console: Console) -> None:
+    """Verdict counts and the executors' ratings (nothing when no duel was judged)."""
+    n = report.state.verdict_count()
+    if not n:
+        return
+    void = len(report.state.void_orders())
+    console.print(f"verdicts: {n}" + (f" ({void} void order(s): a requester re-signed a duel)" if void else ""))
+    table = Table(title="ratings (Bradley-Terry, 1000 = the average executor, 95% interval)")
+    for col in ("executor", "rating", "interval", "wins", "losses", "ties", "stake weight"):
+        table.add_column(col, justify="left" if col == "executor" else "right")
+    for peer, r in sorted(report.ratings().items(), key=lambda kv: -kv[1].rating):
+        table.add_row(peer, f"{r.rating:.1f}", f"{r.low:.0f}-{r.high:.0f}", str(r.wins), str(r.losses), str(r.ties),
+                      _credits(report.state.stake_of(peer)))
+    console.print(table)
 
 
 def render_offences(report: audit_mod.AuditReport) -> None:

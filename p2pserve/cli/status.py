@@ -58,11 +58,15 @@ def status(
         lg = data["ledger"]
         line("ledger", f"free {lg['free']:.6f}, staked {lg['staked']:.6f}, unbonding {lg['unbonding']:.6f} credits; "
                        f"{lg['blocks']} blocks")
+    duels = data.get("duels")
+    if duels and any(duels.values()):
+        line("duels", f"started {duels['started']} ({duels['settled']} judged, {duels['abandoned']} abandoned); "
+                      f"as executor won {duels['won']}, lost {duels['lost']}, tied {duels['tied']}; judged {duels['judged']}")
     off = data.get("offloading")
     if off and not off["possible"]:
         line("offload", f"[yellow]not possible: {off['reason']}[/]")
     table = Table(title=f"{len(data['peers'])} peers (stake in credits)")
-    for col in ("peer", "models", "running", "queued", "stake", "last seen (s)", "connected"):
+    for col in ("peer", "models", "running", "queued", "stake", "judge", "last seen (s)", "connected"):
         table.add_column(col)
     for p in data["peers"]:
         table.add_row(
@@ -71,7 +75,17 @@ def status(
             str(p["load"]["running"]),
             str(p["load"]["queued"]),
             f"{p['stake']:g}",
+            "yes" if p.get("judge") else "",
             f"{p['last_seen_s']:.1f}",
             "yes" if p.get("connected") else "no",
         )
     console.print(table)
+    ratings = data.get("ratings") or {}
+    if ratings:
+        rt = Table(title="ratings from the ledger's verdicts (Bradley-Terry, 1000 = average, 95% interval)")
+        for col in ("executor", "rating", "interval", "wins", "losses", "ties"):
+            rt.add_column(col)
+        for peer, r in sorted(ratings.items(), key=lambda kv: -kv[1]["rating"]):
+            rt.add_row(peer[-12:], f"{r['rating']:.1f}", f"{r['low']:.0f}-{r['high']:.0f}", str(r["wins"]),
+                       str(r["losses"]), str(r["ties"]))
+        console.print(rt)

@@ -69,6 +69,8 @@ class DuelCounters:
     abandoned: int = 0
     verdicts: int = 0
     """Verdicts received (and their judges paid)."""
+    no_judge: int = 0
+    """Requests drawn for a duel but not dueled: no judge other than their executor is known."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +132,9 @@ class DuelCoordinator:
             return  # a duel compares two whole answers to the same fresh prompt
         if derive(self.seed, "duel", key).random() >= self.rate:
             return
+        if not any(e.status.judge and e.peer_id != done.executor for e in self.peers.entries()):
+            self.counters.no_judge += 1
+            return  # nobody could judge it: do not pay a second executor for nothing
         self.counters.started += 1
         self.running += 1
         self._nursery.start_soon(self._duel, kind, model, body, _Answer(text, done), key)

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pserve.crypto import sha256
+from p2pserve.duel.ratings import Rating, bradley_terry
 from p2pserve.errors import InvalidBlock, MalformedMessage, StoreError
 from p2pserve.ledger import forks, rules
 from p2pserve.ledger.blocks import EquivocationProof, NetworkParams, decode_block
@@ -144,6 +145,7 @@ class AuditReport:
                     "staked": v.staked,
                     "unbonding": v.unbonding_total,
                     "unclaimed": owed,
+                    "stake_weight": self.state.stake_of(acct),
                     "frozen": v.frozen,
                 }
             )
@@ -161,7 +163,14 @@ class AuditReport:
             "balances": self.balances(),
             "problems": [p.to_json() for p in self.problems],
             "offences": [p.to_json() for p in self.offences],
+            "verdicts": self.state.verdict_count(),
+            "void_orders": [o.hex() for o in self.state.void_orders()],
+            "ratings": {peer: r.as_dict() for peer, r in sorted(self.ratings().items())},
         }
+
+    def ratings(self) -> dict[str, Rating]:
+        """The executors' Bradley-Terry ratings from the counted verdicts (what every node shows)."""
+        return bradley_terry((v.a, v.b, v.outcome) for v in self.state.verdicts())
 
 
 def audit(source: AuditSource) -> AuditReport:
