@@ -157,8 +157,14 @@ class Node:
 
     def _stake_of(self, entry: PeerEntry) -> int:
         """A peer's stake for PoS: what it claims, but never more than our ledger shows
-        (a peer cannot buy routing by lying in its status; frozen accounts count 0)."""
-        return min(entry.status.stake, self.ledger.stake_of(entry.peer_id))
+        (a peer cannot buy routing by lying in its status; frozen accounts count 0),
+        weighed by its duel rating when ``rating_weight`` is set."""
+        stake = min(entry.status.stake, self.ledger.stake_of(entry.peer_id))
+        weight = self.config.server_params.policy_params.rating_weight
+        rating = self.ledger.ratings().get(entry.peer_id) if weight and stake else None
+        if rating is None:
+            return stake
+        return round(stake * 10 ** (weight * (rating.rating - 1000.0) / 400.0))
 
     def local_state(self) -> LocalState:
         """What our next gossiped status says: models with load, accepting, backlog."""

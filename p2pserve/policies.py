@@ -82,6 +82,10 @@ class PolicyParams:
     """Seconds a waiting request sleeps before the policy decides again. Default 0.5."""
     max_wait_s: float = 30.0
     """Seconds a request may wait for an executor before the user gets 503 (no capacity). Default 30."""
+    rating_weight: float = 0.0
+    """Weigh each peer's stake by its duel rating: ``stake x 10^(rating_weight x (rating -
+    1000) / 400)``. 0 (default): stake alone. At 1, a peer rated 100 points above the
+    average draws 1.78 times the work its stake alone would."""
 
     def __post_init__(self) -> None:
         for name in ("offload_frequency", "queue_frequency", "accept_frequency", "newcomer_share"):
@@ -94,6 +98,8 @@ class PolicyParams:
             raise ConfigError(f"retry_interval_s: must be > 0 (got {self.retry_interval_s!r})")
         if self.max_wait_s < 0:
             raise ConfigError(f"max_wait_s: must be >= 0 (got {self.max_wait_s!r})")
+        if not 0.0 <= self.rating_weight <= 4.0:
+            raise ConfigError(f"rating_weight: must be between 0 and 4 (got {self.rating_weight!r})")
 
 
 @dataclass(frozen=True, slots=True)

@@ -256,3 +256,18 @@ async def test_the_judge_refuses_what_the_ledger_would(autojump_clock: trio.test
         answer = await judge.judge.judge(JudgeTask(order, prompt, answers))
         assert type(answer).__name__ == "JudgeRefusal"
         assert judge.ledger.store.state.verdict_count() == before
+
+
+async def test_rating_weight_tilts_routing_towards_the_better_executor(autojump_clock: trio.testing.MockClock) -> None:
+    configs = [cfg(duel_rate=1.0, rating_weight=1.0), cfg(models="words"), cfg(models="noise"), cfg(judge=True)]
+    async with open_cluster(configs, network=MemoryNetwork(seed=47), seed=47, backends=backends) as c:
+        gw, good, noisy = c[0], c[GOOD], c[NOISY]
+        await ready(c)
+        for i in range(3):
+            await ask(gw, i)
+        await until(settled(c, 3))
+        entry = {e.peer_id: e for e in gw.peers.entries()}
+        plain = {p: min(entry[p].status.stake, gw.ledger.stake_of(p)) for p in (good.peer_id, noisy.peer_id)}
+        rating = gw.ledger.ratings()[good.peer_id].rating
+        assert gw._stake_of(entry[good.peer_id]) == round(plain[good.peer_id] * 10 ** ((rating - 1000) / 400))
+        assert gw._stake_of(entry[good.peer_id]) > plain[good.peer_id]
