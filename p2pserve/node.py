@@ -105,15 +105,19 @@ class Node:
         )
         self.serve = self._serve_service(replay_log)
         self.gossip.on_status = lambda st: self.ledger.sync.peer_head(st.peer_id, st.ledger_head)
-        self.duels = DuelCoordinator(
-            self.serve, self.ledger, self.peers, transport, signer,
-            rate=sp.duel_rate, judges=sp.duel_judges, seed=derive(self.seed, "duels").getrandbits(64),
-            deadlines=DuelDeadlines(shadow_s=sp.request_timeout, judging_s=sp.judge_timeout),
-            clock=clock, limits=config.limits,
-        )
+        self.duels = self._duel_coordinator()
         self.serve.on_completed = self.duels.consider
         self.judge = self._judge_service() if sp.judge else None
         self.started_at = 0.0
+
+    def _duel_coordinator(self) -> DuelCoordinator:
+        sp = self.config.server_params
+        return DuelCoordinator(
+            self.serve, self.ledger, self.peers, self.transport, self.signer,
+            rate=sp.duel_rate, judges=sp.duel_judges, seed=derive(self.seed, "duels").getrandbits(64),
+            deadlines=DuelDeadlines(shadow_s=sp.request_timeout, judging_s=sp.judge_timeout),
+            clock=self.clock, limits=self.config.limits,
+        )
 
     def _judge_service(self) -> JudgeService:
         """The judge, with its method built on one of this node's models (ConfigError when

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import typer
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -47,6 +48,8 @@ def demo(
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Parent of the nodes' data dirs [default: ~/.p2pserve/demo]."),
     base_api_port: int = typer.Option(5778, "--api-port", help="API port of node 0; node i uses port + i when free."),
     log_level: str = typer.Option("warning", "--log-level", help="Log level of the nodes."),
+    noisy: bool = typer.Option(False, "--noisy", help="Add a node that serves noise under the same model name (configs/demo/noisy.yaml)."),
+    duel_rate: float | None = typer.Option(None, "--duel-rate", min=0.0, max=1.0, help="Share of node 0's requests dueled [default: its config's]."),
 ) -> None:
     """Start a local network of N nodes serving the embedded model; Ctrl-C stops it."""
     root = (data_dir or resolve_data_dir(None) / "demo").expanduser()
@@ -56,7 +59,8 @@ def demo(
     try:
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TimeElapsedColumn(), console=console) as progress:
-            apis = _start_nodes(progress, procs, nodes, root, config_dir, base_api_port, log_level)
+            configs = _configs(nodes, root, config_dir, noisy, duel_rate)
+            apis = _start_nodes(progress, procs, configs, root, base_api_port, log_level)
             served = _wait_for_mesh(progress, apis, lambda: stopping["now"])
         _print_help(root, apis, served)
         while not stopping["now"]:
@@ -73,20 +77,35 @@ def demo(
         console.print("network stopped")
 
 
+def _configs(nodes: int, root: Path, config_dir: Path, noisy: bool, duel_rate: float | None) -> list[Path | None]:
+    """Each node's config file (None: defaults): ``node<i>.yaml``, then ``noisy.yaml`` with
+    ``--noisy``; with ``--duel-rate``, node 0's is copied into its data dir with that rate."""
+    configs: list[Path | None] = [p if (p := config_dir / f"node{i}.yaml").exists() else None for i in range(nodes)]
+    if noisy:
+        configs.append(config_dir / "noisy.yaml")
+    if duel_rate is not None:
+        raw = yaml.safe_load(configs[0].read_text()) if configs[0] is not None else {}
+        raw.setdefault("server_params", {})["duel_rate"] = duel_rate
+        merged = root / "node0" / "demo-config.yaml"
+        merged.parent.mkdir(parents=True, exist_ok=True)
+        merged.write_text(yaml.safe_dump(raw))
+        configs[0] = merged
+    return configs
+
+
 def _start_nodes(
-    progress: Progress, procs: list[subprocess.Popen[str]], nodes: int, root: Path, config_dir: Path, base_api_port: int,
+    progress: Progress, procs: list[subprocess.Popen[str]], configs: list[Path | None], root: Path, base_api_port: int,
     log_level: str,
 ) -> list[str]:
     """Start the nodes one after another (each bootstrapping from node 0); their API URLs."""
-    task = progress.add_task("starting nodes", total=nodes)
+    task = progress.add_task("starting nodes", total=len(configs))
     apis: list[str] = []
     bootstrap: str | None = None
-    for i in range(nodes):
+    for i, cfg in enumerate(configs):
         port = base_api_port + i if _port_free(base_api_port + i) else _free_port()
         cmd = ["--data-dir", str(root / f"node{i}"), "--listen", "/ip4/127.0.0.1/tcp/0", "--api", f"127.0.0.1:{port}",
                "--log-level", log_level]
-        cfg = config_dir / f"node{i}.yaml"
-        if cfg.exists():
+        if cfg is not None:
             cmd += ["--config", str(cfg)]
         if bootstrap:
             cmd += ["--bootstrap", bootstrap]

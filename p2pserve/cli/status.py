@@ -60,8 +60,7 @@ def status(
                        f"{lg['blocks']} blocks")
     duels = data.get("duels")
     if duels and any(duels.values()):
-        line("duels", f"started {duels['started']} ({duels['settled']} judged, {duels['abandoned']} abandoned); "
-                      f"as executor won {duels['won']}, lost {duels['lost']}, tied {duels['tied']}; judged {duels['judged']}")
+        line("duels", _duels_line(duels))
     off = data.get("offloading")
     if off and not off["possible"]:
         line("offload", f"[yellow]not possible: {off['reason']}[/]")
@@ -80,12 +79,20 @@ def status(
             "yes" if p.get("connected") else "no",
         )
     console.print(table)
-    ratings = data.get("ratings") or {}
-    if ratings:
-        rt = Table(title="ratings from the ledger's verdicts (Bradley-Terry, 1000 = average, 95% interval)")
-        for col in ("executor", "rating", "interval", "wins", "losses", "ties"):
-            rt.add_column(col)
-        for peer, r in sorted(ratings.items(), key=lambda kv: -kv[1]["rating"]):
-            rt.add_row(peer[-12:], f"{r['rating']:.1f}", f"{r['low']:.0f}-{r['high']:.0f}", str(r["wins"]),
-                       str(r["losses"]), str(r["ties"]))
-        console.print(rt)
+    if data.get("ratings"):
+        console.print(_ratings_table(data["ratings"]))
+
+
+def _duels_line(d: dict[str, int]) -> str:
+    return (f"started {d['started']} ({d['settled']} judged, {d['abandoned']} abandoned); "
+            f"as executor won {d['won']}, lost {d['lost']}, tied {d['tied']}; judged {d['judged']}")
+
+
+def _ratings_table(ratings: dict[str, dict[str, Any]]) -> Table:
+    rt = Table(title="ratings from the ledger's verdicts (Bradley-Terry, 1000 = average, 95% interval)")
+    for col in ("executor", "rating", "interval", "wins", "losses", "ties"):
+        rt.add_column(col)
+    for peer, r in sorted(ratings.items(), key=lambda kv: -kv[1]["rating"]):
+        rt.add_row(peer[-12:], f"{r['rating']:.1f}", f"{r['low']:.0f}-{r['high']:.0f}", str(r["wins"]),
+                   str(r["losses"]), str(r["ties"]))
+    return rt

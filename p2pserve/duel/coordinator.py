@@ -155,14 +155,14 @@ class DuelCoordinator:
 
     async def _drive(self, m: DuelMachine, kind: Kind, model: str, body: dict[str, Any], first: _Answer, key: str) -> None:
         assert first.done.offer is not None
-        peer = self._second_executor(model, first.done.executor, key)
-        if peer is None:
-            m.no_executor(trio.current_time())
+        others = [e for e in self.peers.entries() if e.model(model) is not None and e.peer_id != first.done.executor]
+        if not any(self._judgeable(first.done.executor, e.peer_id) for e in others):
+            m.no_executor(trio.current_time())  # nobody else serves it, or no judge would be left
             return
         m.shadow_started(trio.current_time())
         second = None
         with trio.move_on_after(self.deadlines.shadow_s):
-            second = await self._shadow(peer, kind, model, body, first, key)
+            second = await self._shadow(kind, model, body, first, key)
         if second is None or second.done.receipt is None or second.done.offer is None:
             m.shadow_failed(trio.current_time(), "no complete, verified answer")
             return
@@ -181,24 +181,34 @@ class DuelCoordinator:
         if not m.over:
             m.timeout(max(trio.current_time(), m.deadline or 0.0))
 
-    async def _shadow(self, peer: str | None, kind: Kind, model: str, body: dict[str, Any], first: _Answer, key: str) -> _Answer | None:
-        """The second answer: offered to ``peer``; while executors refuse (busy), offered
-        again after a backoff (re-routed each time) until the shadow deadline."""
+    async def _shadow(self, kind: Kind, model: str, body: dict[str, Any], first: _Answer, key: str) -> _Answer | None:
+        """The second answer: offered to an executor routed like any (without the first);
+        while none is accepting or the one offered declines (busy), offered again after a
+        backoff, re-routed each time, until the caller's shadow deadline."""
         assert first.done.offer is not None
         delay, tries = 0.5, 0
-        while peer is not None:
-            busy, text, done = await self.serve.run_on(peer, kind, model, body, first.done.offer.body, key=key)
-            if done is not None:
-                return _Answer(text, done)
-            if not busy:
-                return None  # it failed (or misbehaved): that ends the duel
+        while True:
+            peer = self._second_executor(model, first.done.executor, key, tries)
+            if peer is not None:
+                busy, text, done = await self.serve.run_on(peer, kind, model, body, first.done.offer.body, key=key)
+                if done is not None:
+                    return _Answer(text, done)
+                if not busy:
+                    return None  # it failed (or misbehaved): that ends the duel
             await trio.sleep(delay)
             delay, tries = min(2 * delay, 10.0), tries + 1
-            peer = self._second_executor(model, first.done.executor, key, tries)
-        return None
+
+    def _judgeable(self, first: str, second: str) -> bool:
+        """Whether a duel between ``first`` and ``second`` would have a judge to draw."""
+        parties = {self.signer.peer_id, first, second}
+        return any(e.status.judge and e.peer_id not in parties for e in self.peers.entries())
 
     def _second_executor(self, model: str, first: str, key: str, tries: int = 0) -> str | None:
-        candidates = [e for e in self.peers.candidates(model, exclude={first}) if e.peer_id != self.signer.peer_id]
+        """Routed like any offer, among the accepting executors that leave a judge to draw."""
+        candidates = [
+            e for e in self.peers.candidates(model, exclude={first})
+            if e.peer_id != self.signer.peer_id and self._judgeable(first, e.peer_id)
+        ]
         rng = derive(self.seed, "duel-route", key, tries)
         route = self.serve.router.route(model, candidates, 1, trio.current_time(), rng)
         return route[0] if route else None
@@ -232,6 +242,11 @@ class DuelCoordinator:
             return
         try:
             answer = await self._exchange(judge, task)
+            delay = 1.0
+            while isinstance(answer, JudgeRefusal) and answer.reason == "busy":  # bounded by the judging deadline
+                await trio.sleep(delay)
+                delay = min(2 * delay, 15.0)
+                answer = await self._exchange(judge, task)
             problem = self._check(answer, judge, task.order)
             if problem is not None:
                 m.judge_failed(trio.current_time(), f"{judge}: {problem}")
