@@ -180,3 +180,32 @@ def test_two_orders_for_one_duel_void_each_other_in_any_arrival_order() -> None:
         assert state.stake_delta(w.id("bad")) == PENALTY  # only the honest order counts
         assert invariant_violations(state) == []
     assert len(prints) == 1
+
+
+def test_audit_rejects_each_collusion_with_its_reason_and_prints_ratings() -> None:
+    """The same checks in ``audit``: a stream holding one honest verdict and one verdict of
+    each abuse reports each abuse with its reason (and the honest one in the ratings)."""
+    from p2pserve.ledger import audit
+    from p2pserve.ledger.blocks import make_block
+
+    w = world(5)
+    order = duel_order(w, "req", "good", "bad", candidates())
+    w.add(w.block(drawn_judge(w, order, JUDGES), verdict_body(w, order, "A")))
+    other = duel_order(w, "req", "good", "bad", candidates())
+    outsider = next(j for j in JUDGES if j != drawn_judge(w, other, JUDGES))
+    bad = [  # written as valid-looking next blocks of their authors, never applied
+        ("judge-is-party", "req", verdict_body(w, other, "A")),
+        ("judge-is-party", "bad", verdict_body(w, other, "B")),
+        ("not-drawn", outsider, verdict_body(w, other, "B")),
+    ]
+    records = [audit.Record(b.encode()) for b in w.log]
+    for _, who, body in bad:
+        head = w.state.account(w.id(who))
+        assert head is not None
+        block = make_block(w.signer(who), network_id=w.params.network_id, height=head.height + 1, prev=head.head,
+                           body=body, timestamp_ms=w.now_ms + 1)
+        records.append(audit.Record(block.encode()))
+    report = audit.audit(audit.AuditSource(w.params, records))
+    assert sorted(p.reason for p in report.problems) == sorted(r for r, _, _ in bad)
+    data = report.to_json()
+    assert data["verdicts"] == 1 and data["ratings"][w.id("good")]["wins"] == 1
