@@ -60,6 +60,11 @@ PURE = [
     "p2pserve.duel.judging",
     "p2pserve.duel.machine",
     "p2pserve.duel.ratings",
+    "p2pserve.sim.judge",
+    "p2pserve.sim.metrics",
+    "p2pserve.sim.strategies",
+    "p2pserve.sim.workload",
+    "p2pserve.sim.workload_parse",
 ]
 FORBIDDEN = ("trio", "httpx", "libp2p", "transports", "hypercorn", "starlette", "sqlite3")
 

@@ -36,13 +36,9 @@ from p2pserve.sim.workload import (
     azure_like,
     gamma_bursts,
     merge,
-    parse_churn,
-    parse_dist,
-    parse_lengths,
-    parse_rates,
-    parse_workload,
     poisson,
 )
+from p2pserve.sim.workload_parse import parse_churn, parse_dist, parse_lengths, parse_rates, parse_workload
 
 ROOT = Path(__file__).resolve().parent.parent
 SHORT = Lengths(Fixed(100), Fixed(20), max_tokens=64)
