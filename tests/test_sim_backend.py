@@ -21,6 +21,7 @@ from p2pserve.backends.base import Finished, TextDelta
 from p2pserve.errors import BackendResponseError, BackendUnavailable
 from p2pserve.sim.backend import CORRECT, TOKEN_TEXT, WRONG, SimBackend, estimate_prompt_tokens, judged_correct
 from p2pserve.sim.batching import Profile, step_time
+from p2pserve.sim.judge import quality_of
 from p2pserve.sim.profiles import load_profile
 from p2pserve.testing.backend_suite import BackendConformance, MakeBackend, collect
 
@@ -245,6 +246,18 @@ async def test_quality_per_task(started: Callable[..., Any], autojump_clock: tri
     assert (await collect(backend, "chat", sim_body(10, 3)))[0] == CORRECT + TOKEN_TEXT * 2
     plain = await started(H100)
     assert judged_correct((await collect(plain, "chat", sim_body(10, 3)))[0]) is None
+
+
+async def test_quality_class_marks_every_answer_for_the_simulated_judge(started: Callable[..., Any],
+                                                                        autojump_clock: trio.testing.MockClock) -> None:
+    backend = await started(H100, quality_class="qwen3-8b")
+    text, final = await collect(backend, "chat", sim_body(10, 3))
+    assert text == "[q=qwen3-8b]" + TOKEN_TEXT * 2 and final.completion_tokens == 3
+    assert quality_of(text) == "qwen3-8b"
+    correct = await started(H100, quality=1.0)
+    assert quality_of((await collect(correct, "chat", sim_body(10, 3)))[0]) == "correct"
+    with pytest.raises(ValueError, match="not both"):
+        SimBackend(H100, quality=0.5, quality_class="x")
 
 
 async def test_closing_fails_waiting_generators(started: Callable[..., Any], autojump_clock: trio.testing.MockClock) -> None:

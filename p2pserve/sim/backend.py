@@ -26,6 +26,9 @@ Text: the answer is ``" tok"`` per token, the tokens of up to one ``stream_inter
 marker instead, ``"[correct]"`` with probability ``quality`` and ``"[wrong]"`` otherwise,
 drawn from ``derive(seed, "sim-quality", sha256(body))``: the same request gets the same
 verdict from the same backend (seed), every time. :func:`judged_correct` reads it back.
+With ``quality_class`` instead, every answer starts with that class's marker
+(``[q=<class>]``, :func:`p2pserve.sim.judge.marker`), and the simulated judge draws the
+verdict from the classes' latent strengths. Either marker is the answer's first token.
 
 Continuation (``supports_continuation``): the text already delivered is one token per
 whitespace-separated word (true of this backend's own text); those tokens count as extra
@@ -50,6 +53,7 @@ from p2pserve.backends.base import Backend, Finished, GenerationEvent, Kind, Loa
 from p2pserve.errors import BackendResponseError, BackendUnavailable
 from p2pserve.rng import derive
 from p2pserve.sim.batching import BatchScheduler, Profile, Step, Tokens
+from p2pserve.sim.judge import marker as class_marker
 
 __all__ = ["CORRECT", "SIM_FIELD", "TOKEN_TEXT", "WRONG", "SimBackend", "SimRequest", "estimate_prompt_tokens", "judged_correct"]
 
@@ -141,6 +145,8 @@ class SimBackend(Backend):
     ``quality``: the probability an answer is correct, one number or one per
     ``p2pserve_sim.task`` (key ``"*"`` for the rest); ``None``: no marker. ``seed``: the
     marker draws' seed (give each simulated node its own for independent draws).
+    ``quality_class``: start every answer with this quality class's marker instead (not
+    with ``quality``).
     ``stream_interval``: virtual seconds a stream goes at most without a delta (unless one
     engine step is longer than half of it); the engine batches tokens and decode
     iterations up to it (0: one step per iteration, a delta per token). First and last
@@ -157,6 +163,7 @@ class SimBackend(Backend):
         model: str | None = None,
         context_length: int | None = None,
         quality: float | Mapping[str, float] | None = None,
+        quality_class: str | None = None,
         seed: int = 0,
         stream_interval: float = 1.0,
         default_output_tokens: int = 256,
@@ -164,6 +171,8 @@ class SimBackend(Backend):
         qualities = quality.values() if isinstance(quality, Mapping) else [] if quality is None else [quality]
         if any(not 0.0 <= q <= 1.0 for q in qualities):
             raise ValueError(f"quality must be within 0..1 (got {quality!r})")
+        if quality is not None and quality_class is not None:
+            raise ValueError("give quality or quality_class, not both")
         if not stream_interval >= 0 or default_output_tokens < 1:
             raise ValueError("stream_interval must be >= 0 and default_output_tokens >= 1")
         self.profile = profile
@@ -171,6 +180,7 @@ class SimBackend(Backend):
         self.context_length = context_length or profile.context_length
         self.max_concurrency = profile.max_batch
         self.quality = quality
+        self.class_marker = class_marker(quality_class) if quality_class is not None else ""
         self.seed = seed
         self.stream_interval = stream_interval
         self.default_output_tokens = default_output_tokens
@@ -204,6 +214,8 @@ class SimBackend(Backend):
         return SimRequest(prompt, new, "length" if new < wanted else "stop", marker)
 
     def _marker(self, body: Mapping[str, Any], task: object) -> str:
+        if self.class_marker:
+            return self.class_marker
         quality = self.quality
         if isinstance(quality, Mapping):
             quality = quality.get(task, quality.get("*")) if isinstance(task, str) else quality.get("*")
