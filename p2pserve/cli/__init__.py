@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from p2pserve.cli import ask, demo, join, keys, stake, status
+from p2pserve.cli import ask, demo, join, keys, simulate, stake, status
 from p2pserve.cli.audit import audit
 
 __all__ = ["app", "main"]
@@ -26,6 +26,7 @@ app.command("demo")(demo.demo)
 app.command("audit")(audit)
 app.command("stake")(stake.stake)
 app.command("unstake")(stake.unstake)
+app.command("simulate")(simulate.simulate)
 
 
 def main() -> None:

@@ -170,6 +170,14 @@ class ServeService:
     def peer_id(self) -> str:
         return self.signer.peer_id
 
+    def use_policy(self, policy: Policy, router: Router | None = None) -> None:
+        """Decide with ``policy`` (requests and offers alike) and, when given, route with
+        ``router`` from now on (the simulator's strategies)."""
+        self.policy = policy
+        self._executor.policy = policy
+        if router is not None:
+            self.router = router
+
     @property
     def backends(self) -> dict[str, Backend]:
         return self.local.backends

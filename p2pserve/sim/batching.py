@@ -289,6 +289,15 @@ class BatchScheduler:
         """KV tokens held by running requests (whole blocks)."""
         return self.used_blocks * self.profile.block_tokens
 
+    def outstanding_tokens(self) -> int:
+        """Tokens still to process: prompts (and recomputation) not prefilled yet plus
+        output not generated yet, over every request here (join-shortest-queue's measure)."""
+        total = 0
+        for r in self._reqs.values():
+            prefill = r.prompt + r.generated if r.state == _WAITING else r.prefill_target  # waiting: (re)prefill all
+            total += max(0, prefill - (0 if r.state == _WAITING else r.computed)) + (r.target - r.generated)
+        return total
+
     def idle(self) -> bool:
         """Nothing queued or running."""
         return not self._reqs

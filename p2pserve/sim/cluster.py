@@ -39,9 +39,14 @@ def signer_for(seed: int, index: int) -> Signer:
 class Cluster:
     """Running nodes, addressable by index."""
 
-    def __init__(self, network: MemoryNetwork, nursery: trio.Nursery, seed: int) -> None:
+    def __init__(
+        self, network: MemoryNetwork, nursery: trio.Nursery, seed: int, prepare: Callable[[Node, int], None] | None = None
+    ) -> None:
+        """``prepare(node, index)`` runs on each node after it is built and before it runs
+        (the simulator sets its strategy there)."""
         self.network = network
         self.seed = seed
+        self.prepare = prepare
         self.nodes: list[Node] = []
         self._scopes: list[trio.CancelScope] = []
         self._configs: list[NodeConfig] = []
@@ -125,6 +130,8 @@ class Cluster:
                     clock=virtual_clock(),
                 )
                 self.nodes[index] = node
+                if self.prepare is not None:
+                    self.prepare(node, index)
                 async with trio.open_nursery() as nursery:
                     await nursery.start(node.run)
                     task_status.started(node)
@@ -145,11 +152,12 @@ async def open_cluster(
     network: MemoryNetwork | None = None,
     backends: Callable[[int], dict[str, Backend]] | None = None,
     seed: int = 0,
+    prepare: Callable[[Node, int], None] | None = None,
 ) -> AsyncIterator[Cluster]:
     """Start one node per config (node 0 first, the rest bootstrapping from it)."""
     network = network or MemoryNetwork(seed=seed)
     async with trio.open_nursery() as nursery:
-        cluster = Cluster(network, nursery, seed)
+        cluster = Cluster(network, nursery, seed, prepare)
         for i, cfg in enumerate(configs):
             await cluster.add(cfg, backends(i) if backends else None)
         try:
