@@ -52,7 +52,7 @@ def simulate(
     result = write_outputs(scn, runs, out, plots=plots)
     table = Table(title=f"{scn.name}: global SLO attainment (mean over {len(scn.thresholds)} thresholds)")
     for col in ("strategy", "SLO attainment", "completed", "failed", "latency p50 (s)", "p90 (s)", "TTFT p50 (s)"):
-        table.add_column(col, justify="left" if col == "strategy" else "right")
+        table.add_column(col, justify="left" if col == "strategy" else "right", no_wrap=col == "strategy")
     for name, s in result["strategies"].items():
         summ = s["summary"]
         table.add_row(name, f"{summ['slo_attainment']:.3f}", str(summ["completed"]), str(summ["failed"]),

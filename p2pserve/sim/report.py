@@ -113,7 +113,13 @@ def _credit(run: Mapping[str, Any], path: Path) -> Path:
         by_class[node["class"]].append(node["credit"])
     for cls, rows in sorted(by_class.items()):
         n = min(len(r) for r in rows)
-        ax.plot(t[:n], [sum(r[i] for r in rows) / len(rows) for i in range(n)], label=cls)
+        xs, ys = [], []
+        for i in range(n):
+            present = [r[i] for r in rows if r[i] is not None]  # a node that is down has no credit sample
+            if present:
+                xs.append(t[i])
+                ys.append(sum(present) / len(present))
+        ax.plot(xs, ys, label=cls)
     ax.set_xlabel("time (s)")
     ax.set_ylabel("mean free credit per node")
     ax.set_title("credit per node class")

@@ -20,6 +20,9 @@ Format (every key optional unless marked; unknown keys are errors naming their p
     churn: [{time: 120, node: 3, action: leave}]
     classes: {qwen3-8b: 0.57}         # answer quality: win rate against the field, per class
     judging: {accuracy: 0.9, position_bias: 0.0, judges: 1}
+    sweep: {param: offload_frequency, values: [0, 0.5, 1]}   # one decentralized run per value
+                                      # of a policy knob, set on every node (labelled
+                                      # ``decentralized@offload_frequency=0.5``)
 
 ``policy`` holds the node's :class:`~p2pserve.policies.PolicyParams` knobs
 (``offload_frequency``, ``accept_frequency``, ``queue_frequency``, ...).
@@ -46,7 +49,7 @@ from p2pserve.sim.workload_parse import parse_churn, parse_workload
 __all__ = ["NodeSpec", "Scenario", "load_scenario", "parse_scenario"]
 
 _TOP = {"name", "description", "seed", "model", "strategies", "drain_s", "sample_s", "slo", "network", "defaults",
-        "nodes", "workload", "churn", "classes", "judging"}
+        "nodes", "workload", "churn", "classes", "judging", "sweep"}
 _NODE = {"count", "profile", "class", "stake", "price_per_1k", "duel_rate", "judge", "policy"}
 _POLICY = {f.name for f in dataclasses.fields(PolicyParams)}
 
@@ -89,14 +92,12 @@ class Scenario:
     judge_accuracy: float
     position_bias: float
     duel_judges: int
+    sweep: tuple[tuple[str, Scenario], ...] = ()
+    """Labelled variants (a policy knob swept over values), each run as ``decentralized``."""
 
     @property
     def duration(self) -> float:
         return self.trace.duration
-
-    def with_seed(self, seed: int, raw: Mapping[str, Any]) -> Scenario:
-        """The same scenario under another seed (the trace is drawn again)."""
-        return parse_scenario({**raw, "seed": seed}, self.name)
 
 
 def load_scenario(path: Path, seed: int | None = None) -> tuple[Scenario, dict[str, Any]]:
@@ -153,7 +154,7 @@ def parse_scenario(raw: Mapping[str, Any], default_name: str = "scenario") -> Sc
     for k, v in classes.items():
         if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
             raise ConfigError(f"classes.{k}: a win probability within [0, 1] (got {v!r})")
-    return Scenario(
+    scn = Scenario(
         name=_get(raw, "name", str, default_name), description=_get(raw, "description", str, ""), seed=seed,
         model=_get(raw, "model", str, "sim-model"), strategies=strategies, nodes=nodes, trace=trace, churn=churn,
         absent=absent_at_start(churn), drain_s=float(_get(raw, "drain_s", (int, float), 900.0)),
@@ -166,6 +167,25 @@ def parse_scenario(raw: Mapping[str, Any], default_name: str = "scenario") -> Sc
         position_bias=float(_get(judging, "position_bias", (int, float), 0.0, "judging.")),
         duel_judges=int(_get(judging, "judges", int, 1, "judging.")),
     )
+    return dataclasses.replace(scn, sweep=_sweep(raw, default_name)) if raw.get("sweep") else scn
+
+
+def _sweep(raw: Mapping[str, Any], default_name: str) -> tuple[tuple[str, Scenario], ...]:
+    sweep = _get(raw, "sweep", dict, {})
+    _unknown(sweep, {"param", "values"}, "sweep.")
+    param, values = sweep.get("param"), sweep.get("values")
+    if param not in _POLICY:
+        raise ConfigError(f"sweep.param: a policy knob ({', '.join(sorted(_POLICY))}) (got {param!r})")
+    if not isinstance(values, list) or not values:
+        raise ConfigError("sweep.values: a non-empty list")
+    out = []
+    for v in values:
+        defaults = dict(raw.get("defaults") or {})
+        defaults["policy"] = {**defaults.get("policy", {}), param: v}
+        nodes = [{**g, "policy": {**g.get("policy", {}), param: v}} for g in raw["nodes"]]
+        variant = {k: x for k, x in raw.items() if k != "sweep"} | {"defaults": defaults, "nodes": nodes}
+        out.append((f"decentralized@{param}={v}", parse_scenario(variant, default_name)))
+    return tuple(out)
 
 
 def _thresholds(value: object) -> tuple[float, ...]:

@@ -33,9 +33,13 @@ TickFactory = Callable[[str], Tick | None]
 def run_scenario(scn: Scenario, strategies: Sequence[str], tick: TickFactory | None = None) -> dict[str, StrategyRun]:
     """Each strategy's run of ``scn`` (each in its own virtual-time trio run, same seed)."""
     runs = {}
-    for s in strategies:
-        ticker = tick(s) if tick is not None else None
-        runs[s] = run_virtual(lambda s=s, ticker=ticker: run_strategy(scn, s, ticker), seed=scn.seed)  # type: ignore[misc]
+    jobs = [(s, s, scn) for s in strategies]
+    jobs += [(label, "decentralized", variant) for label, variant in scn.sweep]
+    for label, strategy, variant in jobs:
+        ticker = tick(label) if tick is not None else None
+        run = run_virtual(lambda v=variant, s=strategy, t=ticker: run_strategy(v, s, t), seed=scn.seed)  # type: ignore[misc]
+        run.strategy = label
+        runs[label] = run
     return runs
 
 
