@@ -90,3 +90,20 @@ def test_every_shipped_scenario_loads() -> None:
     for path in sorted((ROOT / "configs" / "sim").glob("*.yaml")):
         scn, _ = load_scenario(path)
         assert scn.trace.requests, path
+
+
+def test_a_policy_sweep_runs_one_labelled_variant_per_value() -> None:
+    raw = {**SMALL, "strategies": ["single"], "sweep": {"param": "offload_frequency", "values": [0, 1.0]}}
+    scn = parse_scenario(raw)
+    assert [label for label, _ in scn.sweep] == ["decentralized@offload_frequency=0", "decentralized@offload_frequency=1.0"]
+    result = build_result(scn, run_scenario(scn, scn.strategies))
+    assert set(result["strategies"]) == {"single", *(label for label, _ in scn.sweep)}
+    never, always = (result["strategies"][label]["records"] for label, _ in scn.sweep)
+    assert all(r["executor"] == r["entry"] for r in never if r["ok"])  # offload_frequency 0 keeps every request home
+    assert any(r["executor"] != r["entry"] for r in always if r["ok"])
+    with pytest.raises(ConfigError, match=r"sweep\.param"):
+        parse_scenario({**SMALL, "sweep": {"param": "nonsense", "values": [1]}})
+    with pytest.raises(ConfigError, match=r"sweep\.values"):
+        parse_scenario({**SMALL, "sweep": {"param": "offload_frequency", "values": []}})
+    with pytest.raises(ConfigError, match=r"sweep\.\w+: unknown key|unknown key"):
+        parse_scenario({**SMALL, "sweep": {"param": "offload_frequency", "values": [1], "extra": 2}})
