@@ -36,11 +36,12 @@ def test_a_small_scenario_writes_every_output(tmp_path: Path) -> None:
         assert (tmp_path / name).stat().st_size > 0, name
     n = len(scn.trace.requests)
     for s in ("single", "decentralized"):
-        summary = result["strategies"][s]["summary"]
-        assert summary["completed"] + summary["failed"] == n == len(result["strategies"][s]["records"])
-    single, dec = (result["strategies"][s]["summary"] for s in ("single", "decentralized"))
+        summary = result["summary"][s]
+        assert summary["completed"] + summary["failed"] == n == len(result["records"][s])
+        assert sum(c["executed"] for c in result["classes"][s].values()) == summary["completed"]
+    single, dec = (result["summary"][s] for s in ("single", "decentralized"))
     assert dec["latency_p90"] < single["latency_p90"]  # the hot node's overflow goes to idle peers
-    executed = {r["executor"] for r in result["strategies"]["decentralized"]["records"] if r["ok"]}
+    executed = {r["executor"] for r in result["records"]["decentralized"] if r["ok"]}
     assert executed == {0, 1, 2}
 
 
@@ -64,7 +65,7 @@ def test_churn_every_request_is_answered_or_fails_clearly() -> None:
     scn = parse_scenario(raw)
     runs = run_scenario(scn, scn.strategies)
     result = build_result(scn, runs)
-    records = result["strategies"]["decentralized"]["records"]
+    records = result["records"]["decentralized"]
     assert len(records) == len(scn.trace.requests)
     for r in records:
         assert r["ok"] or r["error"], r
@@ -97,8 +98,8 @@ def test_a_policy_sweep_runs_one_labelled_variant_per_value() -> None:
     scn = parse_scenario(raw)
     assert [label for label, _ in scn.sweep] == ["decentralized@offload_frequency=0", "decentralized@offload_frequency=1.0"]
     result = build_result(scn, run_scenario(scn, scn.strategies))
-    assert set(result["strategies"]) == {"single", *(label for label, _ in scn.sweep)}
-    never, always = (result["strategies"][label]["records"] for label, _ in scn.sweep)
+    assert set(result["summary"]) == set(result["records"]) == {"single", *(label for label, _ in scn.sweep)}
+    never, always = (result["records"][label] for label, _ in scn.sweep)
     assert all(r["executor"] == r["entry"] for r in never if r["ok"])  # offload_frequency 0 keeps every request home
     assert any(r["executor"] != r["entry"] for r in always if r["ok"])
     with pytest.raises(ConfigError, match=r"sweep\.param"):

@@ -4,6 +4,7 @@ virtual time, on one machine (``docs/simulation.md``)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -50,15 +51,28 @@ def simulate(
 
         runs = run_scenario(scn, chosen, tick_for)
     result = write_outputs(scn, runs, out, plots=plots)
-    table = Table(title=f"{scn.name}: global SLO attainment (mean over {len(scn.thresholds)} thresholds)")
-    for col in ("strategy", "SLO attainment", "completed", "failed", "latency p50 (s)", "p90 (s)", "TTFT p50 (s)"):
+    table = Table(title=f"{scn.name}: global SLO attainment (mean over {len(scn.thresholds)} thresholds), latency")
+    for col in ("strategy", "SLO", "done", "failed", "p50 s", "p90 s", "TTFT p50 s"):
         table.add_column(col, justify="left" if col == "strategy" else "right", no_wrap=col == "strategy")
-    for name, s in result["strategies"].items():
-        summ = s["summary"]
+    for name, summ in result["summary"].items():
         table.add_row(name, f"{summ['slo_attainment']:.3f}", str(summ["completed"]), str(summ["failed"]),
                       fmt(summ["latency_p50"]), fmt(summ["latency_p90"]), fmt(summ["ttft_p50"]))
     console.print(table)
+    if len({n.cls for n in scn.nodes}) > 1:
+        console.print(class_table(result))
     console.print(f"results in {out}/ (result.json, nodes/, *.png)")
+
+
+def class_table(result: dict[str, Any]) -> Table:
+    """Per node class, under the decentralized runs: requests executed and credit gained."""
+    table = Table(title="per node class (decentralized runs)")
+    for col in ("strategy", "class", "nodes", "executed", "credit/node"):
+        table.add_column(col, justify="left" if col in ("strategy", "class") else "right", no_wrap=col == "strategy")
+    for name, classes in result["classes"].items():
+        if name.startswith("decentralized"):
+            for cls, row in sorted(classes.items()):
+                table.add_row(name, cls, str(row["nodes"]), str(row["executed"]), f"{row['credit_gain']:+.1f}")
+    return table
 
 
 def fmt(x: float | None) -> str:

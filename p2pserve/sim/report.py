@@ -42,9 +42,9 @@ def plot_all(result: Mapping[str, Any], series: Mapping[str, Mapping[str, Any]],
 def _slo(result: Mapping[str, Any], path: Path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, strat in result["strategies"].items():
-        curve = strat["summary"]["slo_curve"]
-        ax.plot([t for t, _ in curve], [a for _, a in curve], label=f"{name} (mean {strat['summary']['slo_attainment']:.3f})")
+    for name, summary in result["summary"].items():
+        curve = summary["slo_curve"]
+        ax.plot([t for t, _ in curve], [a for _, a in curve], label=f"{name} (mean {summary['slo_attainment']:.3f})")
     ax.set_xlabel("latency threshold T (s)")
     ax.set_ylabel("share of all requests answered within T")
     ax.set_ylim(0, 1.02)
@@ -69,8 +69,8 @@ def _rolling_median(points: Sequence[tuple[float, float]], window: int = 25) -> 
 def _latency(result: Mapping[str, Any], path: Path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for name, strat in result["strategies"].items():
-        pts = sorted((r["arrival"], r["latency"]) for r in strat["records"] if r["ok"])
+    for name, records in result["records"].items():
+        pts = sorted((r["arrival"], r["latency"]) for r in records if r["ok"])
         if pts:
             ax.plot(*_rolling_median(pts), label=name)
     for ev in result.get("churn", []):

@@ -171,6 +171,8 @@ class _Run:
                         await self._all_done.wait()
                     work.cancel_scope.cancel()
             self._finish_unanswered()
+            if self.tick is not None:  # the bar's last word: every request counted
+                self.tick(trio.current_time() - t0, self.done, self.failed)
             root.cancel_scope.cancel()
         return self.out
 

@@ -2,8 +2,10 @@
 
 Output directory (default ``sim-results/<scenario>``):
 
-* ``result.json``: the scenario, and per strategy its ``summary``
-  (:class:`~p2pserve.sim.metrics.Summary`) and ``records`` (one per request);
+* ``result.json``: the scenario; ``summary.<strategy>`` (:class:`~p2pserve.sim.metrics.Summary`:
+  ``slo_attainment``, ``slo_curve``, latency and TTFT percentiles, ``completed``, ``failed``,
+  ...); ``records.<strategy>`` (one per request); ``classes.<strategy>.<class>`` (nodes,
+  requests executed and mean credit gained per node of each class);
 * ``nodes/node<i>.json``: per node, per strategy, the sampled series (running, queued, KV
   usage, free credit) with their times;
 * ``slo.png``, ``latency.png``, ``running.png``, ``credit.png`` (:mod:`p2pserve.sim.report`).
@@ -45,14 +47,13 @@ def run_scenario(scn: Scenario, strategies: Sequence[str], tick: TickFactory | N
 
 def build_result(scn: Scenario, runs: dict[str, StrategyRun]) -> dict[str, Any]:
     """``result.json``'s content."""
-    strategies = {}
+    summaries, records, classes = {}, {}, {}
     for name, run in runs.items():
         summary = summarize(run.records, scn.duration, len(scn.nodes), thresholds=scn.thresholds,
                             ttft_slo=scn.ttft_slo, tpot_slo=scn.tpot_slo)
-        strategies[name] = {
-            "summary": summary.as_dict(),
-            "records": [_record(r) for r in run.records],
-        }
+        summaries[name] = summary.as_dict()
+        records[name] = [_record(r) for r in run.records]
+        classes[name] = _by_class(scn, run)
     return {
         "scenario": scn.name,
         "description": scn.description,
@@ -62,8 +63,24 @@ def build_result(scn: Scenario, runs: dict[str, StrategyRun]) -> dict[str, Any]:
         "nodes": [{"index": i, "profile": n.profile, "class": n.cls, "stake": n.stake,
                    "policy": dict(n.policy), "judge": n.judge, "duel_rate": n.duel_rate} for i, n in enumerate(scn.nodes)],
         "churn": [{"at": c.time, "node": c.node, "event": c.action} for c in scn.churn],
-        "strategies": strategies,
+        "summary": summaries,
+        "records": records,
+        "classes": classes,
     }
+
+
+def _by_class(scn: Scenario, run: StrategyRun) -> dict[str, dict[str, Any]]:
+    """Per node class: how many nodes, requests they executed, mean free credit gained per node."""
+    out: dict[str, dict[str, Any]] = {}
+    for i, node in enumerate(scn.nodes):
+        row = out.setdefault(node.cls, {"nodes": 0, "executed": 0, "credit_gain": 0.0})
+        row["nodes"] += 1
+        row["executed"] += sum(1 for r in run.records if r.ok and r.executor == i)
+        credit = [c for c in run.nodes.get(i, {}).get("credit", []) if c is not None]
+        row["credit_gain"] += credit[-1] - credit[0] if credit else 0.0
+    for row in out.values():
+        row["credit_gain"] = round(row["credit_gain"] / row["nodes"], 3)
+    return out
 
 
 def _record(r: Any) -> dict[str, Any]:
