@@ -146,3 +146,17 @@ def test_waiting_never_runs_past_the_budget() -> None:
         assert isinstance(step, Sleep)
         now += step.delay
         assert now <= 1.0
+
+
+def test_a_local_backend_that_is_down_is_never_chosen() -> None:
+    down = RequestLifecycle("m", load_policy("local-only", PolicyParams()), PolicyParams(), 0.0,
+                            has_local=True, local_continues=True, local_down=True)
+    assert down.local_failed
+    step = down.decide(0, [IDLE], False, RNG)  # even a local-only policy: nobody else, so fail at once
+    assert isinstance(step, Fail) and step.no_capacity
+    routed = RequestLifecycle("m", load_policy("default", PolicyParams()), PolicyParams(), 0.0,
+                              has_local=True, local_continues=False, local_down=True)
+    assert routed.decide(0, [IDLE], True, RNG) == Offer()  # peers take it
+    gw = RequestLifecycle("m", load_policy("default", PolicyParams()), PolicyParams(), 0.0,
+                          has_local=False, local_continues=False, local_down=True)
+    assert not gw.local_failed  # no local model: "down" means nothing

@@ -91,5 +91,8 @@ class Backend(abc.ABC):
     async def load(self) -> Load:
         """The current load (cheap; may be cached for a short time)."""
 
+    async def check(self) -> None:  # noqa: B027 - optional hook: in-process backends are up while they exist
+        """Raise a BackendError if the backend cannot serve now (cheap; may be cached)."""
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections/processes. Idempotent."""

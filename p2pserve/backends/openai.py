@@ -33,7 +33,7 @@ from p2pserve.backends._trio_tcp import http_transport
 from p2pserve.backends.base import Backend, Finished, GenerationEvent, Kind, Load, TextDelta
 from p2pserve.backends.metrics import load_from_metrics
 from p2pserve.backends.sse import SSEDecoder
-from p2pserve.errors import BackendResponseError, BackendTimeout, BackendUnavailable, map_exceptions
+from p2pserve.errors import BackendError, BackendResponseError, BackendTimeout, BackendUnavailable, map_exceptions
 
 __all__ = ["MetricsMode", "OpenAIBackend", "Timeouts", "approx_tokens"]
 
@@ -148,6 +148,8 @@ class OpenAIBackend(Backend):
         self._cached: Load | None = None
         self._cached_at = -math.inf
         self._scrape_lock = trio.Lock()
+        self._checked_at = -math.inf
+        self._check_error: BackendError | None = None
         self._closed = False
 
     # -- request shaping (pure) ------------------------------------------------------------
@@ -338,6 +340,34 @@ class OpenAIBackend(Backend):
             return self._inflight_load()
         self._has_metrics = True
         return load
+
+    async def check(self) -> None:
+        """Raise BackendUnavailable/BackendResponseError unless the server answers now: a
+        fresh metrics scrape counts; else ``GET /v1/models`` (cached ``metrics_ttl``, at
+        least 1 s)."""
+        now = trio.current_time()
+        if self._cached is not None and self._cached.known and now - self._cached_at < self.metrics_ttl:
+            return
+        if now - self._checked_at >= max(self.metrics_ttl, 1.0):
+            self._check_error = await self._probe()
+            self._checked_at = trio.current_time()
+        if self._check_error is not None:
+            raise self._check_error
+
+    async def _probe(self) -> BackendError | None:
+        try:
+            with trio.fail_after(self.timeouts.metrics):
+                response = await self._client.get("/v1/models")
+        except trio.TooSlowError:
+            return BackendUnavailable(f"backend at {self.base_url} did not answer GET /v1/models within {self.timeouts.metrics:.1f} s")
+        except httpx.HTTPError as exc:
+            return BackendUnavailable(f"backend at {self.base_url} unreachable: {type(exc).__name__}: {exc}")
+        if response.status_code in (401, 403):
+            return BackendResponseError(f"backend at {self.base_url} refused our key (HTTP {response.status_code}): check models[].api_key",
+                                        status_code=response.status_code)
+        if response.status_code >= 500:
+            return BackendResponseError(f"backend at {self.base_url} answered HTTP {response.status_code}", status_code=response.status_code)
+        return None
 
     @property
     def inflight(self) -> int:

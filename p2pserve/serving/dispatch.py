@@ -114,7 +114,8 @@ class RequestLifecycle:
     """One user request's placement decisions (see the module docstring).
 
     ``has_local``: a local model serves the request's model; ``local_continues``: that
-    model's backend can continue another executor's text."""
+    model's backend can continue another executor's text; ``local_down``: its backend
+    failed its last health check (treated as a local attempt that already failed)."""
 
     def __init__(
         self,
@@ -125,6 +126,7 @@ class RequestLifecycle:
         *,
         has_local: bool,
         local_continues: bool,
+        local_down: bool = False,
     ) -> None:
         self.model = model
         self.policy = policy
@@ -134,8 +136,8 @@ class RequestLifecycle:
         self.has_local = has_local
         self.local_continues = local_continues
         self.phase = Phase.PLACING
-        self.local_failed = False
-        """The local backend refused or failed this request: never again."""
+        self.local_failed = has_local and local_down
+        """The local backend refused or failed this request (or was down): never again."""
         self.last_round = -float("inf")
         """When the last offload round started (trio time)."""
         self.offload_failed = False

@@ -197,6 +197,8 @@ class InferExecutor:
             return "price"
         if req.continuation and not backend.supports_continuation:
             return "no-continuation"
+        if req.model in self.local.down:
+            return "backend-down"
         reason = self.replay.check(req.requester, req.request_id, req.created_ms, self._now_ms())
         if reason is None and self.replay_log is not None:
             self.replay_log.append(req.requester, req.request_id, req.created_ms)

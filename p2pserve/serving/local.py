@@ -4,10 +4,12 @@ and what runs on them. One object shared by the requester side, the executor sid
 
 Owns: per model, the :class:`~p2pserve.backends.base.Backend`, its price (micro-credits
 per 1k output tokens), its :class:`DispatchSettings`, the last :class:`~p2pserve.backends.
-base.Load` read (``"unknown"`` when unreadable: never idle), the requests running on it
+base.Load` read (``"unknown"`` when unreadable: never idle), whether its backend is down
+(:meth:`LocalModels.check`, with the backend's own error), the requests running on it
 (ours and peers'), and our own users' requests still waiting for an executor (the
 backlog). Invariants: counts never go negative (``running``/``waiting`` are context
-managers); a model is local iff it has a backend.
+managers); a model is local iff it has a backend; a model whose backend is down is
+neither run nor advertised as accepting until a check finds it back.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from p2pserve.backends.base import Backend, Finished, Kind, Load
-from p2pserve.errors import BackendError
+from p2pserve.errors import BackendError, BackendUnavailable
 from p2pserve.policies import LocalModel, Policy
 from p2pserve.serving.events import Attempt, Completed, DispatchSettings, Outcome, Progress, ServeEvent, Started
 from p2pserve.wire.gossip import ModelStatus
@@ -47,6 +49,8 @@ class LocalModels:
         """Requests running on each local model, ours and peers'."""
         self.waiting: Counter[str] = Counter()
         """Our own users' requests per model not yet placed on an executor."""
+        self.down: dict[str, str] = {}
+        """Models whose backend failed its last check, with the backend's error."""
 
     def __contains__(self, model: object) -> bool:
         return model in self.backends
@@ -85,9 +89,28 @@ class LocalModels:
         self.loads[name] = load
         return load
 
+    async def check(self, name: str) -> bool:
+        """Check ``name``'s backend now; True when it is up. Logs one line when it goes down
+        (with its error) and one when it comes back."""
+        try:
+            await self.backends[name].check()
+        except BackendError as exc:
+            self.mark_down(name, str(exc))
+            return False
+        if self.down.pop(name, None) is not None:
+            log.warning("backend for model %s is back up: accepting requests for it again", name)
+        return True
+
+    def mark_down(self, name: str, reason: str) -> None:
+        if name not in self.down:
+            log.warning("backend for model %s is down: %s (not serving it until it answers again)", name, reason)
+        self.down[name] = reason
+        self.loads[name] = Load(source="unknown")  # never idle: policies look elsewhere first
+
     async def refresh(self) -> None:
         for name in self.backends:
-            await self.read_load(name)
+            if await self.check(name):
+                await self.read_load(name)
 
     @contextmanager
     def running(self, name: str) -> Iterator[None]:
@@ -116,6 +139,10 @@ class LocalModels:
         ``attempt``. A backend error before any text refuses, after text fails."""
         backend = self.backends[model]
         resumed = bool(progress.delivered)
+        if model in self.down:
+            outcome = Outcome.FAILED if attempt.sent_text else Outcome.REFUSED
+            attempt.end(progress, me, outcome, f"local backend down: {self.down[model]}", exclude=True)
+            return
         with self.running(model):
             gen = backend.generate(kind, body, continuation=progress.text)
             finished: Finished | None = None
@@ -132,6 +159,8 @@ class LocalModels:
                     progress.delivered.append(ev.text)
                     yield ev
             except BackendError as exc:
+                if isinstance(exc, BackendUnavailable):
+                    self.mark_down(model, str(exc))  # connection refused: no need to wait for the next check
                 outcome = Outcome.FAILED if attempt.sent_text else Outcome.REFUSED
                 attempt.end(progress, me, outcome, f"local backend: {exc}", exclude=True)
                 return
@@ -165,7 +194,7 @@ class LocalModels:
                     running=max(m.load.running, m.inflight),
                     queued=m.load.queued + self.waiting[name],
                     token_usage=m.load.token_usage,
-                    accepting=policy.accepting(m, backlog),
+                    accepting=name not in self.down and policy.accepting(m, backlog),
                 )
             )
         return tuple(out)

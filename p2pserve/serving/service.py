@@ -309,8 +309,11 @@ class ServeService:
         life = RequestLifecycle(
             model, self.policy, self.params, trio.current_time(),
             has_local=backend is not None, local_continues=backend is not None and backend.supports_continuation,
+            local_down=model in self.local.down,
         )
         progress = Progress()
+        if model in self.local.down:
+            progress.reasons.append(f"local backend down: {self.local.down[model]}")
         with self.local.queued(model) as waiting:
             while True:
                 now = trio.current_time()

@@ -3,7 +3,7 @@
 Contract checked (see :mod:`p2pserve.backends.base`): ``generate`` yields TextDelta events
 then exactly one Finished, for chat and completions, the same text twice for the same
 request (greedy or seeded); closing the iteration early leaves the backend usable and its
-load back at zero; ``load()`` returns a known Load; a continuation continues the answer;
+load back at zero; ``load()`` returns a known Load; ``check()`` passes; a continuation continues the answer;
 ``aclose`` is idempotent.
 
 How to plug in a backend
@@ -87,6 +87,8 @@ class BackendConformance:
         assert again == text  # greedy / deterministic by default
 
     async def test_load_and_early_close(self, backend: Backend) -> None:
+        with trio.fail_after(self.timeout):
+            await backend.check()  # a healthy backend passes its health check
         load = await backend.load()
         assert isinstance(load, Load) and load.known and (load.running, load.queued) == (0, 0)
         with trio.fail_after(self.timeout):
