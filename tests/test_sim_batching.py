@@ -218,7 +218,9 @@ def test_every_model_gpu_pair_ships_and_loads() -> None:
     models = ("qwen3-8b", "qwen3-4b", "qwen3-0.6b")
     gpus = ("a100-80gb", "a100-40gb", "h100-80gb", "rtx4090", "rtx3090")
     names = profile_names()
-    assert set(names) == {f"{m}/{g}" for m in models for g in gpus} | {"llama3-8b/a100-40gb"}
+    grid = {f"{m}/{g}" for m in models for g in gpus} | {"llama3-8b/a100-40gb"}
+    derived = {f"qwen3-8b-{v}/a100-80gb" for v in ("fp8wo", "int4wo-128", "int4wo-32", "flashinfer", "triton", "sdpa")}
+    assert set(names) == grid | derived  # the grid, plus the quantization and attention variants of fig9/fig10
     for name in names:
         p = load_profile(name)
         assert p.name == name

@@ -27,6 +27,7 @@ increasing across restarts of the same node.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ import trio
 from p2pserve.clock import SYSTEM_CLOCK, Clock
 from p2pserve.crypto import Signer
 from p2pserve.errors import P2PServeError
+from p2pserve.membership.redial import Redialer
 from p2pserve.membership.table import PeerTable, UpdateResult
 from p2pserve.membership.verified import SHARED, VerifiedStatuses
 from p2pserve.rng import derive, fresh_seed
@@ -106,6 +108,12 @@ class GossipService:
         """Called with every accepted status (synchronous, must not raise)."""
         self._wake = trio.Event()
         self._last_poke = -float("inf")
+        self.redial = Redialer(bootstrap, first=interval, cap=5 * interval)
+        """Bootstrap and lost peers' addresses, dialed with backoff while below target."""
+        self._bootstrap_misses: dict[str, tuple[int, float]] = {}
+        """Per unreachable bootstrap address: failed tries, when we last said so."""
+        self._addrs: dict[str, tuple[str, ...]] = {}
+        """The addresses each listed peer announced when it joined (remembered for redialing)."""
 
     # -- pure-ish pieces -------------------------------------------------------------------
 
@@ -201,6 +209,7 @@ class GossipService:
                 self.on_status(status)
             if result is UpdateResult.NEW:
                 log.info("peer joined: %s", status.peer_id)
+                self._addrs[status.peer_id] = status.addrs
                 self.poke()  # let the newcomer learn about us without waiting a full interval
                 if self.on_peer_change:
                     self.on_peer_change(status.peer_id, True)
@@ -213,6 +222,7 @@ class GossipService:
             now = trio.current_time()
             for pid in self.peers.expire(now):
                 log.info("peer expired: %s", pid)
+                self.redial.lost(self._addrs.pop(pid, ()), now)
                 if self.on_peer_change:
                     self.on_peer_change(pid, False)
             if now >= next_dial:
@@ -232,11 +242,21 @@ class GossipService:
         return max(wake, now + tick / 4)
 
     async def _dial_some(self) -> None:
+        """Below the connection target: dial bootstrap and lost peers' addresses that are due
+        (each on its own backoff), then peers known from gossip we are not connected to."""
         connected = self.transport.connected_peers()
-        if not connected and self.bootstrap:
-            for addr in self.bootstrap:
-                await self._dial(addr)
-            connected = self.transport.connected_peers()
+        want = self.target_connections - len(connected)
+        if want <= 0:
+            return
+        for addr in self.redial.due(trio.current_time(), connected, want):
+            ok = await self._dial(addr)
+            wait = self.redial.result(addr, ok, trio.current_time())
+            if ok:
+                want -= 1
+                self._bootstrap_misses.pop(addr, None)
+            elif addr in self.bootstrap:
+                self._bootstrap_failed(addr, wait)
+        connected = self.transport.connected_peers()
         want = self.target_connections - len(connected)
         if want <= 0:
             return
@@ -246,6 +266,16 @@ class GossipService:
             for addr in entry.status.addrs:
                 if await self._dial(addr):
                     break
+
+    def _bootstrap_failed(self, addr: str, wait: float) -> None:
+        """One warning per unreachable bootstrap address a minute at most, with the retry backoff."""
+        now = trio.current_time()
+        tries, last = self._bootstrap_misses.get(addr, (0, -math.inf))
+        tries += 1
+        if now - last >= 60.0:
+            log.warning("bootstrap %s unreachable (%d tries); retrying every %.0f s or less", addr, tries, wait)
+            last = now
+        self._bootstrap_misses[addr] = (tries, last)
 
     async def _dial(self, addr: str) -> bool:
         try:

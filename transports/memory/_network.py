@@ -107,6 +107,9 @@ class MemoryNetwork:
         self._alive: dict[str, MemoryTransport] = {}
         self._by_index: dict[int, MemoryTransport] = {}
         self._next_index = itertools.count(1)
+        self._index_of: dict[str, int] = {}
+        """Each peer ID's listen index: a peer that comes back listens where it did (as a
+        restarted node listens on its configured port)."""
         self._cuts: list[tuple[frozenset[str], frozenset[str]]] = []
         self._heal_lot = trio.lowlevel.ParkingLot()
         self._waiting_for_heal: weakref.WeakSet[_Pipe] = weakref.WeakSet()
@@ -215,7 +218,10 @@ class MemoryNetwork:
         if peer_id in self._alive:
             raise TransportError(f"peer {peer_id} already has a live transport on this network")
         async with trio.open_nursery() as nursery:
-            t = MemoryTransport(self, peer_id, next(self._next_index), nursery)
+            index = self._index_of.get(peer_id)
+            if index is None:
+                index = self._index_of[peer_id] = next(self._next_index)
+            t = MemoryTransport(self, peer_id, index, nursery)
             self._alive[peer_id] = t
             self._by_index[t.index] = t
             nursery.start_soon(t._pump)
