@@ -186,6 +186,13 @@ class NoCapacity(ServingError):
     error_type = "no_capacity"
 
 
+class InsufficientCredit(ServingError):
+    """Every peer serving the model would cost more, at worst, than this node can pay now."""
+
+    status_code = 402
+    error_type = "insufficient_credit"
+
+
 class RequestFailed(ServingError):
     """The request started but could not be finished (e.g. its executor died mid-stream)."""
 

@@ -146,6 +146,10 @@ class Wallet(Protocol):
 
     def can_afford(self, price: int) -> bool: ...
 
+    def available(self) -> int:
+        """Micro-credits free to spend now (free credit less what is queued and held)."""
+        ...
+
     def admit(self, requester: str, worst_case: int) -> Admission | str:
         """Take on a peer's offer, or the reason to refuse it (no account, credit, unpaid)."""
         ...

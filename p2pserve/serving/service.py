@@ -48,7 +48,7 @@ import trio
 from p2pserve.backends.base import Backend, Kind, TextDelta
 from p2pserve.clock import SYSTEM_CLOCK, Clock
 from p2pserve.crypto import Signer
-from p2pserve.errors import BadRequest, NoCapacity, RequestFailed, UnknownModel
+from p2pserve.errors import BadRequest, InsufficientCredit, NoCapacity, RequestFailed, UnknownModel
 from p2pserve.membership.table import PeerEntry, PeerTable
 from p2pserve.net.framed import FramedStream
 from p2pserve.policies import Policy, PolicyParams
@@ -75,6 +75,7 @@ from p2pserve.serving.replay_log import ReplayLog
 from p2pserve.serving.router import PosRouter, Router
 from p2pserve.serving.tracer import NULL_TRACER, Tracer
 from p2pserve.transport import Transport
+from p2pserve.units import format_credits
 from p2pserve.wire.gossip import ModelStatus
 from p2pserve.wire.infer import INFER_PROTOCOL, Receipt
 from p2pserve.wire.limits import DEFAULT_LIMITS, Limits
@@ -311,6 +312,8 @@ class ServeService:
             has_local=backend is not None, local_continues=backend is not None and backend.supports_continuation,
             local_down=model in self.local.down,
         )
+        if backend is None or model in self.local.down:
+            self._check_affordable(model, body)
         progress = Progress()
         if model in self.local.down:
             progress.reasons.append(f"local backend down: {self.local.down[model]}")
@@ -398,6 +401,29 @@ class ServeService:
             if self.wallet.can_afford(price_for(worst, m.price_per_1k)):
                 out.append(e)
         return out
+
+    def _check_affordable(self, model: str, body: dict[str, Any]) -> None:
+        """Raise InsufficientCredit, with the numbers, when peers serve ``model`` but even the
+        cheapest one's worst case (``max_tokens`` or its context, at its price) is more than
+        this node can pay now: waiting would only end in a 503."""
+        if self.wallet is None:
+            return
+        worst = []
+        for e in self.peers.candidates(model):
+            m = e.model(model)
+            assert m is not None
+            tokens = Bounds.of(body, 0, "", m.context_length).worst_case_tokens()
+            worst.append((price_for(tokens, m.price_per_1k), tokens, m.price_per_1k))
+        if not worst:
+            return
+        price, tokens, per_1k = min(worst)
+        available = self.wallet.available()
+        if price > available:
+            raise InsufficientCredit(
+                f"this request may cost up to {format_credits(price)} credits ({tokens} tokens at "
+                f"{format_credits(per_1k)} per 1k, the cheapest peer serving {model!r}) but this node can pay "
+                f"{format_credits(available)} now; lower max_tokens, or earn or unstake credit"
+            )
 
     async def _run_local(
         self, model: str, kind: Kind, body: dict[str, Any], progress: Progress, attempt: Attempt, key: str
