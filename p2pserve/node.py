@@ -9,14 +9,17 @@ and over the memory transport (tests and the simulator).
 from __future__ import annotations
 
 import logging
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from p2pserve.api.health import health_routes
 from p2pserve.api.ledger import ledger_routes
+from p2pserve.api.metrics import NodeMetrics
 from p2pserve.api.openai import openai_routes
-from p2pserve.api.status import render_metrics, render_status
+from p2pserve.api.status import ready_reasons, render_status
 from p2pserve.backends.base import Backend
 from p2pserve.backends.registry import BackendSpec, build_backend
 from p2pserve.clock import SYSTEM_CLOCK, Clock
@@ -184,11 +187,14 @@ class Node:
         )
 
     def api_routes(self) -> list[Any]:
-        """The OpenAI-compatible ``/v1`` routes for :func:`p2pserve.api.app.build_app`."""
+        """The node's routes for :func:`p2pserve.api.app.build_app` beyond status and metrics:
+        the OpenAI-compatible ``/v1`` routes (observed by :attr:`telemetry`), the ledger's,
+        ``/health`` and ``/ready`` (:meth:`readiness`)."""
         api_key = self.config.server_params.api_key
         return [
-            *openai_routes(self.serve, api_key=api_key, clock=self.clock),
+            *openai_routes(self.serve, api_key=api_key, clock=self.clock, observer=self.telemetry.observe),
             *ledger_routes(self.ledger, api_key=api_key),
+            *health_routes(self.readiness, api_key=api_key),
         ]
 
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
@@ -210,13 +216,24 @@ class Node:
 
     # -- views -----------------------------------------------------------------------------
 
+    @cached_property
+    def telemetry(self) -> NodeMetrics:
+        """The node's metrics registry, request histograms and recent requests (made on
+        first use: nodes that never serve an API, as in the simulator, never build one)."""
+        return NodeMetrics(self)
+
     def status(self) -> dict[str, Any]:
         """The JSON served at ``/p2pserve/status`` (see :mod:`p2pserve.api.status`)."""
-        return render_status(self)
+        return render_status(self, recent_requests=self.telemetry.recent_json())
 
     def metrics(self) -> str:
-        """Prometheus text exposition of the node's counters."""
-        return render_metrics(self)
+        """Prometheus text exposition of the node (see :mod:`p2pserve.api.metrics`)."""
+        return self.telemetry.render()
+
+    def readiness(self) -> list[str]:
+        """Why the node is not ready to serve (empty: ready), for ``GET /ready``: see
+        :func:`p2pserve.api.status.ready_reasons`."""
+        return ready_reasons(self, self.config.server_params.bootstrap)
 
 
 async def run_libp2p_node(

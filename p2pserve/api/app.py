@@ -1,8 +1,12 @@
-"""The node's HTTP API: OpenAI-compatible ``/v1`` routes, ``/p2pserve/status`` and ``/metrics``.
+"""The node's HTTP API: OpenAI-compatible ``/v1`` routes, ``/p2pserve/status``, ``/metrics``,
+the status page at ``/``.
 
 A Starlette app served by Hypercorn's trio worker inside the node's own trio process, so it
 shares the node's nursery, clock and state. The ``/v1`` routes come from
-:mod:`p2pserve.api.openai`; this module assembles the app, guards it and runs the server.
+:mod:`p2pserve.api.openai`, the page from :mod:`p2pserve.api.page`; this module assembles the
+app, guards it and runs the server. Every error the app itself answers (an unknown path, a
+wrong method, an unexpected failure) has OpenAI's shape, ``{"error": {"message", "type",
+"param", "code"}}``, so a client of ``/v1`` never has to parse plain text.
 
 Browsers are kept from using the API against its owner. The API spends credit and moves
 stake, and by default has no key, so a web page must not be able to call it:
@@ -25,7 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,15 +37,29 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from p2pserve.api.page import page_routes
 from p2pserve.hostnames import DEFAULT_PORTS, normalize_origin, split_host
 
-__all__ = ["HostPolicy", "RequestGuard", "bearer_denied", "build_app", "check_bearer", "serve_app"]
+__all__ = [
+    "METRICS_CONTENT_TYPE",
+    "HostPolicy",
+    "RequestGuard",
+    "bearer_denied",
+    "build_app",
+    "check_bearer",
+    "error_handlers",
+    "serve_app",
+]
+
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""What ``/metrics`` answers with: Prometheus text format 0.0.4."""
 
 log = logging.getLogger(__name__)
 
@@ -296,6 +314,40 @@ def _with_headers(send: Send, cors: list[tuple[bytes, bytes]]) -> Send:
     return wrapped
 
 
+_V1_PATHS = "/v1/chat/completions (POST), /v1/completions (POST), /v1/models (GET), /v1/models/{id} (GET)"
+
+
+def _error_json(status: int, message: str, type_: str, code: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type_, "param": None, "code": code}},
+                        status_code=status, headers=headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """404 and 405 (and any other HTTPException) in OpenAI's error shape."""
+    assert isinstance(exc, HTTPException)
+    what = f"{request.method} {request.url.path[:200]}"
+    if exc.status_code == 404:
+        served = f": this node serves {_V1_PATHS}" if request.url.path.startswith("/v1") else ""
+        return _error_json(404, f"Invalid URL ({what}){served}", "invalid_request_error", "unknown_url", exc.headers)
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        return _error_json(405, f"Method not allowed ({what}); allowed: {allowed}", "invalid_request_error",
+                           "method_not_allowed", exc.headers)
+    return _error_json(exc.status_code, f"{exc.detail} ({what})", "invalid_request_error", f"http_{exc.status_code}",
+                       exc.headers)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    """An unexpected failure: a JSON 500 (the traceback goes to the server's log)."""
+    return _error_json(500, "internal error: the node failed to answer this request (its log has the details)",
+                       "server_error", "internal_error")
+
+
+def error_handlers() -> dict[Any, Callable[[Request, Exception], Any]]:
+    """Starlette ``exception_handlers`` that answer the app's own errors in OpenAI's shape."""
+    return {HTTPException: _http_error, Exception: _server_error}
+
+
 def build_app(
     *,
     status: Callable[[], dict[str, Any]],
@@ -306,12 +358,14 @@ def build_app(
     port: int = 0,
     allowed_hosts: Sequence[str] = (),
     allowed_origins: Sequence[str] = (),
+    status_page: bool = True,
 ) -> Starlette:
     """The node's ASGI app. ``status``/``metrics`` are called per request (cheap, no I/O).
 
     ``host``/``port``: the address the API is bound to (``server_params.api``; port 0 means
     the port each connection arrived on); with ``allowed_hosts`` and ``allowed_origins``
     (``server_params``) they make the :class:`HostPolicy` every request passes first.
+    ``status_page``: serve the page of :mod:`p2pserve.api.page` at ``/``.
     Raises ValueError for a malformed allow-list entry."""
     policy = HostPolicy(host, port, allowed_hosts=allowed_hosts, allowed_origins=allowed_origins)
 
@@ -321,14 +375,16 @@ def build_app(
 
     async def metrics_endpoint(request: Request) -> Response:
         denied = check_bearer(request, api_key)
-        return denied or PlainTextResponse(metrics(), media_type="text/plain; version=0.0.4")
+        return denied or PlainTextResponse(metrics(), media_type=METRICS_CONTENT_TYPE)
 
     routes: list[BaseRoute] = [
         Route("/p2pserve/status", status_endpoint, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         *(extra_routes or []),
+        *(page_routes() if status_page else []),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(RequestGuard, policy=policy)])
+    return Starlette(routes=routes, middleware=[Middleware(RequestGuard, policy=policy)],
+                     exception_handlers=error_handlers())
 
 
 async def serve_app(

@@ -66,7 +66,7 @@ def ledger_routes(ledger: LedgerService, *, api_key: str | None = None) -> list[
                 amount = body["amount"]
                 if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount <= 0:
                     raise ValueError
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: absurdly nested JSON
                 return _error("body must be {\"amount\": <credits, > 0>}", 400, "invalid_amount")
             micro = round(amount * MICRO)
             try:

@@ -1,12 +1,14 @@
-"""What ``/p2pserve/status`` (JSON) and ``/metrics`` (Prometheus text) show of a running node.
+"""What ``/p2pserve/status`` (JSON) and ``/ready`` show of a running node.
 
 Both are rendered from the node's services on each request: cheap, no I/O, nothing cached.
 The node passes itself as a :class:`NodeView` (the attributes read here and nothing more).
+``/metrics`` is :mod:`p2pserve.api.metrics`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import trio
@@ -20,7 +22,7 @@ from p2pserve.serving.service import ServeService
 from p2pserve.transport import Transport
 from p2pserve.units import MICRO
 
-__all__ = ["NodeView", "duel_record", "offloading", "render_metrics", "render_status"]
+__all__ = ["NodeView", "backends_down", "duel_record", "offloading", "ready_reasons", "render_status"]
 
 
 class NodeView(Protocol):
@@ -39,9 +41,11 @@ class NodeView(Protocol):
     started_at: float
 
 
-def render_status(node: NodeView) -> dict[str, Any]:
-    """The JSON served at ``/p2pserve/status``."""
+def render_status(node: NodeView, *, recent_requests: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """The JSON served at ``/p2pserve/status``; ``recent_requests``: the API's last requests,
+    newest first (:meth:`p2pserve.api.metrics.NodeMetrics.recent_json`)."""
     now = trio.current_time()
+    down = backends_down(node)
     return {
         "peer_id": node.peer_id,
         "network_id": node.network_id,
@@ -54,6 +58,7 @@ def render_status(node: NodeView) -> dict[str, Any]:
                 "token_usage": m.token_usage,
                 "accepting": m.accepting,
                 "price_per_1k": m.price_per_1k / MICRO,
+                "up": m.name not in down,
             }
             for m in node.serve.model_status()
         ],
@@ -68,6 +73,7 @@ def render_status(node: NodeView) -> dict[str, Any]:
         "connected_peers": sorted(node.transport.connected_peers()),
         "peers": _peers(node, now),
         "gossip": {"published": node.gossip.published, "received": node.gossip.received, "rejected": node.gossip.rejected},
+        "recent_requests": list(recent_requests),
     }
 
 
@@ -121,26 +127,21 @@ def offloading(node: NodeView) -> dict[str, Any]:
     return {"possible": True, "reason": None}
 
 
-def render_metrics(node: NodeView) -> str:
-    """Prometheus text exposition of the node's counters and gauges."""
-    lines: list[str] = []
+def backends_down(node: NodeView) -> Mapping[str, str]:
+    """Local models whose backend failed its last check, with the backend's error (see
+    :meth:`p2pserve.serving.local.LocalModels.check`)."""
+    return node.serve.local.down
 
-    def one(name: str, kind: str, value: float) -> None:
-        lines.extend((f"# TYPE p2pserve_{name} {kind}", f"p2pserve_{name} {value}"))
 
-    one("peers", "gauge", len(node.peers))
-    one("connected_peers", "gauge", len(node.transport.connected_peers()))
-    one("status_published_total", "counter", node.gossip.published)
-    one("status_received_total", "counter", node.gossip.received)
-    for name, value in dataclasses.asdict(node.serve.counters).items():
-        one(f"{name}_total", "counter", value)
-    one("ledger_free_credits", "gauge", node.ledger.free() / MICRO)
-    one("ledger_staked_credits", "gauge", node.ledger.staked() / MICRO)
-    one("ledger_blocks", "gauge", node.ledger.store.count())
-    one("duels_started_total", "counter", node.duels.counters.started)
-    one("duels_settled_total", "counter", node.duels.counters.settled)
-    one("ledger_verdicts", "gauge", node.ledger.store.state.verdict_count())
-    for m in node.serve.model_status():
-        labels = f'{{model="{m.name}"}}'
-        lines += [f"p2pserve_model_running{labels} {m.running}", f"p2pserve_model_queued{labels} {m.queued}"]
-    return "\n".join(lines) + "\n"
+def ready_reasons(node: NodeView, bootstrap: Sequence[str]) -> list[str]:
+    """Why the node is not ready to serve (empty: ready), for ``GET /ready``.
+
+    Ready means: it has joined a network (it knows at least one peer, or it was given no
+    bootstrap address: the first node of a network is ready alone) and no local backend is
+    marked down (:func:`backends_down`: checked at start and every load interval)."""
+    reasons = []
+    if bootstrap and not len(node.peers):
+        reasons.append(f"no peer known yet (bootstrapping from {len(bootstrap)} address{'es' if len(bootstrap) != 1 else ''})")
+    for model, why in sorted(backends_down(node).items()):
+        reasons.append(f"backend for model {model!r} is down: {why}")
+    return reasons
