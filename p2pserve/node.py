@@ -91,6 +91,7 @@ class Node:
             local_state=self.local_state,
             rng=derive(self.seed, "gossip"),
             clock=clock,
+            genesis=config.ledger_params.network_params().digest(),
         )
         if backends is None:
             backends = {spec.model_path: build_backend(spec) for spec in backend_specs(config)}

@@ -74,7 +74,7 @@ def make_status(
     ms = tuple(
         m if isinstance(m, ModelStatus) else ModelStatus(m, 4096, price_per_1k, 0, 0, 0.0, True) for m in models
     )
-    return Status(network_id, s.peer_id, seq, 0, (), ms, accepting, 0, 0, stake, b"", 2000, False, b"").signed(s)
+    return Status(network_id, s.peer_id, seq, 0, (), ms, accepting, 0, 0, stake, b"", 2000, False, b"", b"").signed(s)
 
 
 def make_entry(s: Signer, stake: int, *, models: Sequence[str] = ("m",)) -> PeerEntry:
@@ -220,7 +220,7 @@ def introduce(node: Node, others: Sequence[Node], *, stake: int = 1_000_000, seq
         models = o.serve.model_status() or ()
         status = Status(
             NETWORK, o.signer.peer_id, seq, 0, (), tuple(replace(m, accepting=True) for m in models),
-            True, 0, 0, stake, b"", 2000, False, b"",
+            True, 0, 0, stake, b"", 2000, False, b"", b"",
         ).signed(o.signer)
         node.serve.peers.update(status, trio.current_time())
 

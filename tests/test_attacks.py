@@ -192,7 +192,7 @@ async def test_item3_forged_verdicts_slash_nobody(autojump_clock: trio.testing.M
             verdict = VerdictBody(order, "A", "fake", (), (), attacker.ledger.store.params.duel_penalty)
             state = attacker.ledger.store.state
             block = rules.next_block(attacker.signer, state, verdict, attacker.ledger.now_ms())
-            await attacker.transport.publish(blocks_topic(network), block.encode())
+            await attacker.transport.publish(blocks_topic(network, attacker.ledger.store.params.digest()), block.encode())
         await trio.sleep(10)
         for n in c.alive():
             assert n.ledger.store.state.stake_of(victim.peer_id) == stake
@@ -223,7 +223,7 @@ async def test_item4_unbonding_cannot_be_skipped(autojump_clock: trio.testing.Mo
         receipt = make_receipt(random.Random(1), params.network_id, cheat.peer_id, gw.signer, 990 * MICRO)
         ahead = cheat.ledger.now_ms() + params.max_clock_skew_ms
         spend = rules.next_block(cheat.signer, cheat.ledger.store.state, PayBody((receipt,)), ahead)
-        await cheat.transport.publish(blocks_topic(params.network_id), spend.encode())
+        await cheat.transport.publish(blocks_topic(params.network_id, params.digest()), spend.encode())
         await trio.sleep(30)
         for n in (gw, third):
             assert n.ledger.store.state.hash_at(cheat.peer_id, spend.height) is None
@@ -232,7 +232,7 @@ async def test_item4_unbonding_cannot_be_skipped(autojump_clock: trio.testing.Mo
         await trio.sleep((params.unbonding_delay_ms + params.max_clock_skew_ms) / 1000)
         later = rules.next_block(cheat.signer, cheat.ledger.store.state, PayBody((receipt,)),
                                  t_unstake + params.unbonding_delay_ms + params.max_clock_skew_ms)
-        await cheat.transport.publish(blocks_topic(params.network_id), later.encode())
+        await cheat.transport.publish(blocks_topic(params.network_id, params.digest()), later.encode())
         await until(lambda: all(n.ledger.store.state.hash_at(cheat.peer_id, later.height) == later.digest() for n in (gw, third)))
 
 
@@ -353,7 +353,7 @@ async def test_item6_a_conflicting_block_of_our_own_is_repaired_not_forked(
                             body=StakeBody(MICRO), timestamp_ms=ts)
         ours = make_block(signer, network_id=params.network_id, height=head.height + 1, prev=head.head,
                           body=StakeBody(2 * MICRO), timestamp_ms=ts)
-        await c[0].transport.publish(blocks_topic(params.network_id), theirs.encode())
+        await c[0].transport.publish(blocks_topic(params.network_id, params.digest()), theirs.encode())
         await until(lambda: c[1].ledger.store.state.hash_at(me.peer_id, head.height + 1) == theirs.digest())
         local = LedgerStore(path, params)
         local.append(ours)  # the stale local copy never reached anyone
@@ -375,7 +375,7 @@ async def test_item7_an_equivocation_strands_no_honest_chain(autojump_clock: tri
         gw, x, third = c[0], c[1], c[2]
         await until(lambda: opened(c)() and all(n.ledger.writable for n in c.alive()))
         params = gw.ledger.store.params
-        topic = blocks_topic(params.network_id)
+        topic = blocks_topic(params.network_id, params.digest())
         cheat = Signer(sha256(b"cheater"))
         ts = gw.ledger.now_ms()
         open_block = make_block(cheat, network_id=params.network_id, height=0, prev=ZERO_HASH, body=OpenBody(0), timestamp_ms=ts)

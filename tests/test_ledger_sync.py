@@ -104,7 +104,7 @@ async def test_validator_drops_other_networks_and_garbage(autojump_clock: trio.t
         alien: Block = dataclasses.replace(w.log[0], network_id="othernet")
         from p2pserve.transport import PubsubMessage
 
-        topic = blocks_topic(TEST_PARAMS.network_id)
+        topic = blocks_topic(TEST_PARAMS.network_id, TEST_PARAMS.digest())
         assert not s._validate(PubsubMessage(topic, "p", alien.encode()))
         assert not s._validate(PubsubMessage(topic, "p", b"\x93garbage"))
         assert s._validate(PubsubMessage(topic, "p", w.log[0].encode()))

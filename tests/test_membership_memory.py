@@ -77,7 +77,7 @@ async def test_membership_is_deterministic(autojump_clock: trio.abc.Clock) -> No
 
 
 def interval_status(signer: Signer, seq: int, interval_ms: int) -> Status:
-    return Status("devnet", signer.peer_id, seq, 0, (), (), True, 0, 0, 0, b"", interval_ms, False, b"").signed(signer)
+    return Status("devnet", signer.peer_id, seq, 0, (), (), True, 0, 0, 0, b"", interval_ms, False, b"", b"").signed(signer)
 
 
 async def test_maintenance_expires_on_the_deadline_and_sleeps_between(autojump_clock: trio.abc.Clock) -> None:

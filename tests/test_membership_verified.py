@@ -25,7 +25,7 @@ TOPIC = status_topic(NET)
 
 
 def status(signer: Signer, seq: int = 1, *, network: str = NET, stake: int = 5) -> Status:
-    return Status(network, signer.peer_id, seq, 0, (), (), True, 0, 0, stake, b"", 2000, False, b"").signed(signer)
+    return Status(network, signer.peer_id, seq, 0, (), (), True, 0, 0, stake, b"", 2000, False, b"", b"").signed(signer)
 
 
 def forged(signer: Signer) -> bytes:

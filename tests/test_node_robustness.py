@@ -71,8 +71,8 @@ async def test_garbage_everywhere_then_still_serving(autojump_clock: trio.testin
             real = victim.gossip.make_status()
             forged = dataclasses.replace(real, stake=10**15)
             other_net = dataclasses.replace(real, network_id="othernet")
-            mine = Status("devnet", attacker.peer_id, 1, 0, (), (), True, 0, 0, 10**15, b"", 2000, False, b"").signed(attacker)
-            for topic in (status_topic("devnet"), blocks_topic("devnet")):
+            mine = Status("devnet", attacker.peer_id, 1, 0, (), (), True, 0, 0, 10**15, b"", 2000, False, b"", b"").signed(attacker)
+            for topic in (status_topic("devnet"), blocks_topic("devnet", CFG.ledger_params.network_params().digest())):
                 for data in (b"", b"\xff" * 100, forged.encode(), other_net.encode(), real.encode(), b"\x00" * 70_000):
                     await t.publish(topic, data)
             await t.publish(status_topic("devnet"), mine.encode())  # a valid status of the attacker itself

@@ -14,7 +14,7 @@ A, B, ME = (Signer(bytes([i]) * 32) for i in (1, 2, 3))
 
 def status(signer: Signer, seq: int, *, network: str = "devnet", models: tuple[str, ...] = ("m",), accepting: bool = True) -> Status:
     ms = tuple(ModelStatus(n, 2048, 1000, 0, 0, None, True) for n in models)
-    return Status(network, signer.peer_id, seq, 0, (), ms, accepting, 0, 0, 5, b"", 2000, False, b"").signed(signer)
+    return Status(network, signer.peer_id, seq, 0, (), ms, accepting, 0, 0, 5, b"", 2000, False, b"", b"").signed(signer)
 
 
 def test_newest_sequence_wins() -> None:

@@ -51,7 +51,7 @@ def statuses(draw: st.DrawFn) -> Status:
         draw(st.text(max_size=20)), SIGNER.peer_id, draw(small), draw(small),
         tuple(draw(st.lists(text, max_size=4))), tuple(draw(st.lists(model_statuses(), max_size=3))),
         draw(st.booleans()), draw(small), draw(small), draw(small), draw(st.binary(max_size=32)),
-        draw(st.integers(1, 120_000)), draw(st.booleans()), b"",
+        draw(st.integers(1, 120_000)), draw(st.booleans()), draw(st.binary(max_size=32)), b"",
     )
     return s.signed(SIGNER)
 

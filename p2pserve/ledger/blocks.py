@@ -25,6 +25,7 @@ import msgpack
 
 from p2pserve.crypto import SIGNATURE_SIZE, Signer, sha256
 from p2pserve.errors import LocalProtocolError, MalformedMessage
+from p2pserve.units import format_credits
 from p2pserve.wire.codec import Message, SignedMessage, decode, encode, message
 from p2pserve.wire.duel import DuelOrder, check_outcome
 from p2pserve.wire.infer import Receipt
@@ -93,6 +94,9 @@ def _peer_id_shape(name: str, value: str) -> None:
         raise MalformedMessage(f"{name} must be 1-{_MAX_ID} characters")
 
 
+_CREDIT_FIELDS = frozenset({"initial_credit", "max_initial_staked", "duel_penalty", "judge_fee"})
+
+
 @message(38)
 class NetworkParams(Message):
     """A network's genesis: every node of one network must hold exactly these values.
@@ -136,6 +140,22 @@ class NetworkParams(Message):
     def check_genesis(self) -> None:
         """Raise MalformedMessage unless these values make a sound network (what decoding checks)."""
         self._check()
+
+    def digest(self) -> bytes:
+        """16 bytes that name this genesis (gossiped in every status: a peer whose differ is
+        on another network, whatever its ``network_id`` says)."""
+        return sha256(self.encode())[:16]
+
+    def differences(self, other: NetworkParams) -> list[str]:
+        """What ``other`` sets differently, as ``"field theirs (ours mine)"`` (empty if equal)."""
+        out = []
+        for name in type(self).__dataclass_fields__:
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine != theirs:
+                if name in _CREDIT_FIELDS:  # shown in credits, as a person writes them in ledger_params
+                    mine, theirs = format_credits(mine), format_credits(theirs)
+                out.append(f"{name} {theirs} (ours {mine})")
+        return out
 
 
 # --- bodies ----------------------------------------------------------------------------------

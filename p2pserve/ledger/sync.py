@@ -1,7 +1,7 @@
 """Ledger sync service: gossip new blocks, pull what is missing (trio, over the transport contract).
 
 * Gossip: every block this node appends (and every new equivocation proof) is published on
-  ``/p2pserve/<network_id>/blocks/1`` as its canonical encoding. The topic validator drops
+  ``/p2pserve/<network_id>/<genesis digest>/blocks/1`` as its canonical encoding. The topic validator drops
   anything that is not a Block/EquivocationProof of this network, or too large, so it is
   neither delivered nor relayed. Received blocks are collected for ``ingest_window``
   seconds (or up to ``ingest_max`` blocks) and go through ``LedgerStore.ingest`` as one
@@ -41,7 +41,7 @@ from p2pserve.errors import (
     RemoteProtocolError,
     TransportError,
 )
-from p2pserve.ledger.blocks import Block, EquivocationProof, decode_block
+from p2pserve.ledger.blocks import Block, EquivocationProof, NetworkParams, decode_block
 from p2pserve.ledger.store import IngestResult, LedgerStore
 from p2pserve.net.exchange import open_framed
 from p2pserve.net.framed import FramedStream
@@ -56,6 +56,7 @@ from p2pserve.wire.sync import (
     SyncDone,
     SyncHead,
     SyncHeads,
+    SyncMismatch,
     blocks_topic,
 )
 
@@ -122,7 +123,10 @@ class LedgerSync:
         self.timeout = timeout
         self.max_blocks_per_session = max_blocks_per_session
         self.max_rounds = max_rounds
-        self.topic = blocks_topic(store.params.network_id)
+        self.topic = blocks_topic(store.params.network_id, store.params.digest())
+        self._genesis = store.params.encode()
+        self._mismatched: set[str] = set()
+        """Peers already reported as being on another network or genesis (one line each)."""
         self.ingest_window = ingest_window
         self.ingest_max = ingest_max
         self.retry_interval = retry_interval
@@ -385,11 +389,15 @@ class LedgerSync:
             if len(heads) > MAX_ITEMS:  # only the first MAX_ITEMS; the rest come as "new"
                 heads = heads[:MAX_ITEMS]
             wants = tuple(self.store.wanted_hashes()[:MAX_WANTS])
-            req = SyncHeads(self.store.params.network_id, tuple(SyncHead(a, h, hh) for a, (h, hh) in heads), wants)
+            req = SyncHeads(self.store.params.network_id, tuple(SyncHead(a, h, hh) for a, (h, hh) in heads), wants,
+                            self._genesis)
             await fs.send(req, timeout=self.timeout)
             received = 0
             while True:
-                msg = await fs.recv((SyncBatch, SyncDone), timeout=self.timeout)
+                msg = await fs.recv((SyncBatch, SyncDone, SyncMismatch), timeout=self.timeout)
+                if isinstance(msg, SyncMismatch):
+                    self._mismatch(peer_id, msg.genesis)
+                    return applied, False
                 if isinstance(msg, SyncDone):
                     for raw in msg.proofs:
                         try:
@@ -415,12 +423,32 @@ class LedgerSync:
         finally:
             await fs.aclose()
 
+    def _mismatch(self, peer_id: str, theirs: bytes) -> None:
+        """Say once per peer that it is on another network or genesis, and how it differs."""
+        if peer_id in self._mismatched:
+            return
+        if len(self._mismatched) < 1024:
+            self._mismatched.add(peer_id)
+        ours = self.store.params
+        try:
+            other = decode(theirs, expect=NetworkParams)
+        except (MalformedMessage, P2PServeError):
+            log.warning("peer %s is on another network (its genesis does not decode); ignoring it", peer_id)
+            return
+        if other.network_id != ours.network_id:
+            log.warning("peer %s is on network %r, we are on %r: ignoring it (same --bootstrap, wrong network_id?)",
+                        peer_id, other.network_id, ours.network_id)
+        else:
+            log.warning("peer %s is on network %r with another genesis: %s; ignoring it (every node of a network "
+                        "needs the same ledger_params)", peer_id, ours.network_id, "; ".join(ours.differences(other)))
+
     async def _handle(self, stream: Stream) -> None:
         fs = FramedStream(stream, self.limits.max_frame)
         try:
             req = await fs.recv(SyncHeads, timeout=self.timeout)
-            if req.network_id != self.store.params.network_id:
-                await fs.send(SyncDone(False, ()), timeout=self.timeout)
+            if req.network_id != self.store.params.network_id or req.genesis != self._genesis:
+                self._mismatch(fs.remote_peer, req.genesis)
+                await fs.send(SyncMismatch(self._genesis), timeout=self.timeout)
                 return
             theirs = {h.account: (h.height, h.hash) for h in req.heads}
             batch: list[bytes] = []

@@ -84,8 +84,11 @@ class GossipService:
         rng: random.Random | None = None,
         clock: Clock = SYSTEM_CLOCK,
         verified: VerifiedStatuses | None = None,
+        genesis: bytes = b"",
     ) -> None:
-        """``verified`` remembers checked statuses (default: the process-wide memo)."""
+        """``verified`` remembers checked statuses (default: the process-wide memo);
+        ``genesis`` is the network parameters' digest (:func:`p2pserve.ledger.blocks.genesis_digest`):
+        statuses carrying another are not accepted."""
         self.transport = transport
         self.signer = signer
         self.peers = peers
@@ -99,6 +102,7 @@ class GossipService:
         self.rng = rng if rng is not None else derive(fresh_seed(), "gossip")
         self.clock = clock
         self.verified = verified if verified is not None else SHARED
+        self.genesis = genesis
         self._seq = clock.wall_ms()
         self.published = 0
         self.received = 0
@@ -140,24 +144,27 @@ class GossipService:
             ledger_head=st.ledger_head,
             interval_ms=max(1, round(self.current_interval() * 1000)),
             judge=st.judge,
+            genesis=self.genesis,
             signature=b"",
         )
         return status.signed(self.signer)
 
     def validate(self, msg: PubsubMessage) -> bool:
-        """Topic validator: our network, signed by the pubsub origin, signature valid."""
+        """Topic validator: our network and genesis, signed by the pubsub origin, signature valid."""
         if len(msg.data) > DEFAULT_LIMITS.max_pubsub_message:
             return False
-        network_id, origin = self.network_id, msg.from_peer
-        status = self.verified.status_of(msg.data, lambda s: s.network_id == network_id and s.peer_id == origin)
+        network_id, origin, genesis = self.network_id, msg.from_peer, self.genesis
+        status = self.verified.status_of(
+            msg.data, lambda s: s.network_id == network_id and s.peer_id == origin and s.genesis == genesis
+        )
         return status is not None
 
     def accepted(self, msg: PubsubMessage) -> Status | None:
         """The status a delivered ``msg`` carries: the object :meth:`validate` accepted
         (remembered by its bytes), or checked afresh if it was forgotten meanwhile or never
         validated; None for a message that fails the checks."""
-        origin = msg.from_peer
-        return self.verified.status_of(msg.data, lambda s: s.peer_id == origin)
+        origin, genesis = msg.from_peer, self.genesis
+        return self.verified.status_of(msg.data, lambda s: s.peer_id == origin and s.genesis == genesis)
 
     # -- service ---------------------------------------------------------------------------
 

@@ -59,6 +59,9 @@ class Status(SignedMessage):
     """How often this node gossips its status now; receivers expire it after a few of these."""
     judge: bool
     """The node judges duels (``/p2pserve/judge/1``)."""
+    genesis: bytes
+    """The first 16 bytes of the SHA-256 of the node's network parameters (its genesis):
+    nodes of one network hold the same; a status with another is not accepted."""
     signature: bytes
 
     SIGNER = "peer_id"
@@ -76,3 +79,5 @@ class Status(SignedMessage):
             raise MalformedMessage(f"interval_ms must be within (0, {MAX_STATUS_INTERVAL_MS}]")
         if len(self.ledger_head) > 64:
             raise MalformedMessage("ledger_head longer than 64 bytes")
+        if len(self.genesis) > 32:
+            raise MalformedMessage("genesis longer than 32 bytes")

@@ -11,7 +11,18 @@ from p2pserve.errors import MalformedMessage
 from p2pserve.wire.codec import Message, message
 from p2pserve.wire.limits import DEFAULT_LIMITS
 
-__all__ = ["MAX_PROOFS", "MAX_WANTS", "SYNC_PROTOCOL", "SyncBatch", "SyncDone", "SyncHead", "SyncHeads", "blocks_topic"]
+__all__ = [
+    "MAX_GENESIS",
+    "MAX_PROOFS",
+    "MAX_WANTS",
+    "SYNC_PROTOCOL",
+    "SyncBatch",
+    "SyncDone",
+    "SyncHead",
+    "SyncHeads",
+    "SyncMismatch",
+    "blocks_topic",
+]
 
 SYNC_PROTOCOL = "/p2pserve/sync/1"
 
@@ -21,10 +32,14 @@ MAX_WANTS = 64
 MAX_PROOFS = 64
 """Most equivocation proofs one SyncDone carries (and a requester reads)."""
 
+MAX_GENESIS = 512
+"""Longest encoded network parameters a sync message may carry."""
 
-def blocks_topic(network_id: str) -> str:
-    """The gossip topic of ``network_id``'s ledger blocks."""
-    return f"/p2pserve/{network_id}/blocks/1"
+
+def blocks_topic(network_id: str, genesis: bytes) -> str:
+    """The gossip topic of the ledger blocks of ``network_id`` with genesis digest ``genesis``
+    (``NetworkParams.digest()``): nodes whose network parameters differ never exchange blocks."""
+    return f"/p2pserve/{network_id}/{genesis.hex()}/blocks/1"
 
 
 @message(40)
@@ -49,10 +64,15 @@ class SyncHeads(Message):
     network_id: str
     heads: tuple[SyncHead, ...]
     wants: tuple[bytes, ...]
+    genesis: bytes
+    """The requester's network parameters (``NetworkParams`` encoded): a responder holding
+    others answers :class:`SyncMismatch` and both sides say what differs."""
 
     def _check(self) -> None:
         if len(self.wants) > MAX_WANTS or any(len(w) != 32 for w in self.wants):
             raise MalformedMessage(f"at most {MAX_WANTS} wanted block hashes of 32 bytes")
+        if len(self.genesis) > MAX_GENESIS:
+            raise MalformedMessage(f"genesis longer than {MAX_GENESIS} bytes")
 
 
 @message(42)
@@ -77,3 +97,15 @@ class SyncDone(Message):
     def _check(self) -> None:
         if len(self.proofs) > MAX_PROOFS:
             raise MalformedMessage(f"more than {MAX_PROOFS} equivocation proofs")
+
+
+@message(44)
+class SyncMismatch(Message):
+    """Answer to a :class:`SyncHeads` of another network or genesis: the responder's own
+    network parameters (``NetworkParams`` encoded), so the requester can say what differs."""
+
+    genesis: bytes
+
+    def _check(self) -> None:
+        if len(self.genesis) > MAX_GENESIS:
+            raise MalformedMessage(f"genesis longer than {MAX_GENESIS} bytes")
