@@ -394,11 +394,15 @@ class ServeService:
         if self.wallet is None:
             return entries
         out = []
+        available = self.wallet.available()
+        worst_by_context: dict[int, int] = {}  # peers mostly share a few context lengths
         for e in entries:
             m = e.model(model)
             assert m is not None
-            worst = Bounds.of(body, 0, "", m.context_length).worst_case_tokens()
-            if self.wallet.can_afford(price_for(worst, m.price_per_1k)):
+            worst = worst_by_context.get(m.context_length)
+            if worst is None:
+                worst = worst_by_context[m.context_length] = Bounds.of(body, 0, "", m.context_length).worst_case_tokens()
+            if price_for(worst, m.price_per_1k) <= available:
                 out.append(e)
         return out
 
