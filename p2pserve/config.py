@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import yaml
 
 from p2pserve.backends.registry import EMBEDDED_MODEL, BackendKind, BackendSpec
+from p2pserve.config_addrs import suggest
 from p2pserve.errors import ConfigError, MalformedMessage
 from p2pserve.hostnames import normalize_origin, split_host
 from p2pserve.ledger.blocks import MAX_BODY, NetworkParams
@@ -137,10 +138,14 @@ class ServerParams:
             problem = _bad_entries(getattr(self, name), check)
             if problem:
                 _invalid(name, problem, getattr(self, name))
-        if not self.listen or not all(a.startswith("/") for a in self.listen):
+        if not self.listen:
             _invalid("listen", "must be multiaddrs like /ip4/0.0.0.0/tcp/4001", self.listen)
-        if not all("/p2p/" in a for a in self.bootstrap):
-            _invalid("bootstrap", "each address must end in /p2p/<peer id>", self.bootstrap)
+        for a in self.listen:
+            if not a.startswith("/"):
+                raise ConfigError(f"listen: must be multiaddrs like /ip4/0.0.0.0/tcp/4001: {a!r} ({suggest(a, peer=False)})")
+        for a in self.bootstrap:
+            if "/p2p/" not in a:
+                raise ConfigError(f"bootstrap: each address must end in /p2p/<peer id>: {a!r} ({suggest(a, peer=True)})")
         if self.peer_ttl < self.status_interval:
             _invalid("peer_ttl", f"must be at least status_interval ({self.status_interval!r})", self.peer_ttl)
 
@@ -242,6 +247,11 @@ class NodeConfig:
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
             raise ConfigError(f"models: model_path listed twice: {', '.join(sorted(dupes))}")
+        sp = self.server_params
+        served = [m.model_path for m in self.effective_models()]
+        if sp.judge and sp.judge_model is not None and sp.judge_model not in served:
+            raise ConfigError(f"server_params.judge_model: {sp.judge_model!r} is not one of this node's models "
+                              f"(models[].model_path: {', '.join(served) or 'none'})")
         try:
             self.ledger_params.network_params().check_genesis()
         except MalformedMessage as exc:

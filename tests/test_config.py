@@ -181,6 +181,6 @@ def test_join_checks_command_line_options_like_the_file(tmp_path: Path) -> None:
     from p2pserve.cli import app
 
     result = CliRunner().invoke(app, ["join", "--bootstrap", "127.0.0.1:35005", "--data-dir", str(tmp_path)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "command line: server_params.bootstrap: each address must end in /p2p/<peer id>" in " ".join(result.output.split())
     assert list(tmp_path.iterdir()) == []  # refused before any key was made

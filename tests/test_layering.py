@@ -30,6 +30,7 @@ PURE = [
     "p2pserve.wire.infer",
     "p2pserve.wire.limits",
     "p2pserve.wire.sync",
+    "p2pserve.config_addrs",
     "p2pserve.membership.redial",
     "p2pserve.membership.table",
     "p2pserve.membership.verified",

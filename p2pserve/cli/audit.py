@@ -26,6 +26,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from p2pserve.cli.client import api_url, source_error
+from p2pserve.cli.common import report as report_error
+from p2pserve.cli.common import usage_error
 from p2pserve.errors import StoreError
 from p2pserve.identity import default_data_dir
 from p2pserve.ledger import audit as audit_mod
@@ -34,7 +37,6 @@ from p2pserve.ledger.rules import fingerprint
 from p2pserve.units import format_credits
 
 __all__ = ["audit", "render", "render_comparison", "run_audit", "run_compare"]
-
 
 
 def _credits(micro: int) -> str:
@@ -108,10 +110,11 @@ def run_audit(
     try:
         report = audit_mod.run(data_dir=data_dir, db=db, api=api, api_key=api_key)
     except StoreError as exc:
+        message = source_error(exc, api, api_key) if api is not None else str(exc)
         if json_out:
-            print(json.dumps({"ok": False, "error": str(exc)}))
+            print(json.dumps({"ok": False, "error": message}))
         else:
-            print(f"error: {exc}", file=sys.stderr)
+            report_error(message, exc=exc)
         return 2
     if json_out:
         print(json.dumps(report.to_json()))
@@ -148,19 +151,21 @@ def run_compare(urls: list[str], api_key: str | None = None, json_out: bool = Fa
     """Compare the heads of the nodes at ``urls``; the exit code (0 agree, 1 disagree, 2 unreadable)."""
     urls = list(dict.fromkeys(u.rstrip("/") for u in urls))  # one entry per node, in order
 
-    def fail(message: str) -> int:
+    def fail(message: str, exc: BaseException | None = None) -> int:
         if json_out:
             print(json.dumps({"agree": False, "error": message}))
         else:
-            print(f"error: {message}", file=sys.stderr)
+            report_error(message, exc=exc)
         return 2
 
     if len(urls) < 2:
         return fail("--compare needs two nodes or more (repeat --compare, or add --api)")
-    try:
-        nodes = [compare_mod.load_heads(u, api_key) for u in urls]
-    except StoreError as exc:
-        return fail(str(exc))
+    nodes = []
+    for u in urls:
+        try:
+            nodes.append(compare_mod.load_heads(u, api_key))
+        except StoreError as exc:
+            return fail(source_error(exc, u, api_key), exc)
     comparison = compare_mod.compare_heads(nodes)
     if json_out:
         print(json.dumps(comparison.to_json()))
@@ -172,15 +177,16 @@ def run_compare(urls: list[str], api_key: str | None = None, json_out: bool = Fa
 def audit(
     data_dir: Annotated[
         Path | None,
-        typer.Option("--data-dir", help="Node data dir (reads DIR/ledger.sqlite3); default $P2PSERVE_HOME or ~/.p2pserve."),
+        typer.Option("--data-dir", metavar="DIR", help="Node data dir (reads DIR/ledger.sqlite3); default $P2PSERVE_HOME or ~/.p2pserve."),
     ] = None,
-    db: Annotated[Path | None, typer.Option("--db", help="A ledger SQLite file.")] = None,
+    db: Annotated[Path | None, typer.Option("--db", metavar="FILE", help="A ledger SQLite file.")] = None,
     api: Annotated[
-        str | None, typer.Option("--api", help="A node's HTTP API root, e.g. http://127.0.0.1:5778.")
+        str | None, typer.Option("--api", metavar="URL", help="A node's HTTP API root, e.g. http://127.0.0.1:5778.")
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     api_key: Annotated[
-        str | None, typer.Option("--api-key", help="Bearer key for --api.", envvar="P2PSERVE_API_KEY")
+        str | None, typer.Option("--api-key", metavar="KEY", help="Bearer key for --api and --compare (the nodes' "
+                                 "server_params.api_key).", envvar="P2PSERVE_API_KEY")
     ] = None,
     strict: Annotated[
         bool, typer.Option("--strict", help="Exit 1 when the ledger records offences (proven equivocations), too.")
@@ -198,11 +204,12 @@ def audit(
 ) -> int:
     """Replay every block: signatures, hash links, heights, claims, balances, supply, forks.
     With --compare: compare nodes' ledger heads instead."""
+    if api is not None:
+        api = api_url(api)
     if compare:
         if data_dir is not None or db is not None:
-            print("error: --compare reads nodes' APIs; use it with --api, not --data-dir or --db", file=sys.stderr)
-            raise typer.Exit(2)
-        code = run_compare([*([api] if api else []), *compare], api_key, json_out)
+            raise usage_error("--compare reads nodes' APIs; use it with --api, not --data-dir or --db")
+        code = run_compare([*([api] if api else []), *(api_url(u, "--compare") for u in compare)], api_key, json_out)
     else:
         code = run_audit(data_dir, db, api, json_out, api_key, strict=strict)
     if code:

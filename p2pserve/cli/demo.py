@@ -24,6 +24,8 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from p2pserve.cli.common import fail, resolve_data_dir
 from p2pserve.testing.processes import read_banner, spawn_join, stop_processes
 
+__all__ = ["demo"]
+
 console = Console()
 
 

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from p2pserve.cli.common import fail
+from p2pserve.cli.common import fail, usage_error
 from p2pserve.errors import ConfigError
 from p2pserve.sim.runner import Tick
 from p2pserve.sim.scenario import load_scenario, strategy_list
@@ -34,7 +34,7 @@ def simulate(
         scn, _ = load_scenario(scenario, seed)
         chosen = strategy_list(strategies.split(",")) if strategies else scn.strategies
     except ConfigError as exc:
-        raise fail(str(exc)) from None
+        raise usage_error(str(exc)) from None
     if plots and importlib.util.find_spec("matplotlib") is None:
         raise fail("the plots need matplotlib: pip install 'p2pserve[sim]' (or pass --no-plots)")
     out = out or Path("sim-results") / scn.name

@@ -1,47 +1,36 @@
-"""``p2pserve status``: what a running node knows about the network."""
+"""``p2pserve status``: what a running node knows about the network (amounts in credits)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from p2pserve.cli.common import DEFAULT_API, api_url, fail
+from p2pserve.cli.client import api_url, get_json
+from p2pserve.cli.common import api_key_option, api_option, credits_text
 
-
-def fetch_json(url: str, path: str, *, api_key: str | None = None, timeout: float = 5.0) -> Any:
-    """GET ``url + path`` as JSON, turning connection problems into a clear CLI error."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    try:
-        r = httpx.get(url + path, timeout=timeout, headers=headers)
-    except httpx.ConnectError:
-        raise fail(f"no p2pserve node answers at {url} (start one with `p2pserve join`, or pass --api)") from None
-    except httpx.HTTPError as exc:
-        raise fail(f"{url}: {exc}") from None
-    if r.status_code != 200:
-        raise fail(f"{url}{path}: HTTP {r.status_code}: {r.text[:200]}")
-    return r.json()
+__all__ = ["status"]
 
 
 def status(
-    api: str = typer.Option(DEFAULT_API, "--api", envvar="P2PSERVE_API", help="The node's API URL."),
+    api: str = api_option(),
     as_json: bool = typer.Option(False, "--json", help="Print the raw JSON."),
-    api_key: str | None = typer.Option(None, "--api-key", envvar="P2PSERVE_API_KEY", help="Bearer key if the node requires one."),
+    api_key: str | None = api_key_option(),
 ) -> None:
     """Show the node's peer ID, addresses and the peers it knows."""
     url = api_url(api)
-    data = fetch_json(url, "/p2pserve/status", api_key=api_key)
+    data = get_json(url, "/p2pserve/status", api_key=api_key)
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
     console = Console()
 
-    def line(key: str, value: str) -> None:
-        console.print(f"[bold]{key:<10}[/] {value}", highlight=False, soft_wrap=True)
+    def line(key: str, value: str, style: str = "") -> None:
+        console.print(Text.assemble((f"{key:<10}", "bold"), " ", (value, style)), highlight=False, soft_wrap=True)
 
     line("peer_id", data["peer_id"])
     line("network", data.get("network_id", "?"))
@@ -49,31 +38,31 @@ def status(
         line("address", a)
     for m in data.get("models", []):
         line("model", f"{m['name']} (running {m['running']}, queued {m['queued']}, "
-                      f"{'accepting' if m['accepting'] else 'busy'}, {m['price_per_1k']:g} credits/1k tokens)")
+                      f"{'accepting' if m['accepting'] else 'busy'}, {credits_text(m['price_per_1k'])} credits/1k tokens)")
     if "served" in data:
         s = data["served"]
         line("served", f"{s['requests']} requests: {s['local']} local, {s['offloaded']} offloaded; "
                        f"{s['served_for_peers']} for peers; {s['failovers']} failovers, {s['failures']} failures")
     if "ledger" in data:
         lg = data["ledger"]
-        line("ledger", f"free {lg['free']:.6f}, staked {lg['staked']:.6f}, unbonding {lg['unbonding']:.6f} credits; "
-                       f"{lg['blocks']} blocks")
+        line("ledger", f"free {credits_text(lg['free'])}, staked {credits_text(lg['staked'])}, "
+                       f"unbonding {credits_text(lg['unbonding'])} credits; {lg['blocks']} blocks")
     duels = data.get("duels")
     if duels and any(duels.values()):
         line("duels", _duels_line(duels))
     off = data.get("offloading")
     if off and not off["possible"]:
-        line("offload", f"[yellow]not possible: {off['reason']}[/]")
+        line("offload", f"not possible: {off['reason']}", "yellow")
     table = Table(title=f"{len(data['peers'])} peers (stake in credits)")
     for col in ("peer", "models", "running", "queued", "stake", "judge", "last seen (s)", "connected"):
         table.add_column(col)
     for p in data["peers"]:
         table.add_row(
             p["peer_id"][-12:],
-            ", ".join(p["models"]) or "-",
+            Text(", ".join(p["models"]) or "-"),
             str(p["load"]["running"]),
             str(p["load"]["queued"]),
-            f"{p['stake']:g}",
+            credits_text(p["stake"]),
             "yes" if p.get("judge") else "",
             f"{p['last_seen_s']:.1f}",
             "yes" if p.get("connected") else "no",
