@@ -31,6 +31,7 @@ PURE = [
     "p2pserve.wire.limits",
     "p2pserve.wire.sync",
     "p2pserve.config_addrs",
+    "p2pserve.jsonbody",
     "p2pserve.membership.redial",
     "p2pserve.membership.table",
     "p2pserve.membership.verified",

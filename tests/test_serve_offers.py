@@ -63,10 +63,17 @@ async def test_offer_checks(autojump_clock: trio.testing.MockClock) -> None:
             "no-continuation": offer(me, request_id=b"\x07" * 16, continuation="abc"),
             "bad-body": offer(me, request_id=b"\x08" * 16, body=b"[1, 2]"),
         }
+        # a peer's body too deep for json.loads, or not text (a lone surrogate): refused, never a crash
+        hostile = [b"[" * 100_000, b'{"messages": [{"role": "user", "content": "\\ud800"}]}',
+                   b'{"messages": [' * 70 + b"]" * 70 + b"}"]
+        for i, body in enumerate(hostile):
+            req = offer(me, request_id=bytes([0x10 + i]) * 16, body=body)
+            assert await send_offer(requester, me, req) == Reject(req.request_id, "bad-body"), body[:40]
+        assert isinstance(await send_offer(requester, me, offer(me, request_id=b"\x20" * 16)), Done)  # still serving
         for reason, req in cases.items():
             assert await send_offer(requester, me, req) == Reject(req.request_id, reason), reason
-        assert ex.serve.counters.offers_rejected == 1 + 1 + len(cases)
-        assert ex.serve.counters.served_for_peers == 1
+        assert ex.serve.counters.offers_rejected == 1 + 1 + len(cases) + 3
+        assert ex.serve.counters.served_for_peers == 2
         nursery.cancel_scope.cancel()
 
 

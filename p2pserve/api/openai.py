@@ -63,7 +63,8 @@ from p2pserve.backends.openai_format import (
     validate_body,
 )
 from p2pserve.clock import SYSTEM_CLOCK, Clock
-from p2pserve.errors import BadRequest, RequestTooLarge, ServingError, UnknownModel
+from p2pserve.errors import RequestTooLarge, ServingError, UnknownModel
+from p2pserve.jsonbody import MAX_JSON_DEPTH, json_too_deep, parse_json_body
 from p2pserve.serving.service import Completed, ServeService, Started
 from p2pserve.wire.limits import DEFAULT_LIMITS
 
@@ -87,9 +88,6 @@ EXECUTOR_HEADER = "X-P2PServe-Executor"
 MAX_BODY = DEFAULT_LIMITS.max_prompt
 """Largest request body accepted by default (bytes; a node's ``limits.max_prompt``); a larger
 one is refused with 413 before it is buffered."""
-MAX_JSON_DEPTH = 64
-"""Deepest nesting of arrays and objects accepted in a request body (OpenAI bodies nest a
-handful of levels; a deeper one is refused with 400 before anything walks it recursively)."""
 UNSUPPORTED_FIELDS = ("tools", "tool_choice", "functions", "function_call")
 """Request fields naming features no node serves (tool and function calling): refused with
 400 rather than dropped, so a client never mistakes a plain answer for a tool-less one."""
@@ -127,24 +125,6 @@ are logged and dropped)."""
 
 def _error_response(exc: ServingError) -> JSONResponse:
     return JSONResponse(error_body(exc), status_code=exc.status_code)
-
-
-def json_too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
-    """Whether ``value`` (parsed JSON) nests arrays/objects more than ``limit`` levels
-    (iterative: a deep value cannot exhaust the stack here)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
-    return False
 
 
 def unsupported_field(body: Any) -> str | None:
@@ -398,17 +378,7 @@ class _Endpoint:
         )
 
 
-def _parse_json(raw: bytes) -> Any:
-    """The parsed body; BadRequest if it is not JSON or nests deeper than MAX_JSON_DEPTH."""
-    try:
-        body = json.loads(raw)
-    except RecursionError as exc:  # the C decoder gives up past the interpreter's recursion limit
-        raise BadRequest(f"the request body nests more than {MAX_JSON_DEPTH} levels of arrays/objects") from exc
-    except ValueError as exc:
-        raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
-    if json_too_deep(body):
-        raise BadRequest(f"the request body nests more than {MAX_JSON_DEPTH} levels of arrays/objects")
-    return body
+_parse_json = parse_json_body
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:

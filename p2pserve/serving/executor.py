@@ -27,7 +27,6 @@ handler; nothing is fire-and-forget.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -38,7 +37,8 @@ import trio
 from p2pserve.backends.base import Finished
 from p2pserve.clock import Clock
 from p2pserve.crypto import Signer, sha256
-from p2pserve.errors import BackendError, ProtocolError, RemoteProtocolError, ServingError, TransportError
+from p2pserve.errors import BackendError, BadRequest, ProtocolError, RemoteProtocolError, ServingError, TransportError
+from p2pserve.jsonbody import parse_json_body
 from p2pserve.net.framed import FramedStream
 from p2pserve.policies import OfferContext, Policy
 from p2pserve.rng import derive
@@ -273,9 +273,9 @@ class InferExecutor:
         reason = self._check_offer(req)
         body: Any = None
         if reason is None:
-            try:
-                body = json.loads(req.body)
-            except ValueError:
+            try:  # a peer's bytes: too deep, not JSON or not text (a lone surrogate) is a refusal, not a crash
+                body = parse_json_body(req.body)
+            except BadRequest:
                 body = None
             if not isinstance(body, dict):
                 reason = "bad-body"
