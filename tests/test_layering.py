@@ -32,6 +32,7 @@ PURE = [
     "p2pserve.wire.sync",
     "p2pserve.config_addrs",
     "p2pserve.jsonbody",
+    "p2pserve.membership.ratelimit",
     "p2pserve.membership.redial",
     "p2pserve.membership.table",
     "p2pserve.membership.verified",

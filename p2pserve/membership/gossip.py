@@ -22,6 +22,25 @@ once per base interval), so joins spread fast even when the steady-state interva
 
 Status sequence numbers start at the wall-clock millisecond of service start, so they keep
 increasing across restarts of the same node.
+
+Robustness against floods and sybils (``docs/security.md``, network robustness):
+
+* **Rate limits in the validator**, before the signature check and before the message can
+  reach a subscription queue: each origin gets a token bucket refilled every third of
+  ``min(base interval, its declared interval)`` (at least ``min_status_gap`` seconds; burst
+  4), so an honest node (at most one status per base interval plus one poke) is never
+  limited while a flood from one origin is dropped, not verified, and not relayed. Where the
+  transport names the connection a message was relayed over (``msg.via``: libp2p does, the
+  memory transport does not), that connection gets a bucket too (``relay_rate`` statuses a
+  second, burst ``relay_burst``), which bounds a flood of many throwaway origins over one
+  connection. A status not newer than the one listed for its origin is dropped there too
+  (a replay). Offenders get one log line per peer and kind a minute at most.
+* **Reachability.** A peer learned from gossip is not offered work until it was reached:
+  a probe loop dials newly listed peers (at most ``probe_concurrency`` at once, each within
+  ``probe_timeout``, while fewer than ``reach_target`` peers are connected), marks them
+  reached, or backs off (see
+  :class:`~p2pserve.membership.table.PeerTable`); a peer that advertised addresses that do
+  not answer is logged as an offence. Connection-target dialing uses reached peers only.
 """
 
 from __future__ import annotations
@@ -37,8 +56,9 @@ import trio
 from p2pserve.clock import SYSTEM_CLOCK, Clock
 from p2pserve.crypto import Signer
 from p2pserve.errors import P2PServeError
-from p2pserve.membership.redial import Redialer
-from p2pserve.membership.table import PeerTable, UpdateResult
+from p2pserve.membership.ratelimit import OffenceLog, TokenBuckets
+from p2pserve.membership.redial import Redialer, peer_of
+from p2pserve.membership.table import PeerEntry, PeerTable, UpdateResult
 from p2pserve.membership.verified import SHARED, VerifiedStatuses
 from p2pserve.rng import derive, fresh_seed
 from p2pserve.transport import PubsubMessage, Transport
@@ -85,10 +105,17 @@ class GossipService:
         clock: Clock = SYSTEM_CLOCK,
         verified: VerifiedStatuses | None = None,
         genesis: bytes = b"",
+        probe_timeout: float = 2.0,
+        probe_concurrency: int = 8,
+        reach_target: int = 16,
+        min_status_gap: float = 0.1,
+        relay_rate: float = 50.0,
+        relay_burst: int = 512,
     ) -> None:
         """``verified`` remembers checked statuses (default: the process-wide memo);
         ``genesis`` is the network parameters' digest (:func:`p2pserve.ledger.blocks.genesis_digest`):
-        statuses carrying another are not accepted."""
+        statuses carrying another are not accepted. The rest bound floods and sybils (see
+        the module docstring)."""
         self.transport = transport
         self.signer = signer
         self.peers = peers
@@ -118,6 +145,18 @@ class GossipService:
         """Per unreachable bootstrap address: failed tries, when we last said so."""
         self._addrs: dict[str, tuple[str, ...]] = {}
         """The addresses each listed peer announced when it joined (remembered for redialing)."""
+        self.probe_timeout = probe_timeout
+        self.probe_concurrency = probe_concurrency
+        self.reach_target = reach_target
+        self.min_status_gap = min_status_gap
+        self._origins = TokenBuckets(period=max(interval / 3, min_status_gap), burst=4)
+        self._relays = TokenBuckets(period=1.0 / relay_rate, burst=relay_burst, max_keys=1024)
+        self.offences = OffenceLog()
+        self.flood_dropped = 0
+        """Statuses dropped by a rate limit."""
+        self.stale_dropped = 0
+        """Statuses dropped as not newer than the listed one (replays, late copies)."""
+        self.probes_failed = 0
 
     # -- pure-ish pieces -------------------------------------------------------------------
 
@@ -150,14 +189,56 @@ class GossipService:
         return status.signed(self.signer)
 
     def validate(self, msg: PubsubMessage) -> bool:
-        """Topic validator: our network and genesis, signed by the pubsub origin, signature valid."""
+        """Topic validator: within the rate limits, our network and genesis, signed by the
+        pubsub origin, signature valid, newer than the status listed for its origin."""
         if len(msg.data) > DEFAULT_LIMITS.max_pubsub_message:
             return False
         network_id, origin, genesis = self.network_id, msg.from_peer, self.genesis
+        if origin == self.signer.peer_id:
+            return self.verified.status_of(msg.data, lambda s: s.peer_id == origin and s.genesis == genesis) is not None
+        now = trio.current_time()
+        via: str | None = getattr(msg, "via", None)  # the relaying connection, where the transport says
+        if via == origin or via == self.signer.peer_id:
+            via = None
+        entry = self.peers.get(origin)
+        period = self._origin_period(entry)
+        if not self._origins.peek(origin, now, period):
+            self._flooded(origin, "sent statuses faster than its interval allows", now)
+            return False
+        if via is not None and not self._relays.peek(via, now):
+            self._flooded(via, "relayed statuses faster than the relay limit", now)
+            return False
         status = self.verified.status_of(
             msg.data, lambda s: s.network_id == network_id and s.peer_id == origin and s.genesis == genesis
         )
-        return status is not None
+        if status is None:
+            return False
+        if entry is not None and status.seq <= entry.status.seq:
+            self.stale_dropped += 1
+            return False
+        self._origins.take(origin, now, period)
+        if via is not None:
+            self._relays.take(via, now)
+        return True
+
+    def _origin_period(self, entry: PeerEntry | None) -> float:
+        """Refill period of an origin's bucket: a third of the shorter of our base interval
+        and the one it declared (honest nodes send one status per interval plus at most one
+        poke per base interval), never below ``min_status_gap``."""
+        interval = self.interval
+        if entry is not None:
+            interval = min(interval, entry.status.interval_ms / 1000)
+        return max(interval / 3, self.min_status_gap)
+
+    def _flooded(self, peer: str, what: str, now: float) -> None:
+        self.flood_dropped += 1
+        self._offence(peer, "flood", what, now)
+
+    def _offence(self, peer: str, kind: str, what: str, now: float) -> None:
+        """One log line per peer and kind a minute at most, with the count it covers."""
+        n = self.offences.record(peer, kind, now)
+        if n is not None:
+            log.warning("offence by peer %s: %s (%d time%s since the last line)", peer, what, n, "" if n == 1 else "s")
 
     def accepted(self, msg: PubsubMessage) -> Status | None:
         """The status a delivered ``msg`` carries: the object :meth:`validate` accepted
@@ -177,6 +258,7 @@ class GossipService:
                 await self._publish()
                 nursery.start_soon(self._publish_loop)
                 nursery.start_soon(self._maintain_loop)
+                nursery.start_soon(self._probe_loop)
                 task_status.started()
         finally:
             with trio.CancelScope(shield=True):
@@ -210,13 +292,21 @@ class GossipService:
             if status is None:
                 self.rejected += 1
                 continue
-            result = self.peers.update(status, trio.current_time(), verified=True)
+            via: str | None = getattr(msg, "via", None)
+            result = self.peers.update(
+                status, trio.current_time(), verified=True, gossiped=True, source=via if via != status.peer_id else None
+            )
+            if result.refused:
+                log.debug("peer %s not listed: %s", status.peer_id, result.value)
+                continue
             self.received += 1
             if self.on_status is not None:
                 self.on_status(status)
             if result is UpdateResult.NEW:
                 log.info("peer joined: %s", status.peer_id)
                 self._addrs[status.peer_id] = status.addrs
+                if status.peer_id in self.transport.connected_peers():
+                    self.peers.mark_reached(status.peer_id)  # a connection it holds with us: reached
                 self.poke()  # let the newcomer learn about us without waiting a full interval
                 if self.on_peer_change:
                     self.on_peer_change(status.peer_id, True)
@@ -267,12 +357,61 @@ class GossipService:
         want = self.target_connections - len(connected)
         if want <= 0:
             return
-        unconnected = [e for e in self.peers.entries() if e.peer_id not in connected and e.status.addrs]
+        # reached peers, and peers the probe loop leaves alone (they serve no model) that
+        # never failed a dial: an address that does not answer is not tried twice here
+        peers = self.peers
+        unconnected = [
+            e for e in peers.entries()
+            if e.peer_id not in connected and e.status.addrs
+            and (peers.routable(e.peer_id) or (not e.status.models and not peers.failures(e.peer_id)))
+        ]
         self.rng.shuffle(unconnected)
         for entry in unconnected[:want]:
             for addr in entry.status.addrs:
                 if await self._dial(addr):
+                    peers.mark_reached(entry.peer_id)
                     break
+            else:
+                peers.mark_unreachable(entry.peer_id, trio.current_time())
+
+    async def _probe_loop(self) -> None:
+        """Reach newly listed peers (see the module docstring): once per base interval,
+        probe whoever is due while fewer than ``reach_target`` peers are connected (a node
+        needs a sample of executors, not a connection to each: past the target only peers
+        that connect to us, or that we reach for the connection target, become routable).
+        One pass per interval, not one per new peer: peers join in bursts, and every extra
+        wake-up costs (in the simulator, a virtual-clock jump for each of hundreds of nodes)."""
+        while True:
+            now = trio.current_time()
+            connected = self.transport.connected_peers()
+            room = self.reach_target - len(connected)
+            due = self.peers.due_probes(now, 64 * self.probe_concurrency)
+            limiter = trio.CapacityLimiter(self.probe_concurrency)
+            async with trio.open_nursery() as nursery:
+                for entry in due:
+                    if entry.peer_id in connected:
+                        self.peers.mark_reached(entry.peer_id)
+                    elif room > 0:
+                        room -= 1
+                        nursery.start_soon(self._probe, entry, limiter)
+            await trio.sleep_until(now + self.interval)
+
+    async def _probe(self, entry: PeerEntry, limiter: trio.CapacityLimiter) -> None:
+        async with limiter:
+            pid = entry.peer_id
+            if pid in self.transport.connected_peers():
+                self.peers.mark_reached(pid)
+                return
+            for addr in entry.status.addrs[:4]:
+                if peer_of(addr) != pid:
+                    continue
+                if await self._dial(addr, self.probe_timeout):
+                    self.peers.mark_reached(pid)
+                    return
+            now = trio.current_time()
+            self.probes_failed += 1
+            wait = self.peers.mark_unreachable(pid, now)
+            self._offence(pid, "unreachable", f"advertised addresses that do not answer; next try in {wait:.0f} s", now)
 
     def _bootstrap_failed(self, addr: str, wait: float) -> None:
         """One warning per unreachable bootstrap address a minute at most, with the retry backoff."""
@@ -284,9 +423,9 @@ class GossipService:
             last = now
         self._bootstrap_misses[addr] = (tries, last)
 
-    async def _dial(self, addr: str) -> bool:
+    async def _dial(self, addr: str, timeout: float | None = None) -> bool:
         try:
-            with trio.fail_after(max(self.interval, 2.0)):
+            with trio.fail_after(timeout if timeout is not None else max(self.interval, 2.0)):
                 await self.transport.connect(addr)
             return True
         except (P2PServeError, trio.TooSlowError) as exc:

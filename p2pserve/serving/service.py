@@ -388,9 +388,15 @@ class ServeService:
             self.counters.failovers += 1
 
     def _candidates(self, model: str, body: dict[str, Any], exclude: set[str], now: float) -> list[PeerEntry]:
-        """Peers to consider: alive, accepting, not excluded for this request, not cooling
-        off after an offence, and (with a wallet) affordable at their worst-case price."""
-        entries = [e for e in self.peers.candidates(model, exclude=exclude) if not self.offenders.cooling(e.peer_id, now)]
+        """Peers to consider: alive, accepting, reached (a peer learned from gossip is not
+        offered work before the node reached it: see :meth:`PeerTable.routable`), not
+        excluded for this request, not cooling off after an offence, and (with a wallet)
+        affordable at their worst-case price."""
+        peers, offenders = self.peers, self.offenders
+        entries = [
+            e for e in peers.candidates(model, exclude=exclude)
+            if peers.routable(e.peer_id) and not offenders.cooling(e.peer_id, now)
+        ]
         if self.wallet is None:
             return entries
         out = []

@@ -1,13 +1,17 @@
 """Pubsub for the libp2p transport: local subscriptions, topic validators, drain tasks.
 
 Invariants: one libp2p subscription per topic (a :class:`_Topic`), drained by a dedicated
-task (libp2p's own queue holds 32 messages and drops beyond that) into one bounded queue
+task (libp2p's own queue, raised from 32 to 1024 messages by ``_setup``, drops beyond
+that) into one bounded queue
 per local :class:`Libp2pSubscription`. The topic validator libp2p runs before delivery
 *and* before forwarding is the conjunction of the size limit and the validators of all
 local subscriptions on that topic (py-libp2p allows one validator per topic); a validator
 that raises rejects the message. Our own ``publish`` runs it too; a message it rejects is
-dropped silently. Subscribing and unsubscribing (which owns the topic table) is
-:class:`~transports.libp2p._transport.Libp2pTransport`'s job.
+dropped silently. Validators get a :class:`RelayedMessage`: a
+:class:`~p2pserve.transport.PubsubMessage` that also names ``via``, the peer whose
+connection delivered it (libp2p's ``msg_forwarder``; ourselves for our own publish), so
+node code can rate-limit per connection. Subscribing and unsubscribing (which owns the
+topic table) is :class:`~transports.libp2p._transport.Libp2pTransport`'s job.
 """
 
 from __future__ import annotations
@@ -26,9 +30,17 @@ from transports.libp2p._setup import log
 if TYPE_CHECKING:
     from transports.libp2p._transport import Libp2pTransport
 
-__all__ = ["Libp2pSubscription"]
+__all__ = ["Libp2pSubscription", "RelayedMessage"]
 
 _SUBSCRIPTION_BUFFER = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RelayedMessage(PubsubMessage):
+    """A pubsub message as a validator sees it: ``via`` is the peer that relayed it to us
+    (the connection it arrived on), which may differ from the signed origin ``from_peer``."""
+
+    via: str = ""
 
 
 class Libp2pSubscription:
@@ -109,7 +121,7 @@ def _topic_validator(state: _Topic, limit: int) -> Any:
         try:
             if len(msg.data) > limit:
                 return False
-            message = PubsubMessage(state.name, ID(msg.from_id).to_base58(), bytes(msg.data))
+            message = RelayedMessage(state.name, ID(msg.from_id).to_base58(), bytes(msg.data), forwarder.to_base58())
             return all(
                 s.validator(message) for s in list(state.subscriptions) if s.validator is not None
             )

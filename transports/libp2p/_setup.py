@@ -9,7 +9,9 @@ What this module owns, and its invariants:
   happy-eyeballs dial delay is set to 0; ``PY_YAMUX_RELEASE_ON_READ=0``; libp2p modules
   that log through the root logger get a stand-in ``logging`` that cannot run
   ``basicConfig()``; ``multiaddr``'s per-parse DEBUG logging is raised to INFO unless
-  configured. These are process-wide module globals, applied once by
+  configured; a subscription's queue holds ``SUBSCRIPTION_QUEUE`` messages instead of 32
+  (under a burst, libp2p's validation tasks all run before our drain task, and a full queue
+  drops honest messages along with the burst). These are process-wide module globals, applied once by
   :func:`_configure_process` on first use (it is idempotent). The gossipsub settings and
   the disabled auto-connector are per host: see :mod:`transports.libp2p`.
 """
@@ -23,6 +25,7 @@ import sys
 from typing import Any
 
 import libp2p.network.swarm as _libp2p_swarm
+import libp2p.pubsub.pubsub as _libp2p_pubsub
 
 # Importing libp2p runs its logging setup, which wipes the "libp2p" logger's handlers:
 # our logging configuration below must come after this import.
@@ -60,6 +63,9 @@ class _ModuleLogging:
         return getattr(logging, attr)
 
 
+SUBSCRIPTION_QUEUE = 1024
+"""libp2p's per-topic subscription queue (its default, 32, overflowed at ~3,400 statuses/s)."""
+
 _ROOT_LOGGING_MODULES = ("libp2p.network.connection.swarm_connection", "libp2p.tools.utils")
 
 _configured = False
@@ -73,6 +79,8 @@ def _configure_process() -> None:
     _configured = True
     # connect() otherwise always waits 250 ms before the first dial, even with one address
     _libp2p_swarm._HAPPY_EYEBALLS_DELAY = 0.0
+    # read by Pubsub.subscribe at call time
+    _libp2p_pubsub.SUBSCRIPTION_CHANNEL_SIZE = max(_libp2p_pubsub.SUBSCRIPTION_CHANNEL_SIZE, SUBSCRIPTION_QUEUE)
     # yamux sends ~3 WINDOW_UPDATEs per DATA frame by default; read at call time
     os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
     # libp2p's import leaves its logger handler-less with propagate=False, so its
