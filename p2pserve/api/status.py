@@ -87,6 +87,8 @@ def _peers(node: NodeView, now: float) -> list[dict[str, Any]]:
                 "peer_id": s.peer_id,
                 "addrs": list(s.addrs),
                 "models": [m.name for m in s.models],
+                "prices": {m.name: m.price_per_1k / MICRO for m in s.models},
+                "reached": node.peers.routable(s.peer_id),
                 "load": {"running": s.running, "queued": s.queued, "token_usage": {m.name: m.token_usage for m in s.models}},
                 "accepting": s.accepting,
                 "judge": s.judge,
