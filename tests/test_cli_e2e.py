@@ -35,6 +35,7 @@ def test_join_ask_stake_audit(tmp_path: Path) -> None:
         banner = read_banner(proc)
         api = banner["api"][0]
         peer_id = banner["peer_id"][0]
+        assert banner["key"][0].startswith(f"{data / 'identity.key'} (this node's identity and its credit account")
 
         r = cli("ask", "What is the capital of France?", "--api", api, "--max-tokens", "24", "--json")
         assert r.returncode == 0, r.stderr

@@ -121,3 +121,7 @@ def setup_logging(level: str) -> None:
     if level.lower() not in LOG_LEVELS:
         raise usage_error(f"--log-level {level!r} is not a log level (use one of {', '.join(LOG_LEVELS)})")
     logging.basicConfig(level=getattr(logging, level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level.lower() != "debug":
+        # py-libp2p logs every failed dial and stream reset at ERROR (2-3 lines a second for an
+        # unreachable bootstrap); p2pserve says what matters once, with its backoff
+        logging.getLogger("libp2p").setLevel(logging.CRITICAL)

@@ -23,7 +23,7 @@ from p2pserve.cli.preflight import check_addresses, check_bootstrap_not_self, ch
 from p2pserve.config import NodeConfig, load_config, override
 from p2pserve.crypto import Signer
 from p2pserve.errors import ConfigError, P2PServeError
-from p2pserve.identity import load_or_create_identity
+from p2pserve.identity import KEY_FILE_NAME, load_or_create_identity
 
 __all__ = ["apply_overrides", "join"]
 
@@ -122,6 +122,8 @@ async def _run(config: NodeConfig, signer: Signer) -> None:
         async with trio.open_nursery() as nursery:
             node, url = await nursery.start(run_libp2p_node, config, signer)
             print(f"peer_id: {node.peer_id}")
+            key = resolve_data_dir(Path(config.data_dir) if config.data_dir else None) / KEY_FILE_NAME
+            print(f"key: {key} (this node's identity and its credit account: back it up, keep it private)")
             for addr in node.transport.listen_addrs():
                 print(f"listening: {addr}")
             print(f"api: {url}")
