@@ -17,36 +17,21 @@ import pytest
 import trio
 import trio.testing
 
-from p2pserve.backends.registry import BackendSpec, build_backend
-from p2pserve.config import parse_config
 from p2pserve.crypto import Signer, sha256
 from p2pserve.membership.gossip import status_topic
 from p2pserve.membership.table import PeerTable, UpdateResult
-from p2pserve.sim.cluster import open_cluster
 from p2pserve.transport import PubsubMessage
 from p2pserve.wire.gossip import ModelStatus, Status
+from tests.attack_kit import MODEL, ask, gateway_and_executors
 from tests.conftest import signer_for
 from transports.memory import MemoryNetwork
 
-MODEL = "fake-model"
-EXECUTOR = parse_config({"server_params": {"accept_frequency": 1.0},
-                         "models": [{"model_path": MODEL, "backend": "fake", "dispatch_params": {"max_concurrency": 8}}]})
-GATEWAY = parse_config({"models": []})
 SYBILS = 300
 
 
 def sybil_status(s: Signer, seq: int, addr: str, genesis: bytes) -> Status:
     model = ModelStatus(MODEL, 4096, 0, 0, 0, 0.0, True)
     return Status("devnet", s.peer_id, seq, 0, (addr,), (model,), True, 0, 0, 0, b"", 2000, False, genesis, b"").signed(s)
-
-
-async def ask(node: object) -> str:
-    text = ""
-    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
-    async with node.serve.submit("chat", MODEL, body) as events:  # type: ignore[attr-defined]
-        async for ev in events:
-            text += getattr(ev, "text", "")
-    return text
 
 
 async def hold_tarpits(net: MemoryNetwork, sybils: list[Signer], task_status: trio.TaskStatus[list[str]]) -> None:
@@ -63,9 +48,7 @@ async def test_sybil_statuses_do_not_bury_honest_executors(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="p2pserve.membership.gossip")
     net = MemoryNetwork(seed=11, default_latency=0.005)
-    configs = [GATEWAY, EXECUTOR, EXECUTOR, EXECUTOR]
-    async with open_cluster(configs, network=net, seed=11,
-                            backends=lambda i: {MODEL: build_backend(BackendSpec(MODEL, kind="fake"))} if i else {}) as cluster:
+    async with gateway_and_executors(net, 11) as cluster:
         victim = cluster[0]
         with trio.fail_after(60):
             while len(victim.serve._candidates(MODEL, {}, set(), trio.current_time())) < 3 or victim.ledger.free() == 0:
