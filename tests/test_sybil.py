@@ -88,7 +88,7 @@ async def test_sybil_statuses_do_not_bury_honest_executors(
                     candidates = {e.peer_id for e in victim.serve._candidates(MODEL, {}, set(), trio.current_time())}
                     assert candidates == {n.peer_id for n in cluster.nodes[1:]}
                     assert victim.peers.unreached() >= SYBILS
-                    assert victim.gossip.probes_failed >= 50  # a pass per interval, up to reach_target - connected probes each
+                    assert victim.gossip.probes_failed >= 30  # a pass every <= 4 intervals, up to reach_target - connected probes each
                     assert victim.gossip.probes_failed <= 2 * SYBILS  # backoff: nobody probed every interval
                     nursery.cancel_scope.cancel()
             outer.cancel_scope.cancel()

@@ -375,8 +375,8 @@ class GossipService:
                 peers.mark_unreachable(entry.peer_id, trio.current_time())
 
     async def _probe_loop(self) -> None:
-        """Reach newly listed peers (see the module docstring): once per base interval,
-        probe whoever is due while fewer than ``reach_target`` peers are connected (a node
+        """Reach newly listed peers (see the module docstring): once per status interval
+        (at most 4 base intervals), probe whoever is due while fewer than ``reach_target`` peers are connected (a node
         needs a sample of executors, not a connection to each: past the target only peers
         that connect to us, or that we reach for the connection target, become routable).
         One pass per interval, not one per new peer: peers join in bursts, and every extra
@@ -384,17 +384,17 @@ class GossipService:
         while True:
             now = trio.current_time()
             connected = self.transport.connected_peers()
+            for pid in connected:  # a connection it holds with us: reached (a no-op for most)
+                self.peers.mark_reached(pid)
             room = self.reach_target - len(connected)
-            due = self.peers.due_probes(now, 64 * self.probe_concurrency)
-            limiter = trio.CapacityLimiter(self.probe_concurrency)
-            async with trio.open_nursery() as nursery:
-                for entry in due:
-                    if entry.peer_id in connected:
-                        self.peers.mark_reached(entry.peer_id)
-                    elif room > 0:
-                        room -= 1
+            if room > 0:
+                limiter = trio.CapacityLimiter(self.probe_concurrency)
+                async with trio.open_nursery() as nursery:
+                    for entry in self.peers.due_probes(now, room):
                         nursery.start_soon(self._probe, entry, limiter)
-            await trio.sleep_until(now + self.interval)
+            # the status interval, stretched in big networks (a newcomer's status comes no
+            # faster) but at most 4 base intervals (sybils must not slow probing down)
+            await trio.sleep_until(now + min(self.current_interval(), 4 * self.interval))
 
     async def _probe(self, entry: PeerEntry, limiter: trio.CapacityLimiter) -> None:
         async with limiter:
