@@ -77,6 +77,10 @@ class ServerParams:
     """HOST:PORT of the HTTP API (OpenAI-compatible /v1, status, metrics)."""
     api_key: str | None = None
     """If set, API clients must send ``Authorization: Bearer <api_key>``."""
+    admin_key: str | None = None
+    """If set, stake and unstake (the API's ledger writes) need ``Authorization: Bearer
+    <admin_key>`` and the inference key no longer moves stake: give users of a shared gateway
+    the ``api_key`` only. Unset: the ``api_key`` (if any) covers them too."""
     allowed_hosts: tuple[str, ...] = ()
     """Extra names the API answers to in the ``Host`` header: ``name`` (any port), ``name:port``,
     ``[v6]:port``; ``"*"`` allows any Host. Always allowed: the bound address of ``api`` and

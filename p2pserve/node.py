@@ -194,7 +194,7 @@ class Node:
         api_key = self.config.server_params.api_key
         return [
             *openai_routes(self.serve, api_key=api_key, clock=self.clock, observer=self.telemetry.observe),
-            *ledger_routes(self.ledger, api_key=api_key),
+            *ledger_routes(self.ledger, api_key=api_key, admin_key=self.config.server_params.admin_key),
             *health_routes(self.readiness, api_key=api_key),
         ]
 
@@ -269,4 +269,7 @@ async def run_libp2p_node(
                     host=host, port=int(port), allowed_hosts=sp.allowed_hosts, allowed_origins=sp.allowed_origins,
                 )
                 url = await nursery.start(serve_app, app, host, int(port))
+                if sp.api_key and not sp.admin_key:
+                    log.warning("server_params.api_key is set without admin_key: whoever has the API key can also "
+                                "stake and unstake this node's credit (set server_params.admin_key)")
                 task_status.started((node, url))

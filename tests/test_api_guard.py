@@ -263,3 +263,29 @@ async def test_real_server_on_loopback_refuses_the_attack(monkeypatch: pytest.Mo
                 r = await client.post("/p2pserve/ledger/unstake", json={"amount": 5})
                 assert r.status_code == 200 and ledger.calls == [("unstake", 5 * MICRO)]
             nursery.cancel_scope.cancel()
+
+
+async def test_the_admin_key_alone_moves_stake(autojump_clock: trio.testing.MockClock) -> None:
+    """Issue 12: one API key covered inference and stake/unstake, so any user of a shared
+    gateway could move its stake. With ``server_params.admin_key`` the inference key reads and
+    asks, and only the admin key writes to the ledger."""
+    cfg = parse_config({"server_params": {"api_key": "user", "admin_key": "owner"}, "ledger_params": {"initial_staked": 10},
+                        "models": [{"model_path": MODEL, "backend": "fake"}]})
+    async with open_cluster([cfg], network=MemoryNetwork(seed=4), seed=4,
+                            backends=lambda i: {MODEL: build_backend(BackendSpec(MODEL, kind="fake"))}) as c:
+        node = c[0]
+        with trio.fail_after(30):
+            while node.ledger.staked() == 0:
+                await trio.sleep(0.1)
+        app = build_app(status=node.status, metrics=node.metrics, extra_routes=node.api_routes(), api_key="user",
+                        host="127.0.0.1", port=5778)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:5778") as client:
+            user, owner = {"Authorization": "Bearer user"}, {"Authorization": "Bearer owner"}
+            r = await client.post("/p2pserve/ledger/unstake", json={"amount": 1}, headers=user)
+            assert r.status_code == 401 and node.ledger.staked() == 10 * MICRO
+            assert (await client.get("/p2pserve/ledger", headers=user)).status_code == 200  # reads: the api key
+            assert (await client.post("/v1/chat/completions", json=CHAT, headers=user)).status_code == 200
+            assert (await client.post("/v1/chat/completions", json=CHAT, headers=owner)).status_code == 401
+            r = await client.post("/p2pserve/ledger/unstake", json={"amount": 1}, headers=owner)
+            assert r.status_code == 200, r.text
+            assert node.ledger.staked() == 9 * MICRO

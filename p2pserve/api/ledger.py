@@ -36,7 +36,11 @@ def _error(message: str, status: int, code: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}, status_code=status)
 
 
-def ledger_routes(ledger: LedgerService, *, api_key: str | None = None) -> list[Route]:
+def ledger_routes(ledger: LedgerService, *, api_key: str | None = None, admin_key: str | None = None) -> list[Route]:
+    """The ledger's routes: reads need ``api_key`` (if set); stake and unstake need
+    ``admin_key`` when it is set, else ``api_key``."""
+    write_key = admin_key or api_key
+
     async def summary(request: Request) -> Response:
         return check_bearer(request, api_key) or JSONResponse(ledger_summary(ledger))
 
@@ -53,7 +57,7 @@ def ledger_routes(ledger: LedgerService, *, api_key: str | None = None) -> list[
 
     def stake_route(unstake: bool) -> Any:
         async def endpoint(request: Request) -> Response:
-            denied = check_bearer(request, api_key)
+            denied = check_bearer(request, write_key)
             if denied:
                 return denied
             raw = b""

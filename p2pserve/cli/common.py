@@ -68,6 +68,12 @@ def api_key_option() -> Any:
                         help="Bearer key if the node requires one (its server_params.api_key).")
 
 
+def admin_key_option() -> Any:
+    """``--admin-key KEY`` (env ``P2PSERVE_ADMIN_KEY``): the node's ``server_params.admin_key``."""
+    return typer.Option(None, "--admin-key", envvar="P2PSERVE_ADMIN_KEY", metavar="KEY",
+                        help="The node's admin key (server_params.admin_key), if it has one; used instead of --api-key.")
+
+
 def set_verbose(on: bool) -> None:
     """``-v``: failures print their traceback before the one-line error."""
     _verbose[0] = on

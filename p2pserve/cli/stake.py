@@ -13,7 +13,7 @@ from typing import Any
 import typer
 
 from p2pserve.cli.client import api_url, check_response, error_text, get_json, post_json
-from p2pserve.cli.common import api_key_option, api_option, credits_text, fail
+from p2pserve.cli.common import admin_key_option, api_key_option, api_option, credits_text, fail
 from p2pserve.units import micro
 
 __all__ = ["stake", "unstake"]
@@ -40,17 +40,18 @@ def _refusal(url: str, api_key: str | None, unstake: bool, amount: float, code: 
     return f"cannot stake {credits_text(amount)} credits: insufficient free credit ({free} credits are free)"
 
 
-def _post(api: str, amount: float, api_key: str | None, *, unstake: bool) -> None:
+def _post(api: str, amount: float, api_key: str | None, admin_key: str | None, *, unstake: bool) -> None:
+    """POST a stake or unstake with the admin key (else the API key); reads use the API key."""
     url = api_url(api)
     path = "/p2pserve/ledger/unstake" if unstake else "/p2pserve/ledger/stake"
-    r = post_json(url, path, {"amount": amount}, api_key=api_key)
+    r = post_json(url, path, {"amount": amount}, api_key=admin_key or api_key)
     if r.status_code == 400:
         try:
             code = str(r.json()["error"]["code"])
         except (ValueError, KeyError, TypeError):
             code = ""
         raise fail(_refusal(url, api_key, unstake, amount, code, error_text(r)))
-    check_response(r, url, api_key)
+    check_response(r, url, admin_key or api_key)
     s = r.json()
     typer.echo(f"{'unstaked' if unstake else 'staked'} {credits_text(amount)} credits: block {s['block']}")
     typer.echo(f"free: {s['free']:.6f}  staked: {s['staked']:.6f}  unbonding: {s['unbonding']:.6f}  (in credits)")
@@ -60,15 +61,17 @@ def stake(
     amount: float = typer.Argument(..., callback=_amount, help="Credits to stake (e.g. 5 or 0.5)."),
     api: str = api_option(),
     api_key: str | None = api_key_option(),
+    admin_key: str | None = admin_key_option(),
 ) -> None:
     """Stake free credit: a higher stake makes the node likelier to be chosen for offloaded work."""
-    _post(api, amount, api_key, unstake=False)
+    _post(api, amount, api_key, admin_key, unstake=False)
 
 
 def unstake(
     amount: float = typer.Argument(..., callback=_amount, help="Credits to unstake (e.g. 5 or 0.5)."),
     api: str = api_option(),
     api_key: str | None = api_key_option(),
+    admin_key: str | None = admin_key_option(),
 ) -> None:
     """Unstake credit; it becomes free after the network's unbonding delay."""
-    _post(api, amount, api_key, unstake=True)
+    _post(api, amount, api_key, admin_key, unstake=True)
