@@ -289,3 +289,5 @@ async def test_the_admin_key_alone_moves_stake(autojump_clock: trio.testing.Mock
             r = await client.post("/p2pserve/ledger/unstake", json={"amount": 1}, headers=owner)
             assert r.status_code == 200, r.text
             assert node.ledger.staked() == 9 * MICRO
+            r = await client.post("/p2pserve/ledger/unstake", json={"amount": 100}, headers=owner)
+            assert error(r, 400, "insufficient-stake") == "cannot unstake 100 credits: 9 credits are staked"  # credits, not micro

@@ -25,7 +25,7 @@ from p2pserve.errors import InvalidBlock, P2PServeError
 from p2pserve.ledger.audit import encode_stream
 from p2pserve.ledger.compare import Heads
 from p2pserve.ledger.service import LedgerService
-from p2pserve.units import MICRO
+from p2pserve.units import MICRO, format_credits
 
 __all__ = ["ledger_routes", "ledger_summary"]
 
@@ -76,7 +76,7 @@ def ledger_routes(ledger: LedgerService, *, api_key: str | None = None, admin_ke
             try:
                 h = await (ledger.unstake(micro) if unstake else ledger.stake(micro))
             except InvalidBlock as exc:
-                return _error(f"refused by the ledger rules: {exc}", 400, exc.reason)
+                return _error(_refusal(ledger, unstake, micro, exc), 400, exc.reason)
             except P2PServeError as exc:
                 return _error(str(exc), 503, "ledger_unavailable")
             return JSONResponse({"block": h.hex(), **ledger_summary(ledger)})
@@ -90,6 +90,19 @@ def ledger_routes(ledger: LedgerService, *, api_key: str | None = None, admin_ke
         Route("/p2pserve/ledger/stake", stake_route(False), methods=["POST"]),
         Route("/p2pserve/ledger/unstake", stake_route(True), methods=["POST"]),
     ]
+
+
+def _refusal(ledger: LedgerService, unstake: bool, micro: int, exc: InvalidBlock) -> str:
+    """The rules' refusal of a stake or unstake, in credits (the rules count micro-credits)."""
+    verb, amount = ("unstake" if unstake else "stake"), format_credits(micro)
+    free, staked = format_credits(ledger.free()), format_credits(ledger.staked())
+    if exc.reason == "insufficient-stake":
+        return f"cannot unstake {amount} credits: {staked} credits are staked"
+    if exc.reason == "insufficient-funds":
+        return f"cannot stake {amount} credits: {free} credits are free"
+    if exc.reason == "unbonding":
+        return f"cannot stake {amount} credits yet: {free} credits are free, the rest is still unbonding"
+    return f"the ledger rules refuse to {verb} {amount} credits: {exc}"
 
 
 def ledger_summary(ledger: LedgerService) -> dict[str, Any]:
