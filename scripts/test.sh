@@ -9,7 +9,7 @@ if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null 
   as_root=""
   [ "$(id -u)" -eq 0 ] || as_root="sudo -n"
   echo "==> installing chromium for the status page test" >&2
-  ( $as_root apt-get update -qq && DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq chromium ) >/dev/null 2>&1 \
+  ( timeout 300 $as_root apt-get update -qq && DEBIAN_FRONTEND=noninteractive timeout 600 $as_root apt-get install -y -qq chromium ) >/dev/null 2>&1 \
     || echo "==> chromium not installed; the status page browser test will skip" >&2
 fi
 exec .venv/bin/python -m pytest "$@"
