@@ -32,6 +32,7 @@ from p2pserve.node import Node
 from p2pserve.serving.service import Completed
 from p2pserve.sim.cluster import Cluster, open_cluster
 from p2pserve.testing.ledger import make_receipt
+from p2pserve.testing.stream_helpers import until as wait_until_true
 from p2pserve.wire.duel import DuelOrder, JudgeCandidate
 from p2pserve.wire.infer import INFER_PROTOCOL, InferRequest, Receipt, Reject, RequestHeader
 from p2pserve.wire.sync import blocks_topic
@@ -53,9 +54,7 @@ def fake() -> dict[str, Backend]:
 
 
 async def until(pred: Callable[[], bool], timeout: float = 120.0) -> None:
-    with trio.fail_after(timeout):
-        while not pred():
-            await trio.sleep(0.1)
+    await wait_until_true(pred, timeout)
 
 
 async def ask(node: Node, **extra: Any) -> Completed:

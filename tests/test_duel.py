@@ -20,6 +20,7 @@ from p2pserve.ledger.state import fingerprint
 from p2pserve.node import Node
 from p2pserve.serving.events import Completed
 from p2pserve.sim.cluster import Cluster, open_cluster
+from p2pserve.testing.stream_helpers import until as wait_until_true
 from p2pserve.units import MICRO
 from p2pserve.wire.infer import InferRequest
 from transports.memory import MemoryNetwork
@@ -50,9 +51,7 @@ def backends(i: int) -> dict[str, Backend]:
 
 
 async def until(pred: Callable[[], bool], timeout: float = 120.0) -> None:
-    with trio.fail_after(timeout):
-        while not pred():
-            await trio.sleep(0.1)
+    await wait_until_true(pred, timeout)
 
 
 async def ready(c: Cluster) -> None:

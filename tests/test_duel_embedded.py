@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from p2pserve.testing.processes import read_banner, spawn_join, stop_processes
+from p2pserve.testing.processes import read_banner, spawn_join, stop_processes, wait_for
 
 pytestmark = [pytest.mark.libp2p, pytest.mark.processes, pytest.mark.embedded]
 
@@ -37,12 +36,7 @@ def get(api: str, path: str) -> Any:
 
 
 def wait(pred: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+    wait_for(pred, timeout, what, poll=0.5)
 
 
 def test_honest_nodes_rate_above_a_noisy_one(tmp_path: Path) -> None:

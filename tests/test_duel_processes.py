@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from p2pserve.testing.processes import read_banner, spawn_join, stop_processes
+from p2pserve.testing.processes import read_banner, spawn_join, stop_processes, wait_for
 
 pytestmark = [pytest.mark.libp2p, pytest.mark.processes]
 
@@ -39,12 +38,7 @@ def get(api: str, path: str) -> Any:
 
 
 def wait(pred: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
+    wait_for(pred, timeout, what, poll=0.25)
 
 
 def test_ten_duels_between_real_processes(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ name with a quote and a backslash that survives the scrape, one registry per nod
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -22,6 +22,7 @@ from p2pserve.backends.registry import BackendSpec, build_backend
 from p2pserve.config import parse_config
 from p2pserve.node import Node
 from p2pserve.sim.cluster import Cluster, open_cluster
+from p2pserve.testing.stream_helpers import until
 from transports.memory import MemoryNetwork
 
 WEIRD = 'we"ird\\model'  # a quote and a backslash: both must be escaped in label values
@@ -35,12 +36,6 @@ def cfg(model: str) -> Any:
 
 def backend(model: str) -> dict[str, Any]:
     return {model: build_backend(BackendSpec(model, kind="fake"))}
-
-
-async def until(pred: Callable[[], bool], timeout: float = 60.0) -> None:
-    with trio.fail_after(timeout):
-        while not pred():
-            await trio.sleep(0.1)
 
 
 @asynccontextmanager

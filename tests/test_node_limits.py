@@ -4,7 +4,7 @@ Virtual time, memory transport, real nodes (:mod:`p2pserve.sim.cluster`)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,6 +19,7 @@ from p2pserve.serving import executor
 from p2pserve.serving.events import Completed
 from p2pserve.serving.events import TextDelta as Delta
 from p2pserve.sim.cluster import open_cluster
+from p2pserve.testing.stream_helpers import until
 from p2pserve.wire.infer import Chunk
 from transports.memory import MemoryNetwork
 
@@ -49,12 +50,6 @@ class Words(Backend):
 
     async def load(self) -> Load:
         return Load(source="inflight")
-
-
-async def until(pred: Callable[[], bool], timeout: float = 60.0) -> None:
-    with trio.fail_after(timeout):
-        while not pred():
-            await trio.sleep(0.1)
 
 
 async def ask(node: Node, content: str = "hi", **extra: Any) -> tuple[str, Completed | None, Exception | None]:

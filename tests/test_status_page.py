@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,7 +27,8 @@ from p2pserve.backends.registry import BackendSpec, build_backend
 from p2pserve.config import parse_config
 from p2pserve.node import Node
 from p2pserve.sim.cluster import Cluster, open_cluster
-from p2pserve.testing.processes import read_banner, spawn_join, stop_processes
+from p2pserve.testing.processes import read_banner, spawn_join, stop_processes, wait_for
+from p2pserve.testing.stream_helpers import until
 from transports.memory import MemoryNetwork
 
 MODEL = "fake-model"
@@ -39,12 +39,6 @@ CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_to
 def cfg(**server: Any) -> Any:
     return parse_config({"server_params": {"accept_frequency": 1.0, **server}, "ledger_params": {"initial_staked": 10},
                          "models": [{"model_path": MODEL, "backend": "fake"}]})
-
-
-async def until(pred: Callable[[], bool], timeout: float = 60.0) -> None:
-    with trio.fail_after(timeout):
-        while not pred():
-            await trio.sleep(0.1)
 
 
 @asynccontextmanager
@@ -132,15 +126,7 @@ def _browser() -> str | None:
 
 
 def _wait(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if pred():
-                return
-        except httpx.HTTPError:
-            pass  # not listening yet
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    wait_for(pred, timeout, what, poll=0.2, ignore=(httpx.HTTPError,))  # HTTPError: not listening yet
 
 
 def _headless(browser: str, profile: Path, *args: str, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:

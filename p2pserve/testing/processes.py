@@ -20,8 +20,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
-__all__ = ["read_banner", "spawn_join", "stop_processes"]
+__all__ = ["read_banner", "spawn_join", "stop_processes", "wait_for"]
 
 
 def spawn_join(args: list[str], *, stderr: int | None = None) -> subprocess.Popen[str]:
@@ -67,3 +68,19 @@ def read_banner(proc: subprocess.Popen[str], timeout: float = 60.0) -> dict[str,
         if key == "api":
             return out
     raise RuntimeError("node did not start in time")
+
+
+def wait_for(pred: Callable[[], bool], timeout: float, what: str, *, poll: float = 0.25,
+             ignore: tuple[type[BaseException], ...] = ()) -> None:
+    """Poll ``pred`` (real time: for tests that drive real processes) until it holds; an
+    exception in ``ignore`` (e.g. the node not listening yet) counts as "not yet".
+    AssertionError naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if pred():
+                return
+        except ignore:
+            pass
+        time.sleep(poll)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -1,4 +1,5 @@
-"""Small helpers the shipped transport suites share (connecting, echoing, reading)."""
+"""Small helpers the shipped suites and the tests share (connecting, echoing, reading, polling
+in virtual time)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import trio
 
 from p2pserve.transport import PubsubMessage, Stream, Subscription, Transport
 
-__all__ = ["PROTO", "collect", "connect", "echo_handler", "read_all", "wait_until"]
+__all__ = ["PROTO", "collect", "connect", "echo_handler", "read_all", "until", "wait_until"]
 
 PROTO = "/p2pserve/test/echo/1"
 
@@ -22,6 +23,13 @@ async def wait_until(pred: Callable[[], bool], poll: float = 0.02) -> None:
     """Poll ``pred`` (callers bound this with fail_after)."""
     while not pred():
         await trio.sleep(poll)
+
+
+async def until(pred: Callable[[], bool], timeout: float = 60.0, poll: float = 0.1) -> None:
+    """Poll ``pred`` every ``poll`` seconds until it holds; TooSlowError after ``timeout``
+    (virtual seconds under a MockClock)."""
+    with trio.fail_after(timeout):
+        await wait_until(pred, poll)
 
 
 async def collect(sub: Subscription, into: list[PubsubMessage]) -> None:
