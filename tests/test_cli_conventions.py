@@ -14,10 +14,8 @@ import json
 import re
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from typer.core import TyperGroup
 from typer.testing import CliRunner
 
 from p2pserve.cli import app
+from p2pserve.testing.http_stub import LoopbackServer, QuietHandler
 from p2pserve.testing.processes import read_banner, spawn_join, stop_processes
 
 # every command that talks to a node's API, with its arguments
@@ -145,12 +144,12 @@ def test_no_node_answers_reads_the_same_everywhere(args: list[str], closed_url: 
                                  "or ./scripts/demo.sh, or pass --api URL)")
 
 
-class _Stub:
+class _Stub(LoopbackServer):
     """A node API on 127.0.0.1 that requires ``Bearer k`` and answers ``routes`` (path ->
     (status, JSON)); anything else is 404."""
 
     def __init__(self, routes: dict[str, tuple[int, Any]]) -> None:
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def answer(self) -> None:
                 if self.headers.get("Authorization") != "Bearer k":
                     status, body = 401, {"error": {"message": "missing or invalid API key", "code": "invalid_api_key"}}
@@ -170,18 +169,7 @@ class _Stub:
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 self.answer()
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
+        super().__init__(Handler)
 
 
 STATUS = {

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import random
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 
 import httpx
@@ -27,6 +25,7 @@ from p2pserve.ledger.blocks import Block, StakeBody, UnstakeBody
 from p2pserve.ledger.compare import Heads, compare_heads
 from p2pserve.ledger.service import LedgerService
 from p2pserve.ledger.store import LedgerStore
+from p2pserve.testing.http_stub import LoopbackServer, QuietHandler
 from p2pserve.testing.ledger import CREDIT, TEST_PARAMS, World
 
 
@@ -134,12 +133,12 @@ async def test_heads_route_serves_the_store_state(histories: Histories) -> None:
     assert Heads.from_json(data, "n") == Heads.of_state(state, "n")
 
 
-class _Nodes:
+class _Nodes(LoopbackServer):
     """Fake nodes' APIs on one loopback HTTP server: ``{url}/<name>`` serves that history's
     heads; any other path is a 404 (an unreadable node)."""
 
     def __init__(self, bodies: dict[str, bytes]) -> None:
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 name, _, rest = self.path.lstrip("/").partition("/")
                 body = bodies.get(name) if "/" + rest == compare.HEADS_PATH else None
@@ -149,18 +148,7 @@ class _Nodes:
                 self.end_headers()
                 self.wfile.write(body or b"")
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
+        super().__init__(Handler)
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,14 @@ def _plt() -> Any:
     return plt
 
 
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    """Lay out, write ``path`` (PNG) and free the figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_all(result: Mapping[str, Any], series: Mapping[str, Mapping[str, Any]], out: Path) -> list[Path]:
     """Write the plots of ``result`` (result.json's content) and ``series`` (per strategy,
     the sampled node series) into ``out``; the files written."""
@@ -51,10 +59,7 @@ def _slo(result: Mapping[str, Any], path: Path) -> Path:
     ax.set_title(f"{result['scenario']}: global SLO attainment")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _rolling_median(points: Sequence[tuple[float, float]], window: int = 25) -> tuple[list[float], list[float]]:
@@ -80,10 +85,7 @@ def _latency(result: Mapping[str, Any], path: Path) -> Path:
     ax.set_title(f"{result['scenario']}: latency over time (dashed: node leaves red, joins green)")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _running(run: Mapping[str, Any], path: Path) -> Path:
@@ -98,10 +100,7 @@ def _running(run: Mapping[str, Any], path: Path) -> Path:
     if len(run["nodes"]) <= 12:
         ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _credit(run: Mapping[str, Any], path: Path) -> Path:
@@ -125,7 +124,4 @@ def _credit(run: Mapping[str, Any], path: Path) -> Path:
     ax.set_title("credit per node class")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
