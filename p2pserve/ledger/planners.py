@@ -15,6 +15,7 @@ from p2pserve.errors import BadSignature, MalformedMessage
 from p2pserve.ledger.blocks import ClaimBody, OpenBody, PayBody, StakeBody, UnstakeBody, VerdictBody
 from p2pserve.ledger.prepared import Plan, Prepared, fail
 from p2pserve.ledger.state import LedgerState, Unbonding, VerdictRecord, _Acct, _Core
+from p2pserve.units import format_credits
 from p2pserve.wire.infer import Receipt
 
 __all__ = ["PLANNERS", "Ctx", "plan_open", "release"]
@@ -46,8 +47,8 @@ class Ctx:
             raise fail("bad-amount", f"{amount}")
         if self.free < amount:
             if self.free + sum(u.amount for u in self.unbonding) >= amount:
-                raise fail("unbonding", f"needs {amount}, {self.free} free, the rest unbonding")
-            raise fail("insufficient-funds", f"needs {amount}, has {self.free}")
+                raise fail("unbonding", f"needs {format_credits(amount)} credits, {format_credits(self.free)} free, the rest unbonding")
+            raise fail("insufficient-funds", f"needs {format_credits(amount)} credits, has {format_credits(self.free)} free")
         return self.free - amount
 
     def head(self, free: int, staked: int, unbonding: tuple[Unbonding, ...]) -> _Acct:
@@ -75,7 +76,7 @@ def _plan_unstake(x: Ctx, body: UnstakeBody) -> Plan:
     if body.amount <= 0:
         raise fail("bad-amount", f"{body.amount}")
     if x.acct.staked < body.amount:
-        raise fail("insufficient-stake", f"unstakes {body.amount}, has {x.acct.staked} staked")
+        raise fail("insufficient-stake", f"unstakes {format_credits(body.amount)} credits, has {format_credits(x.acct.staked)} staked")
     params = x.state.params
     entry = Unbonding(x.p.block.timestamp_ms + params.unbonding_delay_ms + params.max_clock_skew_ms, body.amount, x.p.hash)
     return x.plan(x.head(x.free, x.acct.staked - body.amount, (*x.unbonding, entry)))
