@@ -23,6 +23,12 @@ Semantics every implementation guarantees:
   fails as soon as a declared gap is fixed.
 * Stream handlers run in the transport's own nursery; an exception from a handler is
   logged and the stream reset; it never takes the transport down.
+* Resource caps (:mod:`p2pserve.net.caps`): every inbound stream is admitted by the
+  transport's :class:`~p2pserve.net.guard.StreamGuard` before its handler runs (a refused
+  one is reset), and every stream, either direction, carries a :class:`BufferMeter` as
+  ``stream.meter`` that the frame reader tells how many bytes it holds. A peer over its
+  caps has its handlers cancelled (their streams reset) and its new streams refused, and
+  ``open_stream`` to it raises DialError, until its cut-off ends.
 * ``publish`` delivers to every current subscriber of the topic on other reachable peers
   (and to local subscribers), best effort. A subscription's ``validator`` runs before
   delivery *and* before forwarding: a message it rejects is neither delivered nor relayed.
@@ -35,6 +41,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 __all__ = [
+    "BufferMeter",
     "PeerEvent",
     "PubsubMessage",
     "Stream",
@@ -78,6 +85,16 @@ class Stream(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class BufferMeter(Protocol):
+    """What a stream's reader holds, counted against its peer's and the node's caps."""
+
+    def hold(self, n: int) -> bool:
+        """The reader now holds ``n`` bytes received and not yet returned as messages.
+        False: over the caps; the reader drops them, calls ``hold(0)`` and fails the stream."""
+        ...
 
 
 StreamHandler = Callable[[Stream], Awaitable[None]]

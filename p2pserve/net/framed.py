@@ -28,6 +28,11 @@ Contract:
   buffered, else None. ``buffered`` counts bytes received but not yet decoded.
 * ``aclose`` is idempotent and never raises. A FramedStream is used by one task at a time
   for receiving and one for sending.
+* Resource caps: when the stream carries a :class:`~p2pserve.transport.BufferMeter`
+  (``stream.meter``, set by the transports), every change in ``buffered`` is reported to
+  it. When the meter refuses (the peer is over its caps, :mod:`p2pserve.net.caps`), the
+  buffered bytes are dropped at once and ``recv`` raises ``RemoteProtocolError`` (poisoned,
+  as for any wire error).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from typing import TypeVar, overload
 import trio
 
 from p2pserve.errors import ConnectionBroken, PeerTimeout, RemoteProtocolError
-from p2pserve.transport import Stream
+from p2pserve.transport import BufferMeter, Stream
 from p2pserve.wire.codec import Message, decode, encode
 from p2pserve.wire.framing import FrameDecoder, encode_frame
 from p2pserve.wire.limits import DEFAULT_LIMITS
@@ -53,7 +58,7 @@ RECEIVE_CHUNK = 64 * 1024
 class FramedStream:
     """One message per frame over ``stream``; see the module docstring for the contract."""
 
-    __slots__ = ("_decoder", "_error", "_eof", "max_frame", "stream")
+    __slots__ = ("_decoder", "_eof", "_error", "_meter", "max_frame", "stream")
 
     def __init__(self, stream: Stream, max_frame: int = DEFAULT_LIMITS.max_frame) -> None:
         self.stream = stream
@@ -61,6 +66,8 @@ class FramedStream:
         self._decoder = FrameDecoder(max_frame)
         self._error: RemoteProtocolError | None = None
         self._eof = False
+        meter = getattr(stream, "meter", None)
+        self._meter: BufferMeter | None = meter if isinstance(meter, BufferMeter) else None
 
     @property
     def remote_peer(self) -> str:
@@ -139,7 +146,10 @@ class FramedStream:
             raise type(self._error)(f"stream already failed: {self._error}")
         try:
             frame = self._decoder.next_frame()
-            return None if frame is None else decode(frame, expect)
+            if frame is None:
+                return None
+            self._account()
+            return decode(frame, expect)
         except RemoteProtocolError as exc:
             self._error = exc
             raise
@@ -174,11 +184,13 @@ class FramedStream:
                 self._error = exc
                 raise
             if frame is not None:
+                self._account()
                 return frame
             if not self._eof:
                 data = await self.stream.receive_some(RECEIVE_CHUNK)
                 if data:
                     self._decoder.feed(data)
+                    self._account()
                     continue
                 self._eof = True
             if self._decoder.buffered:
@@ -186,6 +198,19 @@ class FramedStream:
                     f"stream from {self.remote_peer} ended inside a frame ({self._decoder.buffered} bytes buffered)"
                 )
             return None
+
+    def _account(self) -> None:
+        """Tell the meter what we hold now; over the caps, drop it and fail (poisoned)."""
+        meter = self._meter
+        if meter is None or meter.hold(self._decoder.buffered):
+            return
+        held = self._decoder.buffered
+        self._decoder = FrameDecoder(self.max_frame)
+        meter.hold(0)
+        self._error = RemoteProtocolError(
+            f"{self.remote_peer} is over its stream caps ({held} bytes held on this stream); stream dropped"
+        )
+        raise self._error
 
     async def aclose(self) -> None:
         """Close the underlying stream. Idempotent; never raises."""

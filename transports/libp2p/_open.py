@@ -60,6 +60,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from libp2p import new_host
 from p2pserve.crypto import Signer
 from p2pserve.errors import ConfigError, TransportError
+from p2pserve.net.caps import DEFAULT_STREAM_CAPS, StreamCaps
 from p2pserve.wire.limits import DEFAULT_LIMITS
 from transports.libp2p._addrs import _parse_listen_addr, _probe_port, _strip_p2p
 from transports.libp2p._pubsub import Libp2pSubscription
@@ -86,14 +87,16 @@ async def open_libp2p_transport(
     dial_timeout: float = 10.0,
     close_timeout: float = 5.0,
     max_pubsub_message: int = DEFAULT_LIMITS.max_pubsub_message,
+    stream_caps: StreamCaps = DEFAULT_STREAM_CAPS,
 ) -> AsyncIterator[Libp2pTransport]:
     """Run a libp2p host listening on ``listen_addrs`` (e.g. ``/ip4/127.0.0.1/tcp/0``).
 
     ``announce_addrs`` replace the advertised addresses (for NAT or port forwarding).
-    ``gossip_degree`` is gossipsub's (D, D_low, D_high). Raises ConfigError for a bad or
-    QUIC listen address and TransportError when listening fails. Leaving the context
-    closes everything within about ``close_timeout`` seconds. Enter and exit from the
-    same task.
+    ``gossip_degree`` is gossipsub's (D, D_low, D_high). ``stream_caps`` bound inbound
+    streams and buffered frame bytes per peer and in all (:mod:`p2pserve.net.caps`).
+    Raises ConfigError for a bad or QUIC listen address and TransportError when listening
+    fails. Leaving the context closes everything within about ``close_timeout`` seconds.
+    Enter and exit from the same task.
     """
     _configure_process()
     listen = _check_addrs(signer, listen_addrs, announce_addrs)
@@ -109,6 +112,7 @@ async def open_libp2p_transport(
         announce_addrs=announce_addrs,
         dial_timeout=dial_timeout,
         max_pubsub_message=max_pubsub_message,
+        stream_caps=stream_caps,
     )
 
     stop = trio.Event()

@@ -8,12 +8,17 @@ even when the caller is being cancelled.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import trio
 from libp2p.abc import INetStream
 from libp2p.network.stream.exceptions import StreamEOF
 
 from p2pserve.errors import ConnectionBroken, StreamClosed
 from transports.libp2p._setup import log
+
+if TYPE_CHECKING:
+    from p2pserve.net.guard import Meter
 
 __all__ = ["Libp2pStream"]
 
@@ -32,7 +37,7 @@ class Libp2pStream:
     idempotent and never raises. Concurrent calls to the same direction are not supported.
     """
 
-    __slots__ = ("_closed", "_eof_received", "_eof_sent", "_raw", "_remote_peer")
+    __slots__ = ("_closed", "_eof_received", "_eof_sent", "_raw", "_remote_peer", "meter")
 
     def __init__(self, raw: INetStream, remote_peer: str) -> None:
         self._raw = raw
@@ -40,6 +45,8 @@ class Libp2pStream:
         self._closed = False
         self._eof_sent = False
         self._eof_received = False
+        self.meter: Meter | None = None
+        """What its frame reader holds, counted by the transport's stream guard."""
 
     @property
     def remote_peer(self) -> str:
@@ -100,6 +107,8 @@ class Libp2pStream:
             await trio.lowlevel.checkpoint()
             return
         self._closed = True
+        if self.meter is not None:
+            self.meter.close()
         # Shielded and bounded: the stream's yamux slot must be released even when the
         # caller is being cancelled (256 leaked streams block every later new_stream).
         with trio.CancelScope(shield=True):
@@ -116,6 +125,8 @@ class Libp2pStream:
     async def _reset(self) -> None:
         """Abort both directions (the peer sees ConnectionBroken); marks the stream closed."""
         self._closed = True
+        if self.meter is not None:
+            self.meter.close()
         with trio.CancelScope(shield=True):
             await self._reset_raw()
 

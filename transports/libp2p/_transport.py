@@ -31,6 +31,8 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub.pubsub import Pubsub
 
 from p2pserve.errors import DialError, LocalProtocolError, StreamClosed, TransportError
+from p2pserve.net.caps import DEFAULT_STREAM_CAPS, StreamCaps
+from p2pserve.net.guard import StreamGuard
 from p2pserve.transport import PeerEvent, Stream, StreamHandler, Validator
 from transports.libp2p._addrs import _interface_ipv4s, _is_quic, _parse_peer_id, _strip_p2p
 from transports.libp2p._events import _PeerEventIterator, _PeerNotifee
@@ -57,8 +59,11 @@ class Libp2pTransport:
         announce_addrs: Sequence[str] | None,
         dial_timeout: float,
         max_pubsub_message: int,
+        stream_caps: StreamCaps = DEFAULT_STREAM_CAPS,
     ) -> None:
         self._host = host
+        self.guard = StreamGuard(stream_caps)
+        """This node's caps on inbound streams and buffered bytes (:mod:`p2pserve.net.guard`)."""
         self._pubsub = pubsub
         self._peer_id = str(host.get_id())
         self._announce = list(announce_addrs) if announce_addrs is not None else None
@@ -219,13 +224,20 @@ class Libp2pTransport:
         self._host.set_stream_handler(TProtocol(protocol), on_stream)
 
     async def _run_handler(self, protocol: str, handler: StreamHandler, stream: Libp2pStream) -> None:
+        ticket = self.guard.admit(stream.remote_peer)
+        if ticket is None:  # over the stream caps (counted and logged by the guard)
+            await stream._reset()
+            return
+        stream.meter = ticket.meter
         ok = False
         try:
-            await handler(stream)
-            ok = True
+            with ticket.scope:
+                await handler(stream)
+            ok = not ticket.cut_off
         except Exception:
             log.exception("handler for %s from %s failed; resetting the stream", protocol, stream.remote_peer)
         finally:
+            ticket.close()
             if ok:
                 await stream.aclose()
             else:
@@ -237,6 +249,8 @@ class Libp2pTransport:
         not speak ``protocol``."""
         self._check_open()
         peer = _parse_peer_id(peer_id)
+        if self.guard.refusing(peer_id):
+            raise DialError(f"cannot open {protocol} stream to {peer_id}: it is cut off (over its stream caps)")
         failure: Exception | None = None
         raw: INetStream | None = None
         with trio.move_on_after(self._dial_timeout) as scope:
@@ -248,7 +262,9 @@ class Libp2pTransport:
             raise DialError(f"cannot open {protocol} stream to {peer_id}: {failure}") from failure
         if scope.cancelled_caught or raw is None:
             raise DialError(f"cannot open {protocol} stream to {peer_id}: timed out after {self._dial_timeout:g} s")
-        return Libp2pStream(raw, peer_id)
+        stream = Libp2pStream(raw, peer_id)
+        stream.meter = self.guard.meter(peer_id)
+        return stream
 
     # ---- pubsub
 

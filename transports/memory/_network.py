@@ -40,6 +40,7 @@ import trio
 
 from p2pserve.crypto import Signer
 from p2pserve.errors import DialError, TransportError
+from p2pserve.net.caps import DEFAULT_STREAM_CAPS, StreamCaps
 from p2pserve.transport import PeerEvent
 from transports.memory._queues import MemorySubscription
 from transports.memory._streams import MemoryStream, _Pipe
@@ -75,6 +76,8 @@ class MemoryNetwork:
     (further messages are dropped, as gossipsub does for slow consumers). Pubsub arrival
     times are rounded up to a multiple of ``pubsub_tick`` seconds (0 disables) so that a
     gossip wave is processed in a few scheduler batches instead of one per hop.
+    ``stream_caps`` are each transport's caps on inbound streams and buffered bytes
+    (:mod:`p2pserve.net.caps`).
     """
 
     def __init__(
@@ -91,8 +94,10 @@ class MemoryNetwork:
         seen_ttl: float = 120.0,
         subscription_buffer: int = 4096,
         pubsub_tick: float = 0.001,
+        stream_caps: StreamCaps = DEFAULT_STREAM_CAPS,
     ) -> None:
         self.seed = seed
+        self.stream_caps = stream_caps
         self.default_link = LinkSpec(default_latency, default_jitter, default_loss)
         self.link_model = link_model
         self.relay_unsubscribed = relay_unsubscribed

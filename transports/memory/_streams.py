@@ -26,6 +26,7 @@ import trio
 from p2pserve.errors import ConnectionBroken, StreamClosed
 
 if TYPE_CHECKING:
+    from p2pserve.net.guard import Meter
     from transports.memory import MemoryNetwork
     from transports.memory._transport import MemoryTransport
 
@@ -87,7 +88,7 @@ class _Pipe:
 class MemoryStream:
     """One end of an in-memory stream. See the module docstring for timing and failure."""
 
-    __slots__ = ("_closed", "_in", "_out", "_transport", "remote_peer")
+    __slots__ = ("_closed", "_in", "_out", "_transport", "meter", "remote_peer")
 
     def __init__(self, transport: MemoryTransport, remote_peer: str, inbound: _Pipe, outbound: _Pipe) -> None:
         self._transport = transport
@@ -95,6 +96,8 @@ class MemoryStream:
         self._in = inbound
         self._out = outbound
         self._closed = False
+        self.meter: Meter | None = None
+        """What its frame reader holds, counted by the transport's stream guard."""
 
     async def send_all(self, data: bytes) -> None:
         """Queue every byte for the remote, waiting while ``stream_window`` bytes are unread."""
@@ -219,6 +222,8 @@ class MemoryStream:
 
     def _finish(self) -> None:
         self._closed = True
+        if self.meter is not None:
+            self.meter.close()
         self._in.reader_gone = True
         self._in.items.clear()
         self._in.buffered = 0

@@ -22,6 +22,11 @@ Invariants:
 * **Handlers** run in the transport's nursery. An exception is logged and the stream reset
   (the remote sees ``ConnectionBroken``); a normal return closes the stream. Nothing a
   handler does takes the transport down.
+* **Stream caps.** Each transport's :class:`~p2pserve.net.guard.StreamGuard` (``guard``,
+  caps from the network's ``stream_caps``) admits every inbound stream before its handler
+  runs (a refused one is reset) and meters every stream's buffered bytes; the handlers of a
+  peer cut off are cancelled and their streams reset, and opening a stream to it raises
+  DialError while it lasts.
 * Per transport, one task (the pubsub pump) plus one per running handler; no task per
   stream or per link, so 200 transports in one process are cheap.
 """
@@ -43,6 +48,7 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from p2pserve.errors import DialError, StreamClosed
+from p2pserve.net.guard import StreamGuard
 from p2pserve.transport import PeerEvent, PubsubMessage, Stream, StreamHandler, Validator
 from transports.memory._queues import MemorySubscription, _PeerEvents
 from transports.memory._streams import MemoryStream, _Pipe
@@ -78,6 +84,8 @@ class MemoryTransport:
         self._peers: set[str] = set()
         self._known: set[str] = set()
         self._handlers: dict[str, StreamHandler] = {}
+        self.guard = StreamGuard(network.stream_caps)
+        """This node's stream caps (see the module docstring)."""
         self._streams_by_peer: dict[str, set[MemoryStream]] = {}
         self._stream_counter = itertools.count()
         self._events: weakref.WeakSet[_PeerEvents] = weakref.WeakSet()
@@ -185,6 +193,8 @@ class MemoryTransport:
         else:
             await trio.lowlevel.checkpoint()
         self._check_open()
+        if self.guard.refusing(peer_id):
+            raise DialError(f"{peer_id} is cut off: it went over its stream caps")
         target = network.transport(peer_id)
         if target is None or peer_id not in self._peers:
             raise DialError(f"{peer_id} went away while opening a stream")
@@ -195,6 +205,7 @@ class MemoryTransport:
         fwd = _Pipe(self._peer_id, peer_id, random.Random(f"{network.seed}|{self._peer_id}|{n}|>"))
         back = _Pipe(peer_id, self._peer_id, random.Random(f"{network.seed}|{self._peer_id}|{n}|<"))
         local = MemoryStream(self, peer_id, back, fwd)
+        local.meter = self.guard.meter(peer_id)
         remote = MemoryStream(target, self._peer_id, fwd, back)
         self._register(local)
         target._register(remote)
@@ -212,13 +223,24 @@ class MemoryTransport:
                 del self._streams_by_peer[s.remote_peer]
 
     async def _run_handler(self, handler: StreamHandler, stream: MemoryStream, protocol: str) -> None:
+        ticket = self.guard.admit(stream.remote_peer)
+        if ticket is None:
+            stream._reset("refused: over the stream caps")
+            return
+        stream.meter = ticket.meter
         try:
-            await handler(stream)
+            with ticket.scope:
+                await handler(stream)
         except Exception:
             log.exception("handler for %s from %s failed; resetting the stream", protocol, stream.remote_peer)
             stream._reset("handler failed")
         else:
-            stream._close_quietly()
+            if ticket.cut_off:
+                stream._reset("its peer was cut off: over the stream caps")
+            else:
+                stream._close_quietly()
+        finally:
+            ticket.close()
 
     # -- pubsub ----------------------------------------------------------------------------
 
