@@ -36,6 +36,7 @@ PURE = [
     "p2pserve.membership.redial",
     "p2pserve.membership.table",
     "p2pserve.membership.verified",
+    "p2pserve.net.caps",
     "p2pserve.transport",
     "p2pserve.backends.base",
     "p2pserve.backends.metrics",
