@@ -6,7 +6,10 @@ Conventions every command keeps (``tests/test_cli_conventions.py`` checks them):
   errors included (:class:`_Root` reports them); a traceback only with ``-v``;
 * exit codes: 0 done, 1 run-time failure, 2 usage error (:mod:`p2pserve.cli.common`);
 * help is plain text (``rich_markup_mode=None``): ``[default: x]`` in a help string shows;
-* ``p2pserve --version``; shell completion (``--install-completion``, ``--show-completion``).
+* ``p2pserve --version``; shell completion (``--install-completion``, ``--show-completion``);
+* logs (of the commands that run a node) go to stderr, one line per event: ``-v`` adds
+  debug lines, ``-q`` keeps warnings and errors only, ``--log-format json`` writes JSON lines
+  (:mod:`p2pserve.eventlog`); stdout keeps what scripts parse.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typer.core import TyperGroup
 
 from p2pserve.cli import ask, demo, join, keys, models, simulate, stake, status
 from p2pserve.cli.audit import audit
-from p2pserve.cli.common import EXIT_RUNTIME, report, set_verbose
+from p2pserve.cli.common import EXIT_RUNTIME, log_format_option, report, set_log_options, set_verbose
 
 __all__ = ["app", "main", "version"]
 
@@ -88,10 +91,14 @@ def _show_version(value: bool) -> None:
 def _root(
     show_version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
                                       help="Print the version and exit."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="On failure, print the traceback too."),
+    verbose: bool = typer.Option(False, "--verbose", "-v",
+                                 help="Debug logs, and on failure the traceback too (before the error line)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Log warnings and errors only."),
+    log_format: str | None = log_format_option(),
 ) -> None:
     """Decentralized LLM serving: join a network, ask it, audit its ledger."""
     set_verbose(verbose)
+    set_log_options(log_format=log_format, quiet=quiet)
 
 
 app.add_typer(keys.app, name="keys")

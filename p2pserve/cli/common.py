@@ -1,4 +1,5 @@
-"""Shared CLI helpers: the one error format and its exit codes, data dir resolution, logging.
+"""Shared CLI helpers: the one error format and its exit codes, data dir resolution, logging
+(:func:`setup_logging`: the event log of :mod:`p2pserve.eventlog` on stderr).
 
 Every command reports a failure the same way: one line on stderr, ``error: <what went
 wrong> (<what to do>)``, and no traceback unless ``-v``. Exit codes, the same in every command:
@@ -37,9 +38,12 @@ __all__ = [
     "credits_text",
     "err_console",
     "fail",
+    "log_format_option",
+    "log_level_option",
     "one_line",
     "report",
     "resolve_data_dir",
+    "set_log_options",
     "set_verbose",
     "setup_logging",
     "usage_error",
@@ -121,13 +125,41 @@ def usage_error(message: str, *, exc: BaseException | None = None) -> typer.Exit
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
+_log_options: dict[str, Any] = {"format": "human", "quiet": False}
 
-def setup_logging(level: str) -> None:
-    """Log to stderr at ``level`` (one of :data:`LOG_LEVELS`; anything else is a usage error)."""
-    if level.lower() not in LOG_LEVELS:
+
+def set_log_options(*, log_format: str | None = None, quiet: bool = False) -> None:
+    """The root command's ``--log-format`` and ``-q`` (checked when a command logs)."""
+    _log_options["format"] = log_format or "human"
+    _log_options["quiet"] = quiet
+
+
+def log_level_option() -> Any:
+    """``--log-level LEVEL``: overrides ``-v`` / ``-q``."""
+    return typer.Option(None, "--log-level", metavar="LEVEL",
+                        help="debug, info, warning or error [default: info; debug with -v, warning with -q].")
+
+
+def log_format_option() -> Any:
+    """``--log-format human|json`` (env ``P2PSERVE_LOG_FORMAT``)."""
+    return typer.Option(None, "--log-format", envvar="P2PSERVE_LOG_FORMAT", metavar="FORMAT",
+                        help="human (one line per event: time, level, event, key=value) or json (one object per line) "
+                             "[default: human].")
+
+
+def setup_logging(level: str | None = None, log_format: str | None = None, *, quiet: bool = False) -> None:
+    """Log events to stderr (:mod:`p2pserve.eventlog`) at ``level`` (one of
+    :data:`LOG_LEVELS`), else DEBUG with ``-v``, WARNING with ``-q`` (``quiet`` or the
+    root's), else INFO; in
+    ``log_format`` (else the root's ``--log-format``, else human). A bad level or format is a
+    usage error. libp2p's own loggers stay quiet unless DEBUG; tracebacks only with ``-v``."""
+    from p2pserve.eventlog import LOG_FORMATS, configure
+
+    if level is not None and level.lower() not in LOG_LEVELS:
         raise usage_error(f"--log-level {level!r} is not a log level (use one of {', '.join(LOG_LEVELS)})")
-    logging.basicConfig(level=getattr(logging, level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if level.lower() != "debug":
-        # py-libp2p logs every failed dial and stream reset at ERROR (2-3 lines a second for an
-        # unreachable bootstrap); p2pserve says what matters once, with its backoff
-        logging.getLogger("libp2p").setLevel(logging.CRITICAL)
+    fmt = log_format if log_format is not None else str(_log_options["format"])
+    if fmt.lower() not in LOG_FORMATS:
+        raise usage_error(f"--log-format {fmt!r} is not a log format (use one of {', '.join(LOG_FORMATS)})")
+    if level is None:
+        level = "debug" if verbose() else "warning" if quiet or _log_options["quiet"] else "info"
+    configure(getattr(logging, level.upper()), fmt.lower(), tracebacks=verbose())

@@ -9,6 +9,7 @@ failure arrives wrapped in trio's exception groups (:mod:`p2pserve.cli.failures`
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -17,15 +18,27 @@ from typing import Any
 import trio
 import typer
 
-from p2pserve.cli.common import EXIT_RUNTIME, EXIT_USAGE, fail, resolve_data_dir, set_verbose, setup_logging
+from p2pserve.cli.common import (
+    EXIT_RUNTIME,
+    EXIT_USAGE,
+    fail,
+    log_format_option,
+    log_level_option,
+    resolve_data_dir,
+    set_verbose,
+    setup_logging,
+)
 from p2pserve.cli.failures import explain, leaf_exceptions, root_cause
 from p2pserve.cli.preflight import check_addresses, check_bootstrap_not_self, check_sockets
 from p2pserve.config import NodeConfig, load_config, override
 from p2pserve.crypto import Signer
 from p2pserve.errors import ConfigError, P2PServeError
+from p2pserve.eventlog import event
 from p2pserve.identity import KEY_FILE_NAME, load_or_create_identity
 
 __all__ = ["apply_overrides", "join"]
+
+log = logging.getLogger("p2pserve.node")
 
 
 def apply_overrides(
@@ -64,13 +77,19 @@ def join(
     api: str | None = typer.Option(None, "--api", metavar="HOST:PORT", help="The HTTP API's address [default: 127.0.0.1:5778]."),
     data_dir: Path | None = typer.Option(None, "--data-dir", envvar="P2PSERVE_HOME", metavar="DIR",
                                          help="Key and ledger directory [default: ~/.p2pserve]."),
-    log_level: str = typer.Option("warning", "--log-level", metavar="LEVEL", help="debug, info, warning or error."),
-    verbose_flag: bool = typer.Option(False, "--verbose", "-v", help="On failure, print the traceback too."),
+    log_level: str | None = log_level_option(),
+    log_format: str | None = log_format_option(),
+    verbose_flag: bool = typer.Option(False, "--verbose", "-v",
+                                      help="Debug logs, and on failure the traceback too (before the error line)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Log warnings and errors only."),
 ) -> None:
-    """Start a node and join the network. Runs until Ctrl-C / SIGTERM."""
+    """Start a node and join the network. Runs until Ctrl-C / SIGTERM.
+
+    stdout: the ``peer_id:``, ``key:``, ``listening:`` and ``api:`` lines once it is up (for
+    scripts). stderr: the log, one line per event (docs/operations.md, "Logs")."""
     if verbose_flag:
         set_verbose(True)
-    setup_logging(log_level)
+    setup_logging(log_level, log_format, quiet=quiet)
     config = _config(config_file, bootstrap=bootstrap, listen=listen, api=api, data_dir=data_dir)
     signer = _signer(config)
     check_bootstrap_not_self(config.server_params.bootstrap, signer.peer_id, source=_source(config_file, bootstrap))
@@ -128,7 +147,7 @@ async def _run(config: NodeConfig, signer: Signer) -> None:
                 print(f"listening: {addr}")
             print(f"api: {url}")
             sys.stdout.flush()
-            async for _ in signals:
-                print("shutting down", file=sys.stderr)
+            async for signum in signals:
+                event(log, "shutting_down", signal=signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
                 break

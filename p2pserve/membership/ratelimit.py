@@ -11,13 +11,17 @@ Pure logic: no I/O, no clock (``now`` is an argument, in seconds of trio's clock
 * :class:`OffenceLog`: whether to write a log line for an offence by a peer: the first of
   a kind at once, then at most one per peer and kind every ``every_s`` seconds, with the
   number of offences left unlogged since (bounded the same way).
+* :class:`LineBudget`: whether to write a log line of a kind that many peers together can
+  trigger (a peer seen, an offence by one of a thousand throwaway identities): at most
+  ``burst`` lines at once, then one every ``period`` seconds, per kind, with the number of
+  lines of that kind left out since. Kinds are the code's own names, so they are few.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["OffenceLog", "TokenBuckets"]
+__all__ = ["LineBudget", "OffenceLog", "TokenBuckets"]
 
 
 @dataclass(slots=True)
@@ -99,3 +103,21 @@ class OffenceLog:
             return covered
         rec[1] += 1
         return None
+
+
+class LineBudget:
+    """Bounds log lines per kind (see the module docstring)."""
+
+    __slots__ = ("_buckets", "_skipped")
+
+    def __init__(self, *, burst: int = 20, period: float = 3.0) -> None:
+        self._buckets = TokenBuckets(period=period, burst=burst, max_keys=256)
+        self._skipped: dict[str, int] = {}
+
+    def take(self, kind: str, now: float) -> int | None:
+        """Whether a line of ``kind`` may be written now: None when not (it is counted), else
+        how many lines of ``kind`` were left out since the last one written."""
+        if not self._buckets.take(kind, now):
+            self._skipped[kind] = self._skipped.get(kind, 0) + 1
+            return None
+        return self._skipped.pop(kind, 0)
