@@ -20,7 +20,7 @@ from p2pserve.api.ledger import ledger_routes
 from p2pserve.api.metrics import NodeMetrics
 from p2pserve.api.openai import openai_routes
 from p2pserve.api.status import ready_reasons, render_status
-from p2pserve.backends.base import Backend
+from p2pserve.backends.base import Backend, Kind
 from p2pserve.backends.registry import BackendSpec, build_backend
 from p2pserve.clock import SYSTEM_CLOCK, Clock
 from p2pserve.config import NodeConfig
@@ -30,13 +30,16 @@ from p2pserve.duel.judge import JudgeService, backend_generators
 from p2pserve.duel.machine import Deadlines as DuelDeadlines
 from p2pserve.duel.methods import load_method
 from p2pserve.errors import ConfigError
+from p2pserve.eventlog import event
 from p2pserve.identity import default_data_dir
 from p2pserve.ledger.service import LedgerService
 from p2pserve.ledger.store import LedgerStore
 from p2pserve.membership.gossip import GossipService, LocalState
 from p2pserve.membership.table import PeerEntry, PeerTable
 from p2pserve.policies import load_policy
+from p2pserve.requestlog import RequestLog
 from p2pserve.rng import derive, fresh_seed
+from p2pserve.serving.events import Completed
 from p2pserve.serving.replay_log import REPLAY_NAME, ReplayLog
 from p2pserve.serving.service import Deadlines, ServeService
 from p2pserve.transport import Transport
@@ -107,10 +110,12 @@ class Node:
             claim_interval=10 * sp.status_interval,  # a safety net: payments to us wake the claimer
             limits=config.limits,
         )
+        self.requests = RequestLog(signer.peer_id)
+        """One log line per request of this node's users (the serving tracer)."""
         self.serve = self._serve_service(replay_log)
         self.gossip.on_status = lambda st: self.ledger.sync.peer_head(st.peer_id, st.ledger_head)
         self.duels = self._duel_coordinator()
-        self.serve.on_completed = self.duels.consider
+        self.serve.on_completed = self._completed
         self.judge = self._judge_service() if sp.judge else None
         self.started_at = 0.0
 
@@ -156,8 +161,14 @@ class Node:
             stake_of=self._stake_of,
             clock=self.clock,
             replay_log=replay_log,
+            tracer=self.requests,
             limits=self.config.limits,
         )
+
+    def _completed(self, kind: Kind, model: str, body: dict[str, Any], text: str, done: Completed, key: str) -> None:
+        """A user request completed: its tokens for the request log, then maybe a duel."""
+        self.requests.completed(key, done)
+        self.duels.consider(kind, model, body, text, done, key)
 
     @property
     def peer_id(self) -> str:
@@ -209,6 +220,9 @@ class Node:
                 if self.judge is not None:
                     await nursery.start(self.judge.run)
                 await nursery.start(self.gossip.run)
+                sp = self.config.server_params
+                event(log, "joined", network=self.network_id, peer=self.peer_id, addrs=self.transport.listen_addrs(),
+                      models=sorted(self.backends), bootstrap=len(sp.bootstrap), judge=self.judge is not None)
                 task_status.started(self)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(5):

@@ -35,6 +35,7 @@ from p2pserve.crypto import Signer
 from p2pserve.duel.draw import draw_judges
 from p2pserve.duel.machine import Deadlines, DuelMachine
 from p2pserve.errors import BadSignature, ProtocolError, TransportError
+from p2pserve.eventlog import event
 from p2pserve.ledger.service import LedgerService
 from p2pserve.membership.table import PeerTable
 from p2pserve.net.exchange import open_framed
@@ -137,6 +138,7 @@ class DuelCoordinator:
             return  # nobody could judge it: do not pay a second executor for nothing
         self.counters.started += 1
         self.running += 1
+        event(log, "duel_started", req=key, model=model, first=done.executor)
         self._nursery.start_soon(self._duel, kind, model, body, _Answer(text, done), key)
 
     async def _duel(self, kind: Kind, model: str, body: dict[str, Any], first: _Answer, key: str) -> None:
@@ -151,7 +153,7 @@ class DuelCoordinator:
                 self.counters.settled += 1
             else:
                 self.counters.abandoned += 1
-                log.info("duel on %s abandoned: %s", key, m.reason or m.state.value)
+                event(log, "duel_abandoned", req=key, model=model, reason=m.reason or m.state.value)
 
     async def _drive(self, m: DuelMachine, kind: Kind, model: str, body: dict[str, Any], first: _Answer, key: str) -> None:
         assert first.done.offer is not None
@@ -256,6 +258,9 @@ class DuelCoordinator:
                 hold.pay(answer.fee)
             self.counters.verdicts += 1
             m.verdict(trio.current_time())
+            a, b = (r.executor for r in task.order.receipts)
+            event(log, "duel_judged", order=task.order.order_id()[:8], judge=judge, outcome=answer.outcome, a=a, b=b,
+                  method=answer.method)
         except (TransportError, ProtocolError) as exc:
             m.judge_failed(trio.current_time(), f"{judge}: {type(exc).__name__}: {exc}")
         finally:

@@ -29,10 +29,13 @@ from p2pserve.crypto import Signer, sha256
 from p2pserve.duel.draw import draw_judges
 from p2pserve.duel.methods import Generate, GenerateReference, JudgeMethod
 from p2pserve.errors import BackendError, BadSignature, InvalidBlock, LedgerError, ProtocolError, TransportError
+from p2pserve.eventlog import event
 from p2pserve.ledger.blocks import VerdictBody
 from p2pserve.ledger.service import LedgerService
+from p2pserve.membership.ratelimit import LineBudget
 from p2pserve.net.framed import FramedStream
 from p2pserve.transport import Stream, Transport
+from p2pserve.units import credits
 from p2pserve.wire.duel import JUDGE_MODEL, JUDGE_PROTOCOL, JudgeRefusal, JudgeTask, Verdict, fee_request_id
 from p2pserve.wire.infer import Receipt
 from p2pserve.wire.limits import DEFAULT_LIMITS, Limits
@@ -70,6 +73,7 @@ class JudgeService:
         self._judging: set[bytes] = set()
         self.judged = 0
         self.refused = 0
+        self._lines = LineBudget(burst=10, period=6.0)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.transport.set_handler(JUDGE_PROTOCOL, self._handle)
@@ -83,7 +87,10 @@ class JudgeService:
             answer = await self.judge(task)
             await fs.send(answer, timeout=self.recv_s)
         except (TransportError, ProtocolError) as exc:
-            log.info("judge task from %s failed: %s", stream.remote_peer, exc)
+            left_out = self._lines.take("judge_task_failed", trio.current_time())  # any peer can open streams
+            if left_out is not None:
+                event(log, "judge_task_failed", peer=stream.remote_peer, error=str(exc),
+                      **({"lines_left_out": left_out} if left_out else {}))
         finally:
             await fs.aclose()
 
@@ -143,6 +150,9 @@ class JudgeService:
             log.warning("our verdict on order %s was not recorded: %s", order_id.hex()[:16], exc)
             return JudgeRefusal(order_id, f"not recorded: {exc}"[:1000])
         self.judged += 1
+        a, b = (r.executor for r in order.receipts)
+        event(log, "verdict", order=order_id[:8], requester=order.requester, a=a, b=b, outcome=outcome,
+              method=result.method, penalty=credits(penalty))
         return Verdict(
             order_id, self.signer.peer_id, outcome, result.method, verdicts, tuple(result.scores),
             self._fee(order_id, order.requester, outcome), b"",

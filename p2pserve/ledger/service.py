@@ -36,6 +36,7 @@ from p2pserve.clock import SYSTEM_CLOCK, Clock
 from p2pserve.crypto import Signer
 from p2pserve.duel.ratings import Rating, bradley_terry
 from p2pserve.errors import InvalidBlock, LedgerError, P2PServeError
+from p2pserve.eventlog import event
 from p2pserve.ledger import rules
 from p2pserve.ledger.blocks import (
     MAX_RECEIPTS_PER_PAY,
@@ -57,6 +58,7 @@ from p2pserve.ledger.store import LedgerStore
 from p2pserve.ledger.sync import LedgerSync
 from p2pserve.ledger.unpaid import UNPAID_NAME, UnpaidLog
 from p2pserve.transport import Transport
+from p2pserve.units import credits
 from p2pserve.wire.infer import Receipt
 from p2pserve.wire.limits import DEFAULT_LIMITS, Limits
 
@@ -189,7 +191,7 @@ class LedgerService:
             await trio.sleep(min(1.0, self.open_delay))
         self._writable.set()
         self.sync.withhold = None
-        log.info("ledger writable (our height %s)", getattr(self.store.state.account(self.account), "height", None))
+        event(log, "ledger_writable", height=getattr(self.store.state.account(self.account), "height", None))
 
     async def wait_writable(self, timeout: float) -> None:
         """Wait until writable; LedgerError after ``timeout`` seconds."""
@@ -203,7 +205,8 @@ class LedgerService:
         if self.store.state.account(self.account) is None:
             try:
                 await self._write(OpenBody(self.initial_staked))
-                log.info("ledger account opened with %d micro-credits staked", self.initial_staked)
+                acct = self.store.state.account(self.account)
+                event(log, "account_opened", free=credits(acct.free if acct else 0), staked=credits(self.initial_staked))
             except InvalidBlock as exc:
                 log.warning("could not open the ledger account: %s", exc)
         self._opened.set()
@@ -251,8 +254,8 @@ class LedgerService:
             if b.kind == Kind.PAY and b.account != me:
                 c = state.claimable(b.digest())
                 if c is not None and c.payee == me:
+                    event(log, "payment_received", payer=b.account, amount=credits(c.amount), block=b.height)
                     self._claim_wake.set()
-                    return
         if self.store.rejected_own:
             self._report_own_rejected()
 
@@ -371,9 +374,11 @@ class LedgerService:
             except InvalidBlock as exc:
                 n, error = self.sync.stored_prefix(blocks), exc
             settled = 0
-            for g in groups[:n]:
+            for g, block in zip(groups[:n], blocks, strict=False):
                 self.queue.dequeue(g[0].executor, g)
                 settled += len(g)
+                event(log, "payment_sent", payee=g[0].executor, amount=credits(sum(r.price for r in g)), receipts=len(g),
+                      block=block.height)
             self.paid += settled
             if error is not None:
                 self._weed(groups[n], error)
@@ -419,6 +424,9 @@ class LedgerService:
                 n = self.sync.stored_prefix(blocks)
                 log.warning("claim failed after %d of %d: %s", n, len(blocks), exc)
             self.claimed += n
+            if n:
+                event(log, "claim", payments=n, amount=credits(sum(b.amount for b in bodies[:n] if isinstance(b, ClaimBody))),
+                      free=credits(self.free()))
             return n
 
     def _side_claims(self, state: LedgerState) -> list[ClaimBody]:
@@ -466,7 +474,18 @@ class LedgerService:
         admitted = self.payers.admit(self.store.state, requester, worst_case, self.now_ms())
         if admitted == "unpaid":
             self.sync.request_sync(requester)
+        if isinstance(admitted, Admission):
+            started = trio.current_time()
+            admitted.on_issued = lambda receipt: self._accepted(receipt, started)
         return admitted
+
+    @staticmethod
+    def _accepted(r: Receipt, started: float) -> None:
+        """The ``request_accepted`` line: a peer's request we served (or the part of it we
+        did, ``partial``), from admission to our receipt."""
+        event(log, "request_accepted", requester=r.requester, model=r.model, latency_s=trio.current_time() - started,
+              tokens_in=r.prompt_tokens, tokens_out=r.completion_tokens, price=credits(r.price),
+              **({"partial": True} if r.partial else {}))
 
     # --- views -----------------------------------------------------------------------------
 

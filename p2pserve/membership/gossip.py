@@ -34,7 +34,9 @@ Robustness against floods and sybils (``docs/security.md``, network robustness):
   memory transport does not), that connection gets a bucket too (``relay_rate`` statuses a
   second, burst ``relay_burst``), which bounds a flood of many throwaway origins over one
   connection. A status not newer than the one listed for its origin is dropped there too
-  (a replay). Offenders get one log line per peer and kind a minute at most.
+  (a replay). Offenders get one ``offence`` line per peer and kind a minute at most;
+  ``offence``, ``peer_seen`` and ``peer_lost`` lines together stay within a
+  :class:`~p2pserve.membership.ratelimit.LineBudget` (32 at once, then one per 2 s each).
 * **Reachability.** A peer learned from gossip is not offered work until it was reached:
   a probe loop dials newly listed peers (at most ``probe_concurrency`` at once, each within
   ``probe_timeout``, while fewer than ``reach_target`` peers are connected), marks them
@@ -50,13 +52,15 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
 from p2pserve.clock import SYSTEM_CLOCK, Clock
 from p2pserve.crypto import Signer
 from p2pserve.errors import P2PServeError
-from p2pserve.membership.ratelimit import OffenceLog, TokenBuckets
+from p2pserve.eventlog import event
+from p2pserve.membership.ratelimit import LineBudget, OffenceLog, TokenBuckets
 from p2pserve.membership.redial import Redialer, peer_of
 from p2pserve.membership.table import PeerEntry, PeerTable, UpdateResult
 from p2pserve.membership.verified import SHARED, VerifiedStatuses
@@ -152,6 +156,8 @@ class GossipService:
         self._origins = TokenBuckets(period=max(interval / 3, min_status_gap), burst=4)
         self._relays = TokenBuckets(period=1.0 / relay_rate, burst=relay_burst, max_keys=1024)
         self.offences = OffenceLog()
+        self.lines = LineBudget(burst=32, period=2.0)
+        """Bounds ``peer_seen``, ``peer_lost`` and ``offence`` lines (module docstring)."""
         self.flood_dropped = 0
         """Statuses dropped by a rate limit."""
         self.stale_dropped = 0
@@ -235,10 +241,22 @@ class GossipService:
         self._offence(peer, "flood", what, now)
 
     def _offence(self, peer: str, kind: str, what: str, now: float) -> None:
-        """One log line per peer and kind a minute at most, with the count it covers."""
+        """One ``offence`` line per peer and kind a minute at most, with the count it covers
+        (and no more than the line budget allows across all peers: sybils are many)."""
         n = self.offences.record(peer, kind, now)
-        if n is not None:
-            log.warning("offence by peer %s: %s (%d time%s since the last line)", peer, what, n, "" if n == 1 else "s")
+        if n is None:
+            return
+        left_out = self.lines.take("offence", now)
+        if left_out is not None:
+            event(log, "offence", level=logging.WARNING, peer=peer, kind=kind, what=what, count=n,
+                  **({"lines_left_out": left_out} if left_out else {}))
+
+    def _peer_line(self, name: str, now: float, **fields: Any) -> None:
+        """A ``peer_seen`` / ``peer_lost`` line, within the line budget (identities are free:
+        a thousand sybils must not write a thousand lines)."""
+        left_out = self.lines.take(name, now)
+        if left_out is not None:
+            event(log, name, **fields, **({"lines_left_out": left_out} if left_out else {}))
 
     def accepted(self, msg: PubsubMessage) -> Status | None:
         """The status a delivered ``msg`` carries: the object :meth:`validate` accepted
@@ -303,7 +321,8 @@ class GossipService:
             if self.on_status is not None:
                 self.on_status(status)
             if result is UpdateResult.NEW:
-                log.info("peer joined: %s", status.peer_id)
+                self._peer_line("peer_seen", trio.current_time(), peer=status.peer_id, addrs=list(status.addrs[:4]),
+                                models=[m.name for m in status.models[:8]])
                 self._addrs[status.peer_id] = status.addrs
                 if status.peer_id in self.transport.connected_peers():
                     self.peers.mark_reached(status.peer_id)  # a connection it holds with us: reached
@@ -318,7 +337,7 @@ class GossipService:
         while True:
             now = trio.current_time()
             for pid in self.peers.expire(now):
-                log.info("peer expired: %s", pid)
+                self._peer_line("peer_lost", now, peer=pid)
                 self.redial.lost(self._addrs.pop(pid, ()), now)
                 if self.on_peer_change:
                     self.on_peer_change(pid, False)
