@@ -7,14 +7,18 @@ add), so protocols whose exchanges end with an explicit final message keep the s
 open and send the next request on it. The pool keeps such idle streams per peer, newest
 first, at most ``max_per_peer``, for ``idle_s`` seconds (below the remote side's own idle
 limit); a stream whose exchange did not end cleanly is never returned to it, so a late
-reply is never read by the next exchange. Every wait is bounded (trio's clock).
+reply is never read by the next exchange. Every wait is bounded (trio's clock). The pool
+tells ``on_open`` (when set) how each attempt to open a new stream ended, so its owner can
+count peers that advertise but cannot be reached.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
 
-from p2pserve.errors import PeerTimeout
+from p2pserve.errors import PeerTimeout, TransportError
 from p2pserve.net.framed import FramedStream
 from p2pserve.transport import Stream, Transport
 from p2pserve.wire.limits import DEFAULT_LIMITS
@@ -58,6 +62,9 @@ class SessionPool:
         """Per peer, ``(since, stream)`` of streams whose last exchange ended cleanly."""
         self.opened = 0
         """Streams opened (for tests and metrics)."""
+        self.on_open: Callable[[str, TransportError | None], None] | None = None
+        """Told ``(peer, None)`` after a new stream to ``peer`` opened, ``(peer, error)``
+        when opening one failed (synchronous; must not block or raise)."""
 
     async def checkout(self, peer: str) -> tuple[FramedStream, bool]:
         """A stream to ``peer``: the newest idle one if fresh enough, else a new one.
@@ -70,8 +77,15 @@ class SessionPool:
                 return fs, True
             with trio.CancelScope(shield=True):
                 await fs.aclose()
-        fs = await open_framed(self.transport, peer, self.protocol, connect_s=self.connect_s, max_frame=self.max_frame)
+        try:
+            fs = await open_framed(self.transport, peer, self.protocol, connect_s=self.connect_s, max_frame=self.max_frame)
+        except TransportError as exc:
+            if self.on_open is not None:
+                self.on_open(peer, exc)
+            raise
         self.opened += 1
+        if self.on_open is not None:
+            self.on_open(peer, None)
         return fs, False
 
     async def checkin(self, peer: str, fs: FramedStream) -> None:

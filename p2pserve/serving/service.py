@@ -48,7 +48,8 @@ import trio
 from p2pserve.backends.base import Backend, Kind, TextDelta
 from p2pserve.clock import SYSTEM_CLOCK, Clock
 from p2pserve.crypto import Signer
-from p2pserve.errors import BadRequest, InsufficientCredit, NoCapacity, RequestFailed, UnknownModel
+from p2pserve.errors import BadRequest, InsufficientCredit, NoCapacity, RequestFailed, TransportError, UnknownModel
+from p2pserve.membership.ratelimit import OffenceLog
 from p2pserve.membership.table import PeerEntry, PeerTable
 from p2pserve.net.framed import FramedStream
 from p2pserve.policies import Policy, PolicyParams
@@ -69,7 +70,7 @@ from p2pserve.serving.events import (
 )
 from p2pserve.serving.executor import InferExecutor
 from p2pserve.serving.local import LocalModels
-from p2pserve.serving.offenders import OffenderBook
+from p2pserve.serving.offenders import Offence, OffenderBook
 from p2pserve.serving.receipts import Bounds, ReplayGuard, price_for
 from p2pserve.serving.replay_log import ReplayLog
 from p2pserve.serving.router import PosRouter, Router
@@ -163,6 +164,9 @@ class ServeService:
             limits=limits,
         )
         self.replay: ReplayGuard = self._executor.replay
+        self.offence_log = OffenceLog()
+        """Rate-limits the lines about executors unreachable after advertising."""
+        self._client.pool.on_open = self._opened
         self.on_completed: Callable[[Kind, str, dict[str, Any], str, Completed, str], None] | None = None
         """Hears of every completed user request, with its whole text (synchronous, must not
         block or raise): the duel coordinator samples offloaded ones."""
@@ -214,6 +218,22 @@ class ServeService:
             await trio.sleep(self.load_interval if self.local.backends else self.deadlines.pool_idle_s / 2)
             await self.local.refresh()
             await self._client.close_idle(self.deadlines.pool_idle_s)
+
+    def _opened(self, peer: str, error: TransportError | None) -> None:
+        """A session stream to ``peer`` opened (its connect failures are forgiven) or could
+        not be opened within the connect deadline: an advertised executor we cannot reach is
+        offered work only after the others for a while (see :class:`OffenderBook`)."""
+        if error is None:
+            self.offenders.reached(peer)
+            return
+        now = trio.current_time()
+        probation = self.offenders.unreachable(peer, now)
+        covered = self.offence_log.record(peer, Offence.UNREACHABLE.value, now)
+        if covered is not None:
+            log.warning(
+                "executor %s unreachable after advertising (%s; %d time(s) since last logged): "
+                "offered work only after the others for %.0f s", peer, error, covered, probation,
+            )
 
     # --- views ----------------------------------------------------------------------------
 
