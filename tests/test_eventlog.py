@@ -284,3 +284,49 @@ def test_bad_log_format_is_a_usage_error(tmp_path: Any, stderr_log: None) -> Non
         2, "error: --log-format 'yaml' is not a log format (use one of human, json)")
     assert only_error("join", "--log-format", "xml", "--data-dir", str(tmp_path)) == (
         2, "error: --log-format 'xml' is not a log format (use one of human, json)")
+
+
+# --- a duel ---------------------------------------------------------------------------------------
+
+
+def duel_cfg(*, answers: str | None = None, duel_rate: float = 0.0, judge: bool = False) -> Any:
+    return parse_config({
+        "server_params": {"accept_frequency": 1.0, "duel_rate": duel_rate, "judge": judge, "judge_method": "fake"},
+        "ledger_params": {"initial_staked": 10},
+        "models": [{"model_path": MODEL, "backend": "fake", "fake": {"answers": answers}}] if answers else [],
+    })
+
+
+async def test_a_duel_logs_started_judged_and_the_verdict(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    from p2pserve.backends.registry import BackendSpec, build_backend
+
+    caplog.set_level(logging.INFO, logger="p2pserve")
+    configs = [duel_cfg(duel_rate=1.0), duel_cfg(answers="words"), duel_cfg(answers="noise"), duel_cfg(judge=True)]
+    answers = {1: "words", 2: "noise"}
+
+    def backends(i: int) -> dict[str, Any]:
+        return {MODEL: build_backend(BackendSpec(MODEL, kind="fake", fake={"answers": answers[i]}))} if i in answers else {}
+
+    async with open_cluster(configs, network=MemoryNetwork(seed=41), seed=41, backends=backends) as c:
+        gw, judge = c[0], c[3]
+        with trio.fail_after(120):
+            while not (len(gw.peers.candidates(MODEL)) == 2 and gw.ledger.writable
+                       and all(n.ledger.store.state.account(m.peer_id) for n in c.alive() for m in c.alive())
+                       and any(e.status.judge for e in gw.peers.entries())):
+                await trio.sleep(0.1)
+            async with gw.serve.submit("chat", MODEL, {"messages": [{"role": "user", "content": "q"}]}, key="q0") as events:
+                async for _ in events:
+                    pass
+            while gw.duels.running or not fields_of(caplog, "verdict"):
+                await trio.sleep(0.1)
+    (started,) = fields_of(caplog, "duel_started")
+    (off,) = fields_of(caplog, "request_offloaded")
+    assert (started["req"], started["model"], started["first"]) == ("q0", MODEL, off["peer"])
+    (judged,) = fields_of(caplog, "duel_judged")
+    (verdict,) = fields_of(caplog, "verdict")
+    assert judged["judge"] == judge.peer_id and verdict["requester"] == gw.peer_id
+    assert judged["order"] == verdict["order"] and judged["outcome"] == verdict["outcome"] in ("A", "B", "tie")
+    assert {judged["a"], judged["b"]} == {c[1].peer_id, c[2].peer_id} and (verdict["a"], verdict["b"]) == (judged["a"], judged["b"])
+    assert not fields_of(caplog, "duel_abandoned")
