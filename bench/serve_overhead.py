@@ -1,19 +1,37 @@
-"""Added latency of an offloaded request, and requests/second one node routes.
+"""What a p2pserve hop costs a user, side by side with LiteLLM proxy, in one interleaved run.
 
-Three processes on 127.0.0.1, plus this client:
+Processes on 127.0.0.1, plus this client:
   * a fast fake OpenAI-compatible backend (``python -m p2pserve.backends.fake``, no delays);
   * node B (``p2pserve join``) serving that backend;
   * node A (``p2pserve join``), a gateway with no model: every request it gets is offloaded
-    to B over libp2p (signed offer, accept, streamed chunks, signed receipt).
+    to B over libp2p (signed offer, accept, streamed chunks, signed receipt, paid on the
+    ledger unless ``--price 0``);
+  * LiteLLM proxy in front of the same backend, one worker, when an executable is given or
+    found (``--litellm PATH``; default ``.venv-litellm/bin/litellm``; set it up with
+    ``python3 -m venv .venv-litellm && .venv-litellm/bin/pip install 'litellm[proxy]'``:
+    a separate environment, because LiteLLM pins versions of packages p2pserve also uses).
+    Without it the benchmark says so and measures the other paths.
 
-Measured side by side in one run, streaming chat completions of the same prompt:
-  * direct: client -> backend;
-  * via p2pserve: client -> A's /v1 -> libp2p -> B -> backend;
-time to first token and total, p50/p90; then the routed requests/second through A with
-concurrent clients, and the CPU milliseconds each process spent per routed request.
-``--price 0`` makes B free, so no ledger block is written per request (the serving path
-alone); ``--spy DIR`` records py-spy profiles of A and B during the req/s phase.
-Run: ``.venv/bin/python bench/serve_overhead.py [--requests N] [--price 0]``.
+The paths, each a streamed chat completion of 16 tokens:
+  direct   client -> backend
+  local    client -> B's /v1 -> backend            (a node serving its own backend)
+  gateway  client -> A's /v1 -> libp2p -> B -> backend
+  litellm  client -> LiteLLM proxy -> backend
+
+Each round measures every path the same way, in rotated order, so all see the same machine
+state: first ``--requests`` sequential requests per path (interleaved one by one) for time
+to first token and total time, then ``--seconds`` of ``--concurrency`` concurrent clients
+per path for requests/second and the CPU time each process spent per request. The figures
+are medians over ``--rounds`` rounds. "Added" is a path's p50 (or p90) minus the direct
+path's in the same round. Time to first token is the first SSE event whose delta carries
+text (the role chunk does not count).
+
+CPU per request: the gateway path's node A (the gateway) and node B (the executor); the
+fake backend's own CPU is shown apart and is not ours to count.
+
+Run: ``.venv/bin/python bench/serve_overhead.py [--rounds 3] [--price 0] [--spy DIR] [--json FILE]``.
+``--spy DIR`` records py-spy profiles of A and B during the gateway path's throughput phase
+of the last round (summarise them with ``bench/profile_summary.py``).
 """
 
 from __future__ import annotations
@@ -21,22 +39,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from p2pserve.testing.processes import read_banner, spawn_join, stop_processes  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from p2pserve.testing.processes import read_banner, spawn_join, stop_processes, wait_for  # noqa: E402
 
 MODEL = "fake-model"
-BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me about the sea."}], "max_tokens": 16, "stream": True}
+BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me about the sea."}], "max_tokens": 16,
+        "stream": True}
+PATHS = ("direct", "local", "gateway", "litellm")
 
 
 def free_port() -> int:
@@ -45,22 +69,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def one(client: httpx.AsyncClient, url: str) -> tuple[float, float]:
-    t0 = time.perf_counter()
-    ttft = None
-    async with client.stream("POST", url, json=BODY) as r:
-        r.raise_for_status()
-        async for line in r.aiter_lines():
-            if ttft is None and '"content"' in line and '"content":""' not in line:
-                ttft = time.perf_counter() - t0
-    total = time.perf_counter() - t0
-    return (ttft if ttft is not None else total), total
-
-
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds used so far by process ``pid`` (Linux /proc)."""
+    """User + system CPU seconds used so far by process ``pid`` (Linux /proc), children included."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -68,112 +80,241 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(p * len(xs)))]
 
 
-async def measure(direct: str, via: str, n: int, concurrency: int, seconds: float,
-                  spy: list[tuple[str, int]] | None = None, pids: dict[str, int] | None = None) -> dict[str, float]:
-    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
+def first_text(line: str) -> bool:
+    """Whether an SSE line is an event whose delta (or completion text) carries text."""
+    if not line.startswith("data: ") or line == "data: [DONE]":
+        return False
+    try:
+        choices = json.loads(line[6:]).get("choices") or []
+    except ValueError:
+        return False
+    for c in choices:
+        if (c.get("delta") or {}).get("content") or c.get("text"):
+            return True
+    return False
+
+
+async def one(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> tuple[float, float]:
+    """(time to first token, total) of one streamed request, in seconds."""
+    t0 = time.perf_counter()
+    ttft = None
+    async with client.stream("POST", url, json=BODY, headers=headers) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if ttft is None and first_text(line):
+                ttft = time.perf_counter() - t0
+    total = time.perf_counter() - t0
+    if ttft is None:
+        raise RuntimeError(f"{url}: a streamed answer with no text")
+    return ttft, total
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    pids: dict[str, int]
+    """The processes whose CPU counts for this path (name -> pid)."""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Round:
+    ttft: dict[str, list[float]] = field(default_factory=dict)
+    total: dict[str, list[float]] = field(default_factory=dict)
+    rps: dict[str, float] = field(default_factory=dict)
+    cpu_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+async def throughput(client: httpx.AsyncClient, t: Target, concurrency: int, seconds: float,
+                     spy: list[tuple[str, int]]) -> tuple[float, dict[str, float]]:
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            await one(client, t.url, t.headers)
+            done += 1
+
+    spies = [subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "200", "-f", "raw",
+                               "-o", out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for out, pid in spy]
+    cpu0 = {name: cpu_seconds(pid) for name, pid in t.pids.items()}
+    t0 = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(concurrency):
+            nursery.start_soon(worker)
+    rps = done / (time.perf_counter() - t0)
+    cpu = {name: (cpu_seconds(pid) - cpu0[name]) * 1000 / max(done, 1) for name, pid in t.pids.items()}
+    for p in spies:
+        p.wait(timeout=60)
+    return rps, cpu
+
+
+async def measure(targets: list[Target], opts: argparse.Namespace, spy_pids: dict[str, int]) -> list[Round]:
+    limits = httpx.Limits(max_connections=opts.concurrency + 8, max_keepalive_connections=opts.concurrency + 8)
+    rounds: list[Round] = []
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
-        for _ in range(20):  # warm up both paths (connections, libp2p stream setup)
-            await one(client, direct)
-            await one(client, via)
-        d_ttft, d_total, v_ttft, v_total = [], [], [], []
-        for _ in range(n):  # interleaved, so both paths see the same machine state
-            a, b = await one(client, direct)
-            d_ttft.append(a)
-            d_total.append(b)
-            a, b = await one(client, via)
-            v_ttft.append(a)
-            v_total.append(b)
-        done = 0
-        deadline = time.perf_counter() + seconds
+        for t in targets:  # warm up every path (connections, libp2p session streams)
+            for _ in range(20):
+                await one(client, t.url, t.headers)
+        for i in range(opts.rounds):
+            r = Round()
+            order = targets[i % len(targets):] + targets[:i % len(targets)]
+            for t in order:
+                r.ttft[t.name], r.total[t.name] = [], []
+            for _ in range(opts.requests):
+                for t in order:
+                    a, b = await one(client, t.url, t.headers)
+                    r.ttft[t.name].append(a)
+                    r.total[t.name].append(b)
+            for t in order:
+                last = i == opts.rounds - 1
+                spy = [(f"{opts.spy}/{name}.txt", pid) for name, pid in spy_pids.items()] \
+                    if opts.spy and last and t.name == "gateway" else []
+                r.rps[t.name], r.cpu_ms[t.name] = await throughput(client, t, opts.concurrency, opts.seconds, spy)
+            rounds.append(r)
+            print(f"round {i + 1}/{opts.rounds}: " + ", ".join(
+                f"{t.name} {statistics.median(r.total[t.name]) * 1000:.2f} ms {r.rps[t.name]:.0f}/s" for t in targets),
+                flush=True)
+    return rounds
 
-        async def worker() -> None:
-            nonlocal done
-            while time.perf_counter() < deadline:
-                await one(client, via)
-                done += 1
 
-        spies = [subprocess.Popen(["py-spy", "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "200",
-                                   "-f", "raw", "-o", out],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for out, pid in spy or []]
-        cpu0 = {name: cpu_seconds(pid) for name, pid in (pids or {}).items()}
-        t0 = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            for _ in range(concurrency):
-                nursery.start_soon(worker)
-        rps = done / (time.perf_counter() - t0)
-        cpu = {f"cpu_ms_per_req_{name}": (cpu_seconds(pid) - cpu0[name]) * 1000 / max(done, 1)
-               for name, pid in (pids or {}).items()}
-        for p in spies:
-            p.wait(timeout=60)
-    ms = 1000.0
+def summarise(rounds: list[Round], names: list[str]) -> dict[str, Any]:
+    """Medians over rounds of each path's figures (ms; added = path minus direct, per round)."""
+    return {n: _path_summary(rounds, n) for n in names}
+
+
+def _path_summary(rounds: list[Round], n: str) -> dict[str, Any]:
+    def med(f: Any) -> float:
+        return statistics.median(f(r) for r in rounds)
+
+    def added(series: str, q: float) -> float:
+        def one(r: Round) -> float:
+            xs, base = getattr(r, series)[n], getattr(r, series)["direct"]
+            return (pct(xs, q) - pct(base, q)) * 1000
+        return med(one)
+
     return {
-        "direct_ttft_p50_ms": statistics.median(d_ttft) * ms,
-        "via_ttft_p50_ms": statistics.median(v_ttft) * ms,
-        "added_ttft_p50_ms": (statistics.median(v_ttft) - statistics.median(d_ttft)) * ms,
-        "direct_total_p50_ms": statistics.median(d_total) * ms,
-        "via_total_p50_ms": statistics.median(v_total) * ms,
-        "added_total_p50_ms": (statistics.median(v_total) - statistics.median(d_total)) * ms,
-        "added_total_p90_ms": (pct(v_total, 0.9) - pct(d_total, 0.9)) * ms,
-        "routed_rps": rps,
-        **cpu,
+        "ttft_p50_ms": med(lambda r: statistics.median(r.ttft[n]) * 1000),
+        "total_p50_ms": med(lambda r: statistics.median(r.total[n]) * 1000),
+        "added_ttft_p50_ms": added("ttft", 0.5),
+        "added_ttft_p90_ms": added("ttft", 0.9),
+        "added_total_p50_ms": added("total", 0.5),
+        "added_total_p90_ms": added("total", 0.9),
+        "rps": med(lambda r: r.rps[n]),
+        "cpu_ms": {p: med(lambda r, p=p: r.cpu_ms[n][p]) for p in rounds[0].cpu_ms[n]},
     }
+
+
+def report(s: dict[str, Any], opts: argparse.Namespace) -> None:
+    names = list(s)
+    print(f"\nmedians of {opts.rounds} rounds; {opts.requests} sequential requests per path per round; "
+          f"{opts.concurrency} concurrent clients for {opts.seconds:g} s per path per round; price {opts.price:g}")
+    print(f"{'path':10}{'total p50':>11}{'added p50':>11}{'added p90':>11}{'TTFT p50':>10}{'added':>8}"
+          f"{'req/s':>8}  CPU ms per request")
+    for n in names:
+        f = s[n]
+        cpu = ", ".join(f"{p} {v:.2f}" for p, v in f["cpu_ms"].items())
+        print(f"{n:10}{f['total_p50_ms']:>11.2f}{f['added_total_p50_ms']:>11.2f}{f['added_total_p90_ms']:>11.2f}"
+              f"{f['ttft_p50_ms']:>10.2f}{f['added_ttft_p50_ms']:>8.2f}{f['rps']:>8.0f}  {cpu}")
+    g = s["gateway"]
+    print(f"\ngateway hop: added p50 {g['added_total_p50_ms']:.2f} ms, gateway CPU {g['cpu_ms']['node_a']:.2f} ms, "
+          f"executor CPU {g['cpu_ms']['node_b']:.2f} ms per request (backend's own {g['cpu_ms']['backend']:.2f} ms)")
+    if "litellm" in s:
+        lt = s["litellm"]
+        for n in ("local", "gateway"):
+            print(f"LiteLLM / {n}: added p50 {lt['added_total_p50_ms'] / max(s[n]['added_total_p50_ms'], 1e-9):.1f}x, "
+                  f"req/s {s[n]['rps'] / lt['rps']:.1f}x, proxy CPU "
+                  f"{lt['cpu_ms']['litellm'] / (s[n]['cpu_ms']['node_a' if n == 'gateway' else 'node_b']):.1f}x")
+    for n in names[1:]:
+        print(f"{n} / direct: total p50 {s[n]['total_p50_ms'] / s['direct']['total_p50_ms']:.2f}x, "
+              f"req/s {s[n]['rps'] / s['direct']['rps']:.2f}x")
+
+
+def start_litellm(exe: str, backend: str, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    (tmp / "litellm.yaml").write_text(json.dumps({
+        "model_list": [{"model_name": MODEL, "litellm_params": {"model": f"openai/{MODEL}", "api_base": f"{backend}/v1",
+                                                                "api_key": "none"}}],
+        "litellm_settings": {"drop_params": True, "telemetry": False},
+    }))
+    env = {**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False", "NO_DOCS": "True"}
+    proc = subprocess.Popen([exe, "--config", str(tmp / "litellm.yaml"), "--host", "127.0.0.1", "--port", str(port),
+                             "--num_workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: httpx.get(f"{url}/health/liveliness", timeout=2).status_code == 200, 120, "LiteLLM proxy up",
+             ignore=(httpx.HTTPError,))
+    return proc, url
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--requests", type=int, default=300)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--requests", type=int, default=100, help="sequential requests per path per round")
     ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--seconds", type=float, default=5.0, help="throughput phase per path per round")
     ap.add_argument("--price", type=float, default=1.0,
-                    help="B's price in credits per 1k tokens; 0 means no ledger block per request (serving path alone)")
-    ap.add_argument("--spy", metavar="DIR", help="py-spy (on PATH) records nodes A and B during the req/s phase into DIR")
+                    help="B's price in credits per 1k tokens; 0: no ledger block per request (the serving path alone)")
+    ap.add_argument("--litellm", default=str(ROOT / ".venv-litellm/bin/litellm"),
+                    help="LiteLLM proxy executable ('' to leave it out)")
+    ap.add_argument("--spy", metavar="DIR", help="py-spy (on PATH) records A and B during the last gateway phase")
+    ap.add_argument("--json", metavar="FILE", help="write the per-path medians here")
     opts = ap.parse_args()
+    if opts.spy:
+        Path(opts.spy).mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="p2pserve-serve-bench-"))
-    port = free_port()
-    procs: list[subprocess.Popen[str]] = []
+    procs: list[subprocess.Popen[Any]] = []
     try:
-        procs.append(subprocess.Popen([sys.executable, "-m", "p2pserve.backends.fake", "--port", str(port), "--model", MODEL,
-                                       "--dialect", "vllm", "--ttft", "0", "--tpot", "0", "--max-running", "256"],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True))
+        port = free_port()
+        procs.append(subprocess.Popen([sys.executable, "-m", "p2pserve.backends.fake", "--port", str(port), "--model",
+                                       MODEL, "--dialect", "vllm", "--ttft", "0", "--tpot", "0", "--max-running", "256"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         backend = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                httpx.get(f"{backend}/v1/models", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_for(lambda: httpx.get(f"{backend}/v1/models", timeout=1).status_code == 200, 30, "fake backend up",
+                 ignore=(httpx.HTTPError,))
         (tmp / "b.yaml").write_text(json.dumps({
             "server_params": {"accept_frequency": 1.0},
             "models": [{"model_path": MODEL, "base_url": backend, "price_per_1k": opts.price,
                         "dispatch_params": {"max_concurrency": 256, "target_token_usage": 1.0}}],
         }))
-        (tmp / "a.yaml").write_text(json.dumps({"server_params": {"offload_frequency": 1.0, "policy": "always-offload"}, "models": []}))
+        (tmp / "a.yaml").write_text(json.dumps({"server_params": {"offload_frequency": 1.0, "policy": "always-offload"},
+                                                "models": []}))
         common = ["--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0"]
-        procs.append(spawn_join(["--config", str(tmp / "b.yaml"), "--data-dir", str(tmp / "b"), *common], stderr=subprocess.DEVNULL))
+        procs.append(spawn_join(["--config", str(tmp / "b.yaml"), "--data-dir", str(tmp / "b"), *common],
+                                stderr=subprocess.DEVNULL))
         b = read_banner(procs[-1])
         procs.append(spawn_join(["--config", str(tmp / "a.yaml"), "--data-dir", str(tmp / "a"), *common,
                                  "--bootstrap", b["listening"][0]], stderr=subprocess.DEVNULL))
         a = read_banner(procs[-1])
-        api = a["api"][0]
-        for _ in range(200):  # until A knows B serves the model
-            if MODEL in {m["id"] for m in httpx.get(f"{api}/v1/models").json()["data"]}:
-                break
-            time.sleep(0.1)
-        spy = [(f"{opts.spy}/node_a.txt", procs[2].pid), (f"{opts.spy}/node_b.txt", procs[1].pid)] if opts.spy else None
-        r = trio.run(measure, f"{backend}/v1/chat/completions", f"{api}/v1/chat/completions",
-                     opts.requests, opts.concurrency, opts.seconds, spy,
-                     {"backend": procs[0].pid, "node_b": procs[1].pid, "node_a": procs[2].pid})
-        print(f"{'':24}{'direct':>10}{'via p2pserve':>14}{'added':>10}{'ratio':>8}")
-        print(f"{'TTFT p50 (ms)':24}{r['direct_ttft_p50_ms']:>10.2f}{r['via_ttft_p50_ms']:>14.2f}"
-              f"{r['added_ttft_p50_ms']:>10.2f}{r['via_ttft_p50_ms'] / r['direct_ttft_p50_ms']:>8.2f}")
-        print(f"{'total p50 (ms)':24}{r['direct_total_p50_ms']:>10.2f}{r['via_total_p50_ms']:>14.2f}"
-              f"{r['added_total_p50_ms']:>10.2f}{r['via_total_p50_ms'] / r['direct_total_p50_ms']:>8.2f}")
-        print(f"{'added total p90 (ms)':24}{r['added_total_p90_ms']:>34.2f}")
-        print(f"routed requests/s through one gateway node ({opts.concurrency} concurrent clients): {r['routed_rps']:.0f}")
-        print("CPU ms per routed request: " + ", ".join(
-            f"{k.removeprefix('cpu_ms_per_req_')} {v:.2f}" for k, v in r.items() if k.startswith("cpu_ms_per_req_")))
+        gateway = a["api"][0]
+        # A routes once it knows B serves the model and its own ledger account is open
+        # (a node opens its account once a peer confirmed its chain; until then it can pay nothing).
+        wait_for(lambda: MODEL in {m["id"] for m in httpx.get(f"{gateway}/v1/models").json()["data"]}, 30,
+                 "the gateway knows B's model")
+        wait_for(lambda: httpx.get(f"{gateway}/p2pserve/status").json()["ledger"]["opened"], 30,
+                 "the gateway's ledger account open")
+        pids = {"backend": procs[0].pid, "node_b": procs[1].pid, "node_a": procs[2].pid}
+        targets = [
+            Target("direct", f"{backend}/v1/chat/completions", {"backend": pids["backend"]}),
+            Target("local", f"{b['api'][0]}/v1/chat/completions", {"node_b": pids["node_b"], "backend": pids["backend"]}),
+            Target("gateway", f"{gateway}/v1/chat/completions", dict(pids)),
+        ]
+        if opts.litellm and shutil.which(opts.litellm):
+            lproc, lurl = start_litellm(opts.litellm, backend, tmp)
+            procs.append(lproc)
+            targets.append(Target("litellm", f"{lurl}/v1/chat/completions",
+                                  {"litellm": lproc.pid, "backend": pids["backend"]}, {"Authorization": "Bearer none"}))
+        else:
+            print(f"LiteLLM proxy not measured: no executable at {opts.litellm!r} (see this file's docstring)")
+        rounds = trio.run(measure, targets, opts, {"node_a": pids["node_a"], "node_b": pids["node_b"]})
+        s = summarise(rounds, [t.name for t in targets])
+        report(s, opts)
+        if opts.json:
+            Path(opts.json).write_text(json.dumps({"options": vars(opts), "paths": s}, indent=1))
     finally:
         stop_processes(procs, timeout=15)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

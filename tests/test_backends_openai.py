@@ -17,7 +17,8 @@ import pytest
 import trio
 
 from p2pserve.backends.base import Finished, GenerationEvent, Kind, TextDelta
-from p2pserve.backends.fake import FakeBackend, serve_fake_backend
+from p2pserve.backends.fake import FakeBackend
+from p2pserve.backends.http import HTTPBroken
 from p2pserve.backends.metrics import load_from_metrics, parse_prometheus
 from p2pserve.backends.openai import OpenAIBackend, Timeouts
 from p2pserve.backends.sse import SSEDecoder
@@ -241,7 +242,8 @@ async def test_cut_mid_stream_after_tokens() -> None:
         async for event in b.generate("chat", CHAT):
             if isinstance(event, TextDelta):
                 got.append(event.text)
-    assert len(got) == 2 and isinstance(info.value.__cause__, httpx.RemoteProtocolError)
+    cause = info.value.__cause__
+    assert len(got) == 2 and isinstance(cause, HTTPBroken) and isinstance(cause.__cause__, httpx.RemoteProtocolError)
 
 
 async def test_stall_before_first_byte_times_out(autojump_clock: trio.testing.MockClock) -> None:
@@ -449,85 +451,6 @@ async def test_real_fake_server_process(fake_server_process: Callable[..., str])
         with pytest.raises(BackendUnavailable):
             await collect(down, "chat", CHAT)
         await down.aclose()
-
-
-class _RecordingSocket:
-    """Stands in for a trio.SocketStream: records sends, plays canned reads, can fail."""
-
-    def __init__(self, reads: list[bytes], fail_send: bool = False) -> None:
-        self.sent: list[bytes] = []
-        self.reads = reads
-        self.fail_send = fail_send
-
-    async def send_all(self, data: bytes) -> None:
-        if self.fail_send:
-            raise trio.BrokenResourceError("peer reset")
-        self.sent.append(bytes(data))
-
-    async def receive_some(self, max_bytes: int) -> bytes:
-        return self.reads.pop(0) if self.reads else b""
-
-    async def aclose(self) -> None:
-        pass
-
-
-async def test_tcp_stream_sends_request_head_and_body_in_one_write() -> None:
-    import httpcore
-
-    from p2pserve.backends._trio_tcp import TCPStream
-
-    sock = _RecordingSocket([b"HTTP/1.1 200 OK\r\n"])
-    stream = TCPStream(sock)  # type: ignore[arg-type]
-    await stream.write(b"POST / HTTP/1.1\r\n\r\n")
-    await stream.write(b"")
-    await stream.write(b'{"a": 1}')
-    assert sock.sent == []
-    assert await stream.read(1024) == b"HTTP/1.1 200 OK\r\n"
-    assert sock.sent == [b'POST / HTTP/1.1\r\n\r\n{"a": 1}']
-    assert await stream.read(1024) == b""  # nothing left to send: no empty write
-    assert len(sock.sent) == 1
-    broken = TCPStream(_RecordingSocket([], fail_send=True))  # type: ignore[arg-type]
-    await broken.write(b"GET / HTTP/1.1\r\n\r\n")
-    with pytest.raises(httpcore.WriteError):
-        await broken.read(1024)
-
-
-async def test_http_transport_replaces_httpx_private_pool(monkeypatch: pytest.MonkeyPatch) -> None:
-    """httpx has no public knob for httpcore's network backend, so _trio_tcp.http_transport
-    replaces the private ``AsyncHTTPTransport._pool``. If an httpx release renames it, builds
-    it differently or stops sending requests through it, this fails: pin httpx back, or port
-    http_transport (real connections would otherwise silently lose the one-write requests)."""
-    import httpcore
-
-    from p2pserve.backends import _trio_tcp
-
-    versions = f"httpx {httpx.__version__}, httpcore {httpcore.__version__}"
-    plain = httpx.AsyncHTTPTransport()
-    assert isinstance(getattr(plain, "_pool", None), httpcore.AsyncConnectionPool), f"{versions}: no _pool"
-    limits = httpx.Limits(max_connections=7, max_keepalive_connections=3, keepalive_expiry=9.0)
-    transport = _trio_tcp.http_transport("http://127.0.0.1:1", limits)
-    assert transport is not None and _trio_tcp.http_transport("https://x", limits) is None
-    pool = transport._pool  # type: ignore[attr-defined]
-    assert isinstance(pool, httpcore.AsyncConnectionPool) and isinstance(pool._network_backend, _trio_tcp.TCPBackend), versions
-    assert (pool._max_connections, pool._max_keepalive_connections, pool._keepalive_expiry) == (7, 3, 9.0), versions
-    # and a request through an OpenAIBackend really goes over TCPBackend
-    dialed: list[tuple[str, int]] = []
-    connect = _trio_tcp.TCPBackend.connect_tcp
-
-    async def spy(self: _trio_tcp.TCPBackend, host: str, port: int, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
-        dialed.append((host, port))
-        return await connect(self, host, port, *args, **kwargs)
-
-    monkeypatch.setattr(_trio_tcp.TCPBackend, "connect_tcp", spy)
-    with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            server = await nursery.start(serve_fake_backend)
-            b = OpenAIBackend("fake", server.base_url)
-            events = await collect(b, "chat", CHAT)
-            assert isinstance(events[-1], Finished)
-            await b.aclose()
-            nursery.cancel_scope.cancel()
-    assert dialed == [("127.0.0.1", server.port)], versions
 
 
 def test_map_exceptions_translates_at_the_edge() -> None:

@@ -1,15 +1,16 @@
 """The client for any OpenAI-compatible server: vLLM, SGLang, llama.cpp, Ollama, the fake.
 
 This module owns :class:`OpenAIBackend` (the :class:`~p2pserve.backends.base.Backend` over
-``httpx.AsyncClient``). Its helpers: :mod:`.sse` decodes the event stream (sans-IO), and
-:mod:`._trio_tcp` is the httpcore network backend under real ``http://`` connections.
+an :class:`~p2pserve.backends.http.HTTPClient`: the lean :class:`~.h11client.H11Client` for
+real servers, an httpx transport when one is injected, e.g. the fake's ``MockTransport``).
+Its other helper, :mod:`.sse`, decodes the event stream (sans-IO).
 
 Invariants:
 
 * ``generate()`` always streams from the server (``"stream": true`` with
   ``stream_options.include_usage``), whatever the caller asked, and yields ``TextDelta``
   events then exactly one ``Finished``.
-* No httpx exception escapes: connect failures and resets before an answer become
+* No HTTP client exception escapes: connect failures and resets before an answer become
   :class:`~p2pserve.errors.BackendUnavailable`, deadlines :class:`BackendTimeout`, and
   everything else (non-2xx, bad JSON, bad SSE, a stream cut mid-way, another model in the
   reply) :class:`BackendResponseError`, chained with ``raise ... from exc``.
@@ -29,8 +30,9 @@ from typing import Any, Literal
 import httpx
 import trio
 
-from p2pserve.backends._trio_tcp import http_transport
 from p2pserve.backends.base import Backend, Finished, GenerationEvent, Kind, Load, TextDelta
+from p2pserve.backends.h11client import H11Client
+from p2pserve.backends.http import HTTPClient, HTTPError, HTTPResponse, HTTPTimeout, HTTPUnreachable, HttpxClient
 from p2pserve.backends.metrics import load_from_metrics
 from p2pserve.backends.sse import SSEDecoder
 from p2pserve.errors import BackendError, BackendResponseError, BackendTimeout, BackendUnavailable, map_exceptions
@@ -42,6 +44,8 @@ MetricsMode = Literal["auto", "off"]
 _CLOSE_GRACE_S = 2.0
 _DRAIN_S = 1.0
 _DRAIN_BYTES = 64 * 1024
+_METRICS_BYTES = 8 * 1024 * 1024
+"""Largest ``/metrics`` page read (vLLM's is ~100 KB; a longer one is cut)."""
 
 
 def approx_tokens(text: str) -> int:
@@ -92,8 +96,7 @@ class OpenAIBackend(Backend):
     caller continuing a stream lowers it by the tokens already delivered.
 
     Early exit: close the iteration (``async with aclosing(...)``); the HTTP request is then
-    closed, which aborts it on vLLM/SGLang. httpx's own stream generators are left for
-    trio to finalise, which warns (ResourceWarning) on real sockets.
+    closed, which aborts it on vLLM/SGLang.
     """
 
     supports_continuation = True
@@ -134,14 +137,11 @@ class OpenAIBackend(Backend):
         self.continue_final_message = continue_final_message
         self.check_model = check_model
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_keepalive_connections)
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers=headers,
-            transport=transport if transport is not None else http_transport(self.base_url, limits),
-            # Only connect is left to httpx: every other wait runs under a trio deadline here.
-            timeout=httpx.Timeout(connect=timeouts.connect, read=None, write=None, pool=None),
-            limits=limits,
+        # Only connect is left to the client: every other wait runs under a trio deadline here.
+        self._http: HTTPClient = (
+            HttpxClient(self.base_url, transport, headers, timeouts.connect) if transport is not None
+            else H11Client(self.base_url, headers=headers, connect_timeout=timeouts.connect,
+                           max_connections=max_connections, max_keepalive=max_keepalive_connections)
         )
         self._inflight = 0
         self._has_metrics: bool | None = None if metrics == "auto" else False
@@ -199,84 +199,72 @@ class OpenAIBackend(Backend):
         finally:
             self._inflight -= 1
 
-    async def _open(self, path: str, sent: dict[str, Any], deadline: float) -> httpx.Response:
-        """Send the request; the response once its headers arrived and were 2xx."""
+    async def _open(self, path: str, sent: dict[str, Any], deadline: float) -> HTTPResponse:
+        """Send the request; the response once its head arrived and was 2xx."""
         limit = _deadline_in(self.timeouts.first_byte, deadline)
-        request = self._client.build_request("POST", path, json=sent, headers={"Accept": "text/event-stream"})
+        body = json.dumps(sent, separators=(",", ":"), ensure_ascii=False).encode()
 
         def unreachable(exc: Exception) -> BackendUnavailable:
-            return BackendUnavailable(f"backend at {self.base_url} unreachable: {exc!r}")
+            return BackendUnavailable(f"backend at {self.base_url} unreachable: {exc}")
 
         errors = map_exceptions({
             trio.TooSlowError: lambda exc: BackendTimeout(f"backend sent no answer within {limit:.1f} s"),
-            httpx.TimeoutException: lambda exc: BackendTimeout(f"backend timed out: {exc!r}"),
-            httpx.NetworkError: unreachable,
-            httpx.RemoteProtocolError: unreachable,
-            httpx.HTTPError: lambda exc: BackendResponseError(f"backend request failed: {exc!r}"),
+            HTTPTimeout: lambda exc: BackendTimeout(f"backend timed out: {exc}"),
+            HTTPUnreachable: unreachable,
+            HTTPError: lambda exc: BackendResponseError(f"backend request failed: {exc}"),
         })
         with errors, trio.fail_after(max(limit, 0.0)):
-            response = await self._client.send(request, stream=True)
-            if response.status_code >= 300:
+            response = await self._http.request("POST", path, body=body, headers=_SSE_HEADERS)
+            if response.status >= 300:
                 try:
-                    detail = (await response.aread())[:500].decode("utf-8", "replace")
+                    detail = (await response.aread(500)).decode("utf-8", "replace")
                 finally:
                     await response.aclose()
-                raise BackendResponseError(
-                    f"backend answered HTTP {response.status_code}: {detail}", status_code=response.status_code
-                )
+                raise BackendResponseError(f"backend answered HTTP {response.status}: {detail}",
+                                           status_code=response.status)
         return response
 
     async def _events(
-        self, kind: Kind, response: httpx.Response, sent: dict[str, Any], deadline: float
+        self, kind: Kind, response: HTTPResponse, sent: dict[str, Any], deadline: float
     ) -> AsyncGenerator[GenerationEvent, None]:
-        status = response.status_code
+        status = response.status
         decoder = SSEDecoder()
         finish: str | None = None
         usage: tuple[int, int] | None = None
         pieces = 0
         done = False
-        # Iterate response.stream itself, not aiter_raw(): one async generator fewer, and the
-        # one left (httpx's BoundAsyncStream) is closed here explicitly on early exit.
-        stream = response.stream
-        assert isinstance(stream, httpx.AsyncByteStream)
-        async with aclosing(stream.__aiter__()) as chunks:  # type: ignore[type-var]
-            while not done:
-                limit = _deadline_in(self.timeouts.read, deadline)
-                raw: bytes | None = None
-                try:
-                    # a bare CancelScope: fail_after's generator context manager costs more
-                    # than the read itself on a fast backend
-                    with trio.CancelScope(deadline=trio.current_time() + max(limit, 0.0)) as scope:
-                        raw = await chunks.__anext__()
-                    if scope.cancelled_caught:
-                        raise BackendTimeout(f"backend stalled for {limit:.1f} s mid-stream")
-                except StopAsyncIteration:
-                    raw = None
-                except httpx.TimeoutException as exc:
-                    raise BackendTimeout(f"backend timed out mid-stream: {exc!r}") from exc
-                except httpx.HTTPError as exc:
-                    raise BackendResponseError(f"backend stream broke: {exc!r}", status_code=status) from exc
-                try:
-                    payloads = decoder.close() if raw is None else decoder.feed(raw)
-                except BackendResponseError as exc:
-                    raise BackendResponseError(str(exc), status_code=status) from exc
-                for payload in payloads:
-                    if payload.strip() == "[DONE]":
-                        done = True
-                        break
-                    delta, chunk_finish, chunk_usage = _read_chunk(kind, self._parse_chunk(payload, status), status)
-                    usage = chunk_usage or usage
-                    finish = chunk_finish or finish
-                    if delta:
-                        pieces += 1
-                        yield TextDelta(delta)
-                if raw is None and not done:
-                    if finish is None:
-                        raise BackendResponseError("backend stream ended before the answer finished",
-                                                   status_code=status)
-                    done = True  # finished; tolerate a missing [DONE]
-                elif raw is not None and done:
-                    await _drain(chunks)
+        while not done:
+            limit = _deadline_in(self.timeouts.read, deadline)
+            raw: bytes | None = None
+            try:
+                # a bare CancelScope: fail_after's generator context manager costs more
+                # than the read itself on a fast backend
+                with trio.CancelScope(deadline=trio.current_time() + max(limit, 0.0)) as scope:
+                    raw = await response.next_chunk()
+                if scope.cancelled_caught:
+                    raise BackendTimeout(f"backend stalled for {limit:.1f} s mid-stream")
+            except HTTPError as exc:
+                raise BackendResponseError(f"backend stream broke: {exc}", status_code=status) from exc
+            try:
+                payloads = decoder.close() if raw is None else decoder.feed(raw)
+            except BackendResponseError as exc:
+                raise BackendResponseError(str(exc), status_code=status) from exc
+            for payload in payloads:
+                if payload.strip() == "[DONE]":
+                    done = True
+                    break
+                delta, chunk_finish, chunk_usage = _read_chunk(kind, self._parse_chunk(payload, status), status)
+                usage = chunk_usage or usage
+                finish = chunk_finish or finish
+                if delta:
+                    pieces += 1
+                    yield TextDelta(delta)
+            if raw is None and not done:
+                if finish is None:
+                    raise BackendResponseError("backend stream ended before the answer finished", status_code=status)
+                done = True  # finished; tolerate a missing [DONE]
+            elif raw is not None and done:
+                await _drain(response)
         if finish is None:
             raise BackendResponseError("backend stream ended without a finish_reason", status_code=status)
         if usage is None:
@@ -323,18 +311,27 @@ class OpenAIBackend(Backend):
             self._cached, self._cached_at = load, trio.current_time()
             return load
 
+    async def _get(self, path: str, limit: int) -> tuple[int, bytes]:
+        """(status, body up to ``limit`` bytes) of ``GET path`` within the metrics timeout;
+        TooSlowError or HTTPError."""
+        with trio.fail_after(self.timeouts.metrics):
+            response = await self._http.request("GET", path)
+            try:
+                return response.status, await response.aread(limit)
+            finally:
+                await response.aclose()
+
     async def _scrape(self) -> Load:
         try:
-            with trio.fail_after(self.timeouts.metrics):
-                response = await self._client.get("/metrics")
-        except (trio.TooSlowError, httpx.HTTPError):
+            status, body = await self._get("/metrics", _METRICS_BYTES)
+        except (trio.TooSlowError, HTTPError):
             return Load(source="unknown")
-        if response.status_code == 404 and self._has_metrics is None:
+        if status == 404 and self._has_metrics is None:
             self._has_metrics = False
             return self._inflight_load()
-        if response.status_code != 200:
+        if status != 200:
             return Load(source="unknown")
-        load = load_from_metrics(response.text)
+        load = load_from_metrics(body.decode("utf-8", "replace"))
         if load is None:
             # /metrics exists but speaks none of the known dialects: our own count is the truth.
             return self._inflight_load()
@@ -356,17 +353,16 @@ class OpenAIBackend(Backend):
 
     async def _probe(self) -> BackendError | None:
         try:
-            with trio.fail_after(self.timeouts.metrics):
-                response = await self._client.get("/v1/models")
+            status, _ = await self._get("/v1/models", 1024 * 1024)
         except trio.TooSlowError:
             return BackendUnavailable(f"backend at {self.base_url} did not answer GET /v1/models within {self.timeouts.metrics:.1f} s")
-        except httpx.HTTPError as exc:
-            return BackendUnavailable(f"backend at {self.base_url} unreachable: {type(exc).__name__}: {exc}")
-        if response.status_code in (401, 403):
-            return BackendResponseError(f"backend at {self.base_url} refused our key (HTTP {response.status_code}): check models[].api_key",
-                                        status_code=response.status_code)
-        if response.status_code >= 500:
-            return BackendResponseError(f"backend at {self.base_url} answered HTTP {response.status_code}", status_code=response.status_code)
+        except HTTPError as exc:
+            return BackendUnavailable(f"backend at {self.base_url} unreachable: {exc}")
+        if status in (401, 403):
+            return BackendResponseError(f"backend at {self.base_url} refused our key (HTTP {status}): check models[].api_key",
+                                        status_code=status)
+        if status >= 500:
+            return BackendResponseError(f"backend at {self.base_url} answered HTTP {status}", status_code=status)
         return None
 
     @property
@@ -377,21 +373,24 @@ class OpenAIBackend(Backend):
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
-            await self._client.aclose()
+            await self._http.aclose()
 
 
-async def _drain(chunks: AsyncIterator[bytes]) -> None:
-    """Read to the end of a body after ``[DONE]`` (briefly, boundedly), so the stream ends
-    cleanly instead of being abandoned mid-iteration; servers close right after ``[DONE]``."""
+async def _drain(response: HTTPResponse) -> None:
+    """Read to the end of a body after ``[DONE]`` (briefly, boundedly), so the connection
+    ends its exchange cleanly and can be reused; servers end the body right after ``[DONE]``."""
     extra = 0
     with trio.move_on_after(_DRAIN_S):
         try:
-            async for rest in chunks:
+            while (rest := await response.next_chunk()) is not None:
                 extra += len(rest)
                 if extra > _DRAIN_BYTES:
                     return
-        except httpx.HTTPError:
+        except HTTPError:
             return
+
+
+_SSE_HEADERS = {"Accept": "text/event-stream"}
 
 
 def _read_chunk(kind: Kind, chunk: dict[str, Any], status: int) -> tuple[str, str | None, tuple[int, int] | None]:
