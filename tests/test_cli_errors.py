@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -81,19 +82,14 @@ def test_libp2p_port_in_use_names_the_address(tmp_path: Path, held_port: int) ->
 def test_api_port_taken_after_the_check_is_still_named(held_port: int) -> None:
     """The HTTP server's own bind failure (a port taken between the check and the bind)
     reaches the CLI as a bare OSError in an exception group: it still names the API."""
-    from hypercorn.config import Config
+    from p2pserve.api.server import serve_asgi
 
-    config = Config()
-    config.bind = [f"127.0.0.1:{held_port}"]
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("never called")
+
     with pytest.raises(OSError) as caught:
-        config.create_sockets()
+        trio.run(serve_asgi, app, "127.0.0.1", held_port)
     assert caught.value.errno == errno.EADDRINUSE
-    tb = caught.value.__traceback__
-    while tb is not None:  # hypercorn leaves the socket it failed to bind open: close it here
-        for value in tb.tb_frame.f_locals.values():
-            if isinstance(value, socket.socket):
-                value.close()
-        tb = tb.tb_next
     group = ExceptionGroup("node", [ExceptionGroup("api", [caught.value])])
     cause = root_cause(group)
     assert cause is caught.value

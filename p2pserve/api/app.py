@@ -1,8 +1,8 @@
 """The node's HTTP API: OpenAI-compatible ``/v1`` routes, ``/p2pserve/status``, ``/metrics``,
 the status page at ``/``.
 
-A Starlette app served by Hypercorn's trio worker inside the node's own trio process, so it
-shares the node's nursery, clock and state. The ``/v1`` routes come from
+A Starlette app served by :mod:`p2pserve.api.server` (h11 over trio) inside the node's own
+trio process, so it shares the node's nursery, clock and state. The ``/v1`` routes come from
 :mod:`p2pserve.api.openai`, the page from :mod:`p2pserve.api.page`; this module assembles the
 app, guards it and runs the server. Every error the app itself answers (an unknown path, a
 wrong method, an unexpected failure) has OpenAI's shape, ``{"error": {"message", "type",
@@ -34,8 +34,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -45,6 +43,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from p2pserve.api.page import page_routes
+from p2pserve.api.server import serve_asgi
 from p2pserve.hostnames import DEFAULT_PORTS, normalize_origin, split_host
 
 __all__ = [
@@ -394,18 +393,6 @@ async def serve_app(
     *,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``app`` on ``host:port`` until cancelled; ``started`` with the base URL."""
-    config = HypercornConfig()
-    config.bind = [f"{host}:{port}"]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("p2pserve.http")
-    config.graceful_timeout = 1.0
-    config.keep_alive_timeout = 30.0
-
-    async def _serve(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-        await hypercorn_serve(app, config, task_status=task_status)  # type: ignore[arg-type]
-
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(_serve)
-        url = binds[0] if binds else f"http://{host}:{port}"
-        task_status.started(url)
+    """Serve ``app`` on ``host:port`` until cancelled (:mod:`p2pserve.api.server`);
+    ``started`` with the base URL."""
+    await serve_asgi(app, host, port, task_status=task_status)  # type: ignore[arg-type]

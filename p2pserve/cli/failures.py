@@ -50,7 +50,8 @@ def root_cause(exc: BaseException) -> P2PServeError | OSError | None:
 
 
 def _from_http_server(exc: BaseException) -> bool:
-    return any("/hypercorn/" in frame.filename.replace("\\", "/") for frame in traceback.extract_tb(exc.__traceback__))
+    return any(frame.filename.replace("\\", "/").endswith("/p2pserve/api/server.py")
+               for frame in traceback.extract_tb(exc.__traceback__))
 
 
 def explain(exc: P2PServeError | OSError, *, api: str) -> tuple[str, int]:

@@ -1,0 +1,225 @@
+"""The node's lean ASGI server (p2pserve.api.server) over real loopback sockets: write merging,
+keep-alive and pipelining, HTTP/1.0, HEAD, 100-continue, bad and oversized heads, slow
+clients, app failures, client hang-ups, the connection limit."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import pytest
+import trio
+
+from p2pserve.api.server import serve_asgi
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+async def echo(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    """Answers ``{method, path, query, body}``; ``/stream`` streams three pieces; ``/boom``
+    fails before answering, ``/boom-late`` after the head."""
+    body = b""
+    while True:
+        m = await receive()
+        body += m.get("body", b"")
+        if not m.get("more_body"):
+            break
+    if scope["path"] == "/boom":
+        raise RuntimeError("boom")
+    if scope["path"] == "/stream":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        for piece in (b"one ", b"two ", b"three"):
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        if scope["query_string"] == b"late":
+            raise RuntimeError("late")
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return
+    out = json.dumps({"method": scope["method"], "path": scope["path"], "query": scope["query_string"].decode(),
+                      "body": body.decode(), "version": scope["http_version"]}).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": out})
+
+
+async def start(nursery: trio.Nursery, app: Any = echo, **kw: Any) -> int:
+    url = await nursery.start(partial(serve_asgi, app, "127.0.0.1", 0, **kw))
+    return int(url.rsplit(":", 1)[1])
+
+
+async def exchange(port: int, raw: bytes, *, until_close: bool = True) -> bytes:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(raw)
+        out = b""
+        with trio.fail_after(10):
+            while until_close:
+                data = await stream.receive_some(65536)
+                if not data:
+                    break
+                out += data
+        return out
+
+
+def responses(raw: bytes) -> list[tuple[int, bytes]]:
+    """(status, body) of each complete response in ``raw`` (Content-Length or chunked)."""
+    import h11
+
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
+    conn.send(h11.EndOfMessage())
+    conn.receive_data(raw)
+    out: list[tuple[int, bytes]] = []
+    status, body = 0, b""
+    while True:
+        event = conn.next_event()
+        if isinstance(event, h11.Response):
+            status, body = event.status_code, b""
+        elif isinstance(event, h11.Data):
+            body += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            out.append((status, body))
+            if conn.their_state is not h11.DONE or conn.our_state is not h11.DONE:
+                return out
+            conn.start_next_cycle()
+            conn.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
+            conn.send(h11.EndOfMessage())
+        else:
+            return out
+
+
+async def test_keep_alive_pipelining_and_http10() -> None:
+    async with trio.open_nursery() as nursery:
+        port = await start(nursery)
+        two = (b"POST /a%20b?x=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi"
+               b"GET /c HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        got = responses(await exchange(port, two))
+        assert [s for s, _ in got] == [200, 200]
+        first, second = (json.loads(b) for _, b in got)
+        assert first == {"method": "POST", "path": "/a b", "query": "x=1", "body": "hi", "version": "1.1"}
+        assert second["path"] == "/c"
+        old = await exchange(port, b"GET /old HTTP/1.0\r\n\r\n")  # answered, then closed
+        assert old.startswith(b"HTTP/1.1 200") and json.loads(old.split(b"\r\n\r\n", 1)[1])["version"] == "1.0"
+        chunked = b"POST /u HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n" \
+                  b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+        assert json.loads(responses(await exchange(port, chunked))[0][1])["body"] == "abcde"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_streamed_response_takes_one_write_per_body_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The head leaves with the first body message, the last piece with the terminator."""
+    writes: list[bytes] = []
+    real = trio.SocketStream.send_all
+
+    async def counting(self: trio.SocketStream, data: bytes) -> None:
+        writes.append(bytes(data))
+        await real(self, data)
+
+    monkeypatch.setattr(trio.SocketStream, "send_all", counting)
+    async with trio.open_nursery() as nursery:
+        port = await start(nursery)
+        raw = await exchange(port, b"GET /stream HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        nursery.cancel_scope.cancel()
+    server_writes = [w for w in writes if w.startswith(b"HTTP/1.1") or b"\r\n" in w and not w.startswith(b"GET")]
+    assert len(server_writes) == 4  # head+"one ", "two ", "three", terminator
+    assert server_writes[0].startswith(b"HTTP/1.1 200") and server_writes[0].endswith(b"4\r\none \r\n")
+    assert server_writes[-1] == b"0\r\n\r\n"
+    assert responses(raw) == [(200, b"one two three")]
+
+
+async def test_head_100_continue_and_whole_bodies_get_a_length() -> None:
+    async with trio.open_nursery() as nursery:
+        port = await start(nursery)
+        head = await exchange(port, b"HEAD /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and head.endswith(b"\r\n\r\n")  # no body
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(b"POST /e HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nExpect: 100-continue\r\n"
+                                  b"Connection: close\r\n\r\n")
+            with trio.fail_after(10):
+                assert (await stream.receive_some(1000)).startswith(b"HTTP/1.1 100")
+                await stream.send_all(b"body")
+                rest = b""
+                while data := await stream.receive_some(65536):
+                    rest += data
+        assert b"content-length: " in rest.lower() and json.loads(rest.split(b"\r\n\r\n", 1)[1])["body"] == "body"
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"NOT HTTP AT ALL\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: h\r\nX: " + b"a" * 70_000 + b"\r\n\r\n", 431),
+    ],
+)
+async def test_bad_and_oversized_heads(raw: bytes, status: int) -> None:
+    async with trio.open_nursery() as nursery:
+        port = await start(nursery)
+        out = await exchange(port, raw)
+        assert out.startswith(b"HTTP/1.1 %d" % status)
+        error = json.loads(out.split(b"\r\n\r\n", 1)[1])["error"]
+        assert error["type"] == "invalid_request_error" and error["code"] in ("bad_request", "request_header_fields_too_large")
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_silent_or_slow_client_is_dropped_after_idle_s() -> None:
+    async with trio.open_nursery() as nursery:
+        port = await start(nursery, idle_s=0.2)
+        assert await exchange(port, b"") == b""  # said nothing: closed
+        assert await exchange(port, b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nhalf") == b""
+        nursery.cancel_scope.cancel()
+
+
+async def test_app_failures(caplog: pytest.LogCaptureFixture) -> None:
+    async with trio.open_nursery() as nursery:
+        port = await start(nursery)
+        out = await exchange(port, b"GET /boom HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 500")
+        assert json.loads(out.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "internal_error"
+        late = await exchange(port, b"GET /stream?late HTTP/1.1\r\nHost: h\r\n\r\n")  # closed mid-stream
+        assert b"three" in late and not late.endswith(b"0\r\n\r\n")
+        nursery.cancel_scope.cancel()
+    assert sum("the API failed to answer" in r.getMessage() for r in caplog.records) == 2
+
+
+async def test_a_client_that_hangs_up_is_told_to_the_app() -> None:
+    told = trio.Event()
+
+    async def waits(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        assert (await receive())["type"] == "http.request"
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        assert (await receive())["type"] == "http.disconnect"
+        told.set()
+        await send({"type": "http.response.body", "body": b"dropped, not raised", "more_body": False})
+
+    async with trio.open_nursery() as nursery:
+        port = await start(nursery, waits)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        with trio.fail_after(10):
+            assert b"first" in await stream.receive_some(1000)
+            await stream.aclose()
+            await told.wait()
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_connection_limit_holds_new_connections_back() -> None:
+    async with trio.open_nursery() as nursery:
+        port = await start(nursery, max_connections=1)
+        first = await trio.open_tcp_stream("127.0.0.1", port)
+        await first.send_all(b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\n")
+        with trio.fail_after(10):
+            assert responses(await first.receive_some(65536))[0][0] == 200  # keep-alive: held open
+        second = await trio.open_tcp_stream("127.0.0.1", port)
+        await second.send_all(b"GET /2 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        with trio.move_on_after(0.3):  # not served while the first holds the only slot
+            data = await second.receive_some(65536)
+            raise AssertionError(f"served past the limit: {data!r}")
+        await first.aclose()
+        with trio.fail_after(10):
+            assert responses(await second.receive_some(65536))[0][0] == 200
+        await second.aclose()
+        nursery.cancel_scope.cancel()
