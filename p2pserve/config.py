@@ -40,15 +40,15 @@ from p2pserve.hostnames import normalize_origin, split_host
 from p2pserve.ledger.blocks import MAX_BODY, NetworkParams
 from p2pserve.policies import DispatchParams, PolicyParams
 from p2pserve.units import MICRO
-from p2pserve.wire.limits import DEFAULT_LIMITS, Limits
+from p2pserve.wire.limits import DEFAULT_LIMITS, READ_SLACK, Limits
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 __all__ = [
     "DEFAULT_MODEL", "EMBEDDED_MODEL", "BackendSpec", "DispatchParams", "GenParams",
-    "LedgerParams", "Limits", "NodeConfig", "PolicyParams", "ServerParams", "load_config",
-    "override", "parse_config", "yaml_keys",
+    "LedgerParams", "Limits", "NodeConfig", "PolicyParams", "ServerParams", "YamlKey", "flat_section",
+    "load_config", "override", "parse_config", "yaml_key_table", "yaml_keys",
 ]
 
 T = TypeVar("T", bound="DataclassInstance")
@@ -217,12 +217,20 @@ class GenParams:
     does not set them. Loaded into :attr:`BackendSpec.gen_params` by :meth:`as_mapping`."""
 
     max_tokens: int | None = None
+    """Most tokens an answer may generate when the request sets no ``max_tokens`` (None: the
+    backend's default)."""
     temperature: float | None = None
+    """Sampling temperature when the request sets none (None: the backend's default)."""
     top_p: float | None = None
+    """Nucleus sampling (top-p) threshold when the request sets none (None: the backend's default)."""
 
     def __post_init__(self) -> None:
         if self.max_tokens is not None and self.max_tokens <= 0:
             _invalid("max_tokens", "must be > 0", self.max_tokens)
+        if self.temperature is not None and self.temperature < 0:
+            _invalid("temperature", "must be >= 0", self.temperature)
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            _invalid("top_p", "must be within (0, 1]", self.top_p)
 
     def as_mapping(self) -> dict[str, Any]:
         """The set values (None means "the backend's default", so it is left out)."""
@@ -269,14 +277,22 @@ class NodeConfig:
         return self.models
 
 
+_STREAM_CAPS = ("max_streams_per_peer", "max_streams", "max_buffered_per_peer", "max_buffered")
+"""The limits that are this node's budgets for open streams (:class:`~p2pserve.net.caps.StreamCaps`),
+not caps of the protocol's messages."""
+
+
 def _check_limits(limits: Limits) -> None:
-    """Each limit is a positive count, and what travels inside something fits in it."""
+    """Each limit is a positive count no larger than its default (a node may only tighten
+    them), what travels inside something fits in it, and each node-wide stream cap holds at
+    least its per-peer cap."""
     for f in dataclasses.fields(limits):
         value, cap = getattr(limits, f.name), getattr(DEFAULT_LIMITS, f.name)
         if value < 1:
             _invalid(f"limits.{f.name}", "must be at least 1", value)
         if value > cap:  # peers' messages are only bounded by the protocol's caps; a node may only tighten
-            _invalid(f"limits.{f.name}", f"may not exceed the protocol's cap of {cap}", value)
+            what = "its default" if f.name in _STREAM_CAPS else "the protocol's cap"
+            _invalid(f"limits.{f.name}", f"may not exceed {what} of {cap}", value)
     if 2 * limits.max_prompt >= limits.max_frame:
         _invalid("limits.max_prompt", "must be below max_frame / 2 (an infer request carries a body and "
                  "a continuation of up to max_prompt each in one frame)", limits.max_prompt)
@@ -285,6 +301,15 @@ def _check_limits(limits: Limits) -> None:
     if limits.max_pubsub_message <= MAX_BODY:
         _invalid("limits.max_pubsub_message", f"must be above {MAX_BODY} (a whole ledger block is one gossip message)",
                  limits.max_pubsub_message)
+    floor = limits.max_frame + READ_SLACK
+    if limits.max_buffered_per_peer < floor:
+        _invalid("limits.max_buffered_per_peer", f"must be at least max_frame + {READ_SLACK} = {floor} (a stream "
+                 "receiving one largest frame holds it, its length prefix and the rest of one read)",
+                 limits.max_buffered_per_peer)
+    for total, per_peer in (("max_streams", "max_streams_per_peer"), ("max_buffered", "max_buffered_per_peer")):
+        if getattr(limits, total) < getattr(limits, per_peer):
+            _invalid(f"limits.{total}", f"must be at least {per_peer} ({getattr(limits, per_peer)}): "
+                     "it bounds all peers together", getattr(limits, total))
 
 
 def _bad_entries(values: tuple[str, ...], check: Callable[[str], object]) -> str | None:
@@ -307,9 +332,10 @@ def _is_host_port(v: str) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class _Key:
-    """One YAML key of a section: ``tp``, the type its value is checked against; ``fields``, the
-    dataclass fields it sets (one, named like the key, unless a table below maps it);
+class YamlKey:
+    """One YAML key of a section (an entry of :func:`yaml_key_table`): ``tp``, the type its
+    value is checked against; ``fields``, the dataclass fields it sets (one, named like the
+    key, unless a table below maps it);
     ``convert``, checked value -> one value per field (default: the value, for every field);
     ``default``, its value when absent, where that differs from the fields' own (None: none)."""
 
@@ -319,15 +345,15 @@ class _Key:
     default: Any = None
 
 
-_MODEL_KEYS: Mapping[str, _Key] = {
-    "backend": _Key(BackendKind, ("kind",)),
-    "backend_model": _Key(str | None, ("served_model",)),
-    "timeout": _Key(float, ("first_byte_timeout", "read_timeout")),
-    "gen_params": _Key(GenParams, ("gen_params",), lambda g: (g.as_mapping(),)),
-    "dispatch_params": _Key(DispatchParams, ("dispatch_params", "max_concurrency"), lambda d: (d, d.max_concurrency or 1)),
+_MODEL_KEYS: Mapping[str, YamlKey] = {
+    "backend": YamlKey(BackendKind, ("kind",)),
+    "backend_model": YamlKey(str | None, ("served_model",)),
+    "timeout": YamlKey(float, ("first_byte_timeout", "read_timeout")),
+    "gen_params": YamlKey(GenParams, ("gen_params",), lambda g: (g.as_mapping(),)),
+    "dispatch_params": YamlKey(DispatchParams, ("dispatch_params", "max_concurrency"), lambda d: (d, d.max_concurrency or 1)),
     # WWW.Serve advertised 8192 unless told; the embedded kind's own default (2048) applies
     # only to the model served when `models` is absent.
-    "context_length": _Key(int, ("context_length",), default=8192),
+    "context_length": YamlKey(int, ("context_length",), default=8192),
 }
 """The YAML names of a ``models[]`` entry that are not simply :class:`BackendSpec` field names."""
 
@@ -335,18 +361,31 @@ _FLAT: Mapping[type, tuple[str, type]] = {ServerParams: ("policy_params", Policy
 """Section -> (field, its dataclass) whose keys sit flat in the section's YAML mapping."""
 
 
-def _keys(cls: type) -> dict[str, _Key]:
-    """The YAML keys of section ``cls`` except flat ones: its fields, renamed per the tables."""
+def yaml_key_table(cls: type) -> dict[str, YamlKey]:
+    """The YAML keys of section ``cls`` as the loader reads them, in its order: its fields,
+    renamed or split per :data:`_MODEL_KEYS`. Keys that sit flat in the section (another
+    dataclass's, see :func:`flat_section`) are not included."""
+    return _keys(cls)
+
+
+def _keys(cls: type) -> dict[str, YamlKey]:
+    """:func:`yaml_key_table` (the loader's name for it)."""
     hints = typing.get_type_hints(cls)
     overrides = _MODEL_KEYS if cls is BackendSpec else {}
-    keys: dict[str, _Key] = {}
+    keys: dict[str, YamlKey] = {}
     for f in dataclasses.fields(cls):
         mapped = next((name for name, key in overrides.items() if f.name in key.fields), None)
         if mapped is not None:
             keys.setdefault(mapped, overrides[mapped])
         elif f.name not in _FLAT.get(cls, ()):
-            keys[f.name] = _Key(hints[f.name], (f.name,))
+            keys[f.name] = YamlKey(hints[f.name], (f.name,))
     return keys
+
+
+def flat_section(cls: type) -> tuple[str, type] | None:
+    """``(field, dataclass)`` whose keys sit flat in section ``cls``'s YAML mapping (None: none);
+    e.g. ``server_params`` holds the keys of its ``policy_params`` (:class:`PolicyParams`)."""
+    return _FLAT.get(cls)
 
 
 def yaml_keys(cls: type) -> tuple[str, ...]:

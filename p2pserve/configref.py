@@ -88,7 +88,9 @@ def sections() -> tuple[Section, ...]:
         Section("models[].dispatch_params", DispatchParams, "How the dispatch policy treats this model."),
         Section("limits", Limits,
                 "Bounds on what a peer or a client can make this node buffer or count (bytes or counts). "
-                "The defaults are the protocol's caps: a node may lower them, never raise them."),
+                "The defaults are the most a node may set: it may lower them, never raise them. The four "
+                "stream caps (`max_streams_per_peer` to `max_buffered`) bound this node's open inbound "
+                "streams and their buffered frame bytes; the others are the protocol's caps."),
     )
 
 
@@ -148,8 +150,8 @@ def _default(cls: type, name: str) -> Any:
     return dataclasses.MISSING
 
 
-def _entry(cls: type, key: str, spec: Any, docs: Mapping[str, str]) -> Entry:
-    fields: tuple[str, ...] = spec.fields
+def _entry(cls: type, key: str, spec: config.YamlKey, docs: Mapping[str, str]) -> Entry:
+    fields = spec.fields
     tp = spec.tp
     default = spec.default if spec.default is not None else _default(cls, fields[0])
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
@@ -165,15 +167,12 @@ def _entry(cls: type, key: str, spec: Any, docs: Mapping[str, str]) -> Entry:
 
 def entries(section: Section) -> Iterator[Entry]:
     """The section's YAML keys in the loader's order (flat keys after the section's own)."""
-    keys = config._keys(section.cls)  # the loader's own key table: the reference names only keys it accepts
-    docs = field_docs(section.cls)
-    for key, spec in keys.items():
-        yield _entry(section.cls, key, spec, docs)
-    if section.cls is config.ServerParams:
-        flat = PolicyParams
-        flat_docs = field_docs(flat)
-        for key, spec in config._keys(flat).items():
-            yield _entry(flat, key, spec, flat_docs)
+    # the loader's own key table: the reference names only keys it accepts
+    flat = config.flat_section(section.cls)
+    for cls in (section.cls, *([flat[1]] if flat else [])):
+        docs = field_docs(cls)
+        for key, spec in config.yaml_key_table(cls).items():
+            yield _entry(cls, key, spec, docs)
 
 
 def render() -> str:

@@ -36,6 +36,7 @@ from p2pserve.ledger.service import LedgerService
 from p2pserve.ledger.store import LedgerStore
 from p2pserve.membership.gossip import GossipService, LocalState
 from p2pserve.membership.table import PeerEntry, PeerTable
+from p2pserve.net.caps import StreamCaps
 from p2pserve.policies import load_policy
 from p2pserve.requestlog import RequestLog
 from p2pserve.rng import derive, fresh_seed
@@ -44,8 +45,9 @@ from p2pserve.serving.replay_log import REPLAY_NAME, ReplayLog
 from p2pserve.serving.service import Deadlines, ServeService
 from p2pserve.transport import Transport
 from p2pserve.units import MICRO
+from p2pserve.wire.limits import Limits
 
-__all__ = ["Node", "backend_specs", "run_libp2p_node"]
+__all__ = ["Node", "backend_specs", "run_libp2p_node", "stream_caps"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,11 @@ log = logging.getLogger(__name__)
 def backend_specs(config: NodeConfig) -> tuple[BackendSpec, ...]:
     """The backend of every local model in ``config`` (``models`` absent: the embedded one)."""
     return config.effective_models()
+
+
+def stream_caps(limits: Limits) -> StreamCaps:
+    """The transport's caps on inbound streams and buffered frame bytes, from ``limits``."""
+    return StreamCaps(limits.max_streams_per_peer, limits.max_streams, limits.max_buffered_per_peer, limits.max_buffered)
 
 
 class Node:
@@ -274,6 +281,7 @@ async def run_libp2p_node(
             list(sp.listen),
             announce_addrs=list(sp.announce) or None,
             max_pubsub_message=config.limits.max_pubsub_message,
+            stream_caps=stream_caps(config.limits),
         ) as transport:
             node = Node(config, signer, transport, ledger_store=store, replay_log=ReplayLog(data_dir / REPLAY_NAME))
             async with trio.open_nursery() as nursery:

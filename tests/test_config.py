@@ -8,7 +8,18 @@ import pytest
 
 from p2pserve.backends.embedded import MODEL_NAME
 from p2pserve.backends.registry import BackendSpec
-from p2pserve.config import EMBEDDED_MODEL, NodeConfig, load_config, override, parse_config
+from p2pserve.config import (
+    EMBEDDED_MODEL,
+    LedgerParams,
+    NodeConfig,
+    ServerParams,
+    flat_section,
+    load_config,
+    override,
+    parse_config,
+    yaml_key_table,
+    yaml_keys,
+)
 from p2pserve.errors import ConfigError
 from p2pserve.policies import DispatchParams, PolicyParams
 from p2pserve.wire.limits import Limits
@@ -72,6 +83,10 @@ def test_example_documents_every_field() -> None:
         ({"models": [{"model_path": "m", "base_url": "ftp://x"}]}, r"models\[0\]\.base_url: must start with http://"),
         ({"models": [{"model_path": "m", "base_url": "http://x", "gen_params": {"max_tokens": 0}}]},
          r"models\[0\]\.gen_params\.max_tokens: must be > 0"),
+        ({"models": [{"model_path": "m", "backend": "fake", "gen_params": {"temperature": -0.5}}]},
+         r"models\[0\]\.gen_params\.temperature: must be >= 0 \(got -0\.5\)"),
+        ({"models": [{"model_path": "m", "backend": "fake", "gen_params": {"top_p": 0}}]},
+         r"models\[0\]\.gen_params\.top_p: must be within \(0, 1\] \(got 0\.0\)"),
         ({"models": [{"model_path": "m", "base_url": "http://x", "gen_params": {"top_k": 5}}]},
          r"models\[0\]\.gen_params\.top_k: unknown key"),
         ({"models": [{"model_path": "m", "base_url": "http://x", "metrics": "sometimes"}]},
@@ -85,6 +100,16 @@ def test_example_documents_every_field() -> None:
         ({"limits": {"max_prompt": 3 * 1024 * 1024}}, r"limits\.max_prompt: may not exceed the protocol's cap of 1048576"),
         ({"limits": {"max_pubsub_message": 1024}}, r"limits\.max_pubsub_message: must be above"),
         ({"limits": {"max_window": 3}}, r"limits\.max_window: unknown key"),
+        ({"limits": {"max_buffered_per_peer": 4 * 1024 * 1024}},
+         r"f\.yaml: limits\.max_buffered_per_peer: must be at least max_frame \+ 65546 = 4259850 \(a stream receiving "
+         r"one largest frame holds it, its length prefix and the rest of one read\) \(got 4194304\)"),
+        ({"limits": {"max_streams_per_peer": 100, "max_streams": 50}},
+         r"f\.yaml: limits\.max_streams: must be at least max_streams_per_peer \(100\): it bounds all peers together \(got 50\)"),
+        ({"limits": {"max_buffered_per_peer": 8 << 20, "max_buffered": 6 << 20}},
+         r"limits\.max_buffered: must be at least max_buffered_per_peer \(8388608\)"),
+        ({"limits": {"max_streams": 9000}}, r"limits\.max_streams: may not exceed its default of 8192 \(got 9000\)"),
+        ({"limits": {"max_buffered": 1 << 30}}, r"limits\.max_buffered: may not exceed its default of 268435456"),
+        ({"limits": {"max_streams_per_peer": 0}}, r"limits\.max_streams_per_peer: must be at least 1"),
     ],
 )
 def test_bad_configs_name_file_key_and_reason(raw: object, match: str) -> None:
@@ -152,10 +177,25 @@ def test_policy_knobs_sit_flat_in_server_params() -> None:
         parse_config({"server_params": {"policy_params": {}}}, "f.yaml")
 
 
+def test_the_key_table_is_the_loaders() -> None:
+    """yaml_key_table and flat_section are what the loader (and the generated reference) read."""
+    assert flat_section(ServerParams) == ("policy_params", PolicyParams) and flat_section(LedgerParams) is None
+    assert (*yaml_key_table(ServerParams), *yaml_key_table(PolicyParams)) == yaml_keys(ServerParams)
+    timeout = yaml_key_table(BackendSpec)["timeout"]
+    assert (timeout.tp, timeout.fields) == (float, ("first_byte_timeout", "read_timeout"))
+    assert "kind" not in yaml_key_table(BackendSpec) and "backend" in yaml_key_table(BackendSpec)
+
+
 def test_limits_section() -> None:
     assert parse_config(None).limits == Limits()
     limits = parse_config({"limits": {"max_prompt": 1000, "max_blocks_per_batch": 16}}).limits
     assert limits == Limits(max_prompt=1000, max_blocks_per_batch=16)
+    # the stream caps tighten alone, and the floor on max_buffered_per_peer follows max_frame
+    caps = parse_config({"limits": {"max_streams_per_peer": 8, "max_streams": 8, "max_buffered": 64 << 20}}).limits
+    assert (caps.max_streams_per_peer, caps.max_streams, caps.max_buffered_per_peer, caps.max_buffered) == (8, 8, 64 << 20, 64 << 20)
+    small = parse_config({"limits": {"max_frame": 1 << 16, "max_prompt": 1000, "max_text_chunk": 1000,
+                                     "max_buffered_per_peer": (1 << 16) + 65546, "max_buffered": (1 << 16) + 65546}}).limits
+    assert small.max_buffered_per_peer == small.max_buffered == 131082
 
 
 def test_overrides_are_checked_like_the_file() -> None:
