@@ -54,8 +54,7 @@ class RequestLog:
         self._open: dict[str, _Request] = {}
 
     def running(self) -> int:
-        """Requests started and not ended. (Not ``__len__``: an empty log must stay truthy,
-        the service picks ``tracer or NULL_TRACER``.)"""
+        """Requests started and not ended."""
         return len(self._open)
 
     # --- Tracer -----------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from p2pserve.membership.ratelimit import LineBudget
 from p2pserve.requestlog import RequestLog
 from p2pserve.serving.events import Completed, Outcome
 from p2pserve.sim.cluster import open_cluster
-from p2pserve.testing.scripted import ScriptedBackend, Sleep
+from p2pserve.testing.scripted import ScriptedBackend
 from transports.memory import MemoryNetwork
 
 T0 = Clock(lambda: 1_767_225_600.25)  # 2026-01-01T00:00:00.250Z
@@ -227,8 +227,8 @@ async def test_a_routed_request_logs_offloaded_accepted_payment_and_claim(
     gateway = parse_config({"models": []})
     executor = parse_config({"server_params": {"accept_frequency": 1.0},
                              "models": [{"model_path": MODEL, "backend": "fake", "price_per_1k": 2.0}]})
-    # chunks apart: the service tells the tracer of a first text only when it came alone
-    script = ("a", Sleep(0.05), "b", Sleep(0.05), "c")
+    # the chunks leave the executor in one write and reach the tracer as one delivery
+    script = ("a", "b", "c")
     backends = lambda i: {} if i == 0 else {MODEL: ScriptedBackend(model=MODEL, script=script)}  # noqa: E731
     async with open_cluster([gateway, executor], network=MemoryNetwork(seed=7, default_latency=0.01), seed=7,
                             backends=backends) as c:

@@ -147,7 +147,7 @@ class ServeService:
         self.offenders = offenders if offenders is not None else OffenderBook()
         self.stake_of: Callable[[PeerEntry], int] = stake_of or (lambda e: e.status.stake)
         self.router: Router = router or PosRouter(self.stake_of, self.offenders, params.newcomer_share)
-        self.tracer: Tracer = tracer or NULL_TRACER
+        self.tracer: Tracer = tracer if tracer is not None else NULL_TRACER
         self.clock = clock
         self.load_interval = load_interval
         self.limits = limits
@@ -396,9 +396,11 @@ class ServeService:
         for peer in self.router.route(model, candidates, self.params.offer_fanout, trio.current_time(), rng):
             one = Attempt()
             self.tracer.attempt_started(key, peer, False, trio.current_time())
+            seen_text = False  # the first delivery may carry several chunks joined
             async with aclosing(self._client.run_remote(peer, kind, model, body, body_bytes, progress, one, rng)) as sub:
                 async for ev in sub:
-                    if isinstance(ev, TextDelta) and len(one.sent_text) == 1:
+                    if isinstance(ev, TextDelta) and not seen_text:
+                        seen_text = True
                         self.tracer.first_text(key, peer, trio.current_time())
                     yield ev
             self.tracer.attempt_ended(key, peer, one.outcome, trio.current_time())
@@ -459,9 +461,11 @@ class ServeService:
         self, model: str, kind: Kind, body: dict[str, Any], progress: Progress, attempt: Attempt, key: str
     ) -> AsyncGenerator[ServeEvent, None]:
         self.tracer.attempt_started(key, self.peer_id, True, trio.current_time())
+        seen_text = False
         async with aclosing(self.local.run(model, kind, body, progress, attempt, self.peer_id)) as events:
             async for ev in events:
-                if isinstance(ev, TextDelta) and len(attempt.sent_text) == 1:
+                if isinstance(ev, TextDelta) and not seen_text:
+                    seen_text = True
                     self.tracer.first_text(key, self.peer_id, trio.current_time())
                 yield ev
         if attempt.outcome is Outcome.COMPLETED:
