@@ -10,6 +10,14 @@ base.Load` read (``"unknown"`` when unreadable: never idle), whether its backend
 backlog). Invariants: counts never go negative (``running``/``waiting`` are context
 managers); a model is local iff it has a backend; a model whose backend is down is
 neither run nor advertised as accepting until a check finds it back.
+
+A load read while a request ran counts that request until the next read (about a second
+later): when the request ends first, the load a policy sees (:meth:`LocalModels.view`)
+no longer counts it, so a request right after the previous one runs at once instead of
+waiting a retry interval behind a busy reading. Each read is numbered; a request that
+ended after a read began while it ran is taken off that read's ``running`` (never below
+zero; what other clients of the backend run stays counted), and the read's KV-cache
+``token_usage``, which cannot be corrected, is dropped until the next read.
 """
 
 from __future__ import annotations
@@ -18,10 +26,12 @@ import logging
 from collections import Counter
 from collections.abc import AsyncGenerator, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 from p2pserve.backends.base import Backend, Finished, Kind, Load
 from p2pserve.errors import BackendError, BackendUnavailable
+from p2pserve.eventlog import event
 from p2pserve.policies import LocalModel, Policy
 from p2pserve.serving.events import Attempt, Completed, DispatchSettings, Outcome, Progress, ServeEvent, Started
 from p2pserve.wire.gossip import ModelStatus
@@ -51,6 +61,13 @@ class LocalModels:
         """Our own users' requests per model not yet placed on an executor."""
         self.down: dict[str, str] = {}
         """Models whose backend failed its last check, with the backend's error."""
+        self._reads: Counter[str] = Counter()
+        """Load reads begun per model (numbering them: see the module docstring)."""
+        self._read_no: Counter[str] = Counter()
+        """The number of the read that ``loads`` holds."""
+        self._ended: dict[str, list[tuple[int, int]]] = {m: [] for m in self.backends}
+        """Requests that ended after a read began while they ran: the reads begun at their
+        start and at their end (a read numbered ``n`` counts one iff ``start < n <= end``)."""
 
     def __contains__(self, model: object) -> bool:
         return model in self.backends
@@ -73,20 +90,37 @@ class LocalModels:
         conc = settings.max_concurrency if settings is not None else None
         return LocalModel(
             name,
-            self.loads.get(name, Load()),
+            self.load(name),
             target,
             conc if conc is not None else backend.max_concurrency,
             self.inflight[name],
         )
 
+    def load(self, name: str) -> Load:
+        """``name``'s last load read, less the requests it counts that have ended since
+        (see the module docstring)."""
+        load = self.loads.get(name, Load())
+        n = self._read_no[name]
+        over = sum(1 for start, end in self._ended.get(name, ()) if start < n <= end)
+        if not over:
+            return load
+        return replace(load, running=max(0, load.running - over), token_usage=None)
+
     async def read_load(self, name: str) -> Load:
-        """Read ``name``'s backend load now (``"unknown"`` if it cannot be read)."""
+        """Read ``name``'s backend load now (``"unknown"`` if it cannot be read). A read that
+        returns after a later-begun one leaves the later one's load in place."""
+        self._reads[name] += 1
+        n = self._reads[name]
         try:
             load = await self.backends[name].load()
         except BackendError as exc:
             log.debug("load of %s unreadable: %s", name, exc)
             load = Load(source="unknown")
-        self.loads[name] = load
+        if n > self._read_no[name]:
+            self.loads[name] = load
+            self._read_no[name] = n
+            # requests that ended before this read began are counted by no read from now on
+            self._ended[name] = [(start, end) for start, end in self._ended.get(name, ()) if end >= n]
         return load
 
     async def check(self, name: str) -> bool:
@@ -98,12 +132,14 @@ class LocalModels:
             self.mark_down(name, str(exc))
             return False
         if self.down.pop(name, None) is not None:
-            log.warning("backend for model %s is back up: accepting requests for it again", name)
+            event(log, "backend_up", level=logging.WARNING, model=name)
         return True
 
     def mark_down(self, name: str, reason: str) -> None:
+        """Stop running and advertising ``name`` until a check finds its backend back; logs
+        ``backend_down`` when it was up."""
         if name not in self.down:
-            log.warning("backend for model %s is down: %s (not serving it until it answers again)", name, reason)
+            event(log, "backend_down", level=logging.WARNING, model=name, reason=reason)
         self.down[name] = reason
         self.loads[name] = Load(source="unknown")  # never idle: policies look elsewhere first
 
@@ -114,12 +150,17 @@ class LocalModels:
 
     @contextmanager
     def running(self, name: str) -> Iterator[None]:
-        """Count one request running on ``name`` for the duration of the block."""
+        """Count one request running on ``name`` for the duration of the block; at its end,
+        the loads read meanwhile stop counting it (module docstring)."""
+        start = self._reads[name]
         self.inflight[name] += 1
         try:
             yield
         finally:
             self.inflight[name] -= 1
+            end = self._reads[name]
+            if end > start:
+                self._ended.setdefault(name, []).append((start, end))
 
     @contextmanager
     def queued(self, name: str) -> Iterator[_Waiting]:
