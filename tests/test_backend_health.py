@@ -17,6 +17,7 @@ from p2pserve.backends.openai import OpenAIBackend
 from p2pserve.backends.registry import BackendSpec, build_backend
 from p2pserve.config import parse_config
 from p2pserve.errors import BackendResponseError, BackendUnavailable, NoCapacity
+from p2pserve.eventlog import event_of
 from p2pserve.serving.events import Completed
 from p2pserve.sim.cluster import open_cluster
 from transports.memory import MemoryNetwork
@@ -108,8 +109,10 @@ async def test_a_dead_backend_is_routed_around_and_comes_back(
             while MODEL in a.serve.local.down:
                 await trio.sleep(0.1)
         assert (await ask(a)).local
-    lines = [r.getMessage() for r in caplog.records if r.name == "p2pserve.serving.local"]
-    assert sum("is down" in m for m in lines) == 1 and sum("is back up" in m for m in lines) == 1, lines
+    lines = [(r.levelname, ev) for r in caplog.records if r.name == "p2pserve.serving.local" and (ev := event_of(r))]
+    assert [(level, name, fields["model"]) for level, (name, fields) in lines] == [
+        ("WARNING", "backend_down", MODEL), ("WARNING", "backend_up", MODEL)], lines
+    assert "Connection refused" in lines[0][1][1]["reason"]
 
 
 async def test_alone_with_a_dead_backend_fails_at_once_with_its_error(autojump_clock: trio.testing.MockClock) -> None:
