@@ -75,6 +75,35 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
+def strace_counts(out: str) -> dict[str, int]:
+    """Calls per system call from ``strace -c`` output."""
+    counts: dict[str, int] = {}
+    for line in out.splitlines():
+        cols = line.split()
+        if len(cols) >= 5 and cols[-1].isidentifier() and cols[3].isdigit():
+            counts[cols[-1]] = int(cols[3])
+    return counts
+
+
+async def syscalls_per_request(client: httpx.AsyncClient, t: Target, n: int) -> dict[str, dict[str, float]]:
+    """System calls per request of each of ``t``'s processes over ``n`` sequential requests
+    (``strace -c -f`` attached meanwhile: slow, so kept out of every timed phase)."""
+    import signal as _signal
+
+    tracers = {name: subprocess.Popen(["strace", "-c", "-f", "-p", str(pid)], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True) for name, pid in t.pids.items()}
+    await trio.sleep(1.0)  # attached
+    for _ in range(n):
+        await one(client, t.url, t.headers)
+    out: dict[str, dict[str, float]] = {}
+    for name, p in tracers.items():
+        p.send_signal(_signal.SIGINT)
+        _, err = p.communicate(timeout=30)
+        counts = strace_counts(err)
+        out[name] = {k: counts.get(k, 0) / n for k in ("sendto", "recvfrom", "epoll_wait", "write", "read")}
+    return out
+
+
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(p * len(xs)))]
@@ -174,6 +203,12 @@ async def measure(targets: list[Target], opts: argparse.Namespace, spy_pids: dic
                     if opts.spy and last and t.name == "gateway" else []
                 r.rps[t.name], r.cpu_ms[t.name] = await throughput(client, t, opts.concurrency, opts.seconds, spy)
             rounds.append(r)
+        if opts.syscalls:
+            print("\nsystem calls per request (strace -c, sequential requests):")
+            for t in targets:
+                calls = await syscalls_per_request(client, t, opts.syscalls)
+                print(f"  {t.name:10}" + "; ".join(
+                    f"{proc} " + " ".join(f"{k} {v:.1f}" for k, v in c.items() if v) for proc, c in calls.items()))
             print(f"round {i + 1}/{opts.rounds}: " + ", ".join(
                 f"{t.name} {statistics.median(r.total[t.name]) * 1000:.2f} ms {r.rps[t.name]:.0f}/s" for t in targets),
                 flush=True)
@@ -260,6 +295,8 @@ def main() -> None:
                     help="LiteLLM proxy executable ('' to leave it out)")
     ap.add_argument("--spy", metavar="DIR", help="py-spy (on PATH) records A and B during the last gateway phase")
     ap.add_argument("--json", metavar="FILE", help="write the per-path medians here")
+    ap.add_argument("--syscalls", type=int, default=0, metavar="N",
+                    help="also count system calls per request over N requests per path (needs strace)")
     opts = ap.parse_args()
     if opts.spy:
         Path(opts.spy).mkdir(parents=True, exist_ok=True)

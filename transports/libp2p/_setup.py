@@ -11,7 +11,8 @@ What this module owns, and its invariants:
   ``basicConfig()``; ``multiaddr``'s per-parse DEBUG logging is raised to INFO unless
   configured; a subscription's queue holds ``SUBSCRIPTION_QUEUE`` messages instead of 32
   (under a burst, libp2p's validation tasks all run before our drain task, and a full queue
-  drops honest messages along with the burst). These are process-wide module globals, applied once by
+  drops honest messages along with the burst); a TCP connection is read 64 KiB ahead instead
+  of in exact pieces (``P2PSERVE_NO_READ_AHEAD=1`` turns it off, for measuring). These are process-wide module globals, applied once by
   :func:`_configure_process` on first use (it is idempotent). The gossipsub settings and
   the disabled auto-connector are per host: see :mod:`transports.libp2p`.
 """
@@ -24,6 +25,7 @@ import os
 import sys
 from typing import Any
 
+import libp2p.io.trio as _libp2p_io_trio
 import libp2p.network.swarm as _libp2p_swarm
 import libp2p.pubsub.pubsub as _libp2p_pubsub
 
@@ -70,6 +72,44 @@ _ROOT_LOGGING_MODULES = ("libp2p.network.connection.swarm_connection", "libp2p.t
 
 _configured = False
 
+READ_AHEAD = 64 * 1024
+"""Bytes a TCP connection reads at once (see :func:`_read_ahead`)."""
+
+
+def _read_ahead(original: Any) -> Any:
+    """``TrioTCPStream.read`` that reads up to :data:`READ_AHEAD` bytes per system call and
+    serves the next reads from them.
+
+    py-libp2p reads a connection in exact pieces: each Noise message is a 2-byte length, then
+    its body, each through its own ``recv`` (and, when it would block, its own trip through
+    trio's I/O loop); yamux headers are 12 bytes more. Reading ahead turns a burst of frames
+    into one ``recv``. ``read(n)`` still returns at most ``n`` bytes (what callers expect of
+    it); the bytes read ahead belong to the connection object, read only by its one reader.
+    """
+
+    async def read(self: Any, n: int | None = None) -> bytes:
+        ahead: bytes | None = self.__dict__.get("_p2pserve_ahead")
+        if ahead:
+            pos: int = self.__dict__["_p2pserve_pos"]
+            end = len(ahead) if n is None else min(len(ahead), pos + n)
+            out = ahead[pos:end]
+            if end == len(ahead):
+                self.__dict__["_p2pserve_ahead"] = None
+            else:
+                self.__dict__["_p2pserve_pos"] = end
+            return out
+        if n is None or n == 0:
+            return bytes(await original(self, n))
+        data = bytes(await original(self, max(n, READ_AHEAD)))
+        if len(data) <= n:
+            return data
+        self.__dict__["_p2pserve_ahead"] = data
+        self.__dict__["_p2pserve_pos"] = n
+        return data[:n]
+
+    read.__wrapped__ = original  # type: ignore[attr-defined]
+    return read
+
 
 def _configure_process() -> None:
     """Apply the process-wide 0.8.1 workarounds once (idempotent)."""
@@ -77,6 +117,9 @@ def _configure_process() -> None:
     if _configured:
         return
     _configured = True
+    # read TCP connections ahead instead of in exact 2-, 12- and N-byte pieces
+    if not hasattr(_libp2p_io_trio.TrioTCPStream.read, "__wrapped__") and not os.environ.get("P2PSERVE_NO_READ_AHEAD"):
+        _libp2p_io_trio.TrioTCPStream.read = _read_ahead(_libp2p_io_trio.TrioTCPStream.read)  # type: ignore[method-assign]
     # connect() otherwise always waits 250 ms before the first dial, even with one address
     _libp2p_swarm._HAPPY_EYEBALLS_DELAY = 0.0
     # read by Pubsub.subscribe at call time
