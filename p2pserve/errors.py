@@ -27,6 +27,7 @@ with ``raise ... from exc``; they never leak past it::
     │   ├── BadRequest              the request body is invalid (HTTP 400)
     │   │   └── RequestTooLarge     the request body exceeds max_prompt (HTTP 413)
     │   ├── NoCapacity              nobody can take it now (HTTP 503)
+    │   │   └── AccountNotOpen      this node cannot pay peers yet: its ledger account opens soon (HTTP 503)
     │   └── RequestFailed           it started but could not finish (stream error event)
     └── LedgerError                 ledger rule violations and store failures
         ├── InvalidBlock            a block breaks a rule (``reason`` says which)
@@ -44,6 +45,7 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 
 __all__ = [
+    "AccountNotOpen",
     "BackendError",
     "BackendResponseError",
     "BackendTimeout",
@@ -184,6 +186,15 @@ class NoCapacity(ServingError):
 
     status_code = 503
     error_type = "no_capacity"
+
+
+class AccountNotOpen(NoCapacity):
+    """A request that needs credit arrived before this node's ledger account was opened (a
+    new node's opens once a peer has confirmed its chain, seconds after it joins): worth
+    retrying after ``retry_after_s`` seconds, unlike :class:`InsufficientCredit`."""
+
+    error_type = "account_not_open"
+    retry_after_s = 5
 
 
 class InsufficientCredit(ServingError):

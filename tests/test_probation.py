@@ -13,6 +13,7 @@ import pytest
 import trio
 import trio.testing
 
+from p2pserve.eventlog import event_of
 from p2pserve.serving.offenders import Offence, OffenderBook
 from p2pserve.serving.service import Deadlines
 from tests.serve_harness import ScriptedBackend, collect, connect_all, start_node, text_of
@@ -73,7 +74,7 @@ async def test_unreachable_executor_is_tried_last_until_it_answers(
     """The ghost has all the stake (so it would be first every time) and cannot be reached:
     the first request pays one connect deadline, the next ones go straight to the good
     executor while the ghost's probation lasts; once reachable again it is first again."""
-    caplog.set_level(logging.WARNING, logger="p2pserve.serving.service")
+    caplog.set_level(logging.WARNING, logger="p2pserve.serving.client")
     async with trio.open_nursery() as nursery:
         net = MemoryNetwork(seed=5, dial_timeout=30.0)
         gw = await start_node(nursery, net, 1, {}, deadlines=Deadlines(connect_s=1.0))
@@ -96,8 +97,11 @@ async def test_unreachable_executor_is_tried_last_until_it_answers(
         await trio.sleep(2.0)  # the probation ends: first again, unreachable again, twice as long
         events, err = await collect(gw.serve)
         assert err is None and text_of(events) == "good" and book.misses(ghost.signer.peer_id) == 2
-        lines = [r for r in caplog.records if "unreachable after advertising" in r.getMessage()]
-        assert len(lines) == 1 and ghost.signer.peer_id in lines[0].getMessage()  # rate-limited
+        lines = [ev[1] for r in caplog.records if (ev := event_of(r)) and ev[0] == "offence"]
+        assert len(lines) == 1, lines  # rate-limited: one line per peer and kind a minute
+        assert (lines[0]["peer"], lines[0]["kind"], lines[0]["count"], lines[0]["probation_s"]) == (
+            ghost.signer.peer_id, "unreachable", 1, 2.0)
+        assert "unreachable after advertising" in lines[0]["what"]
         net.heal()
         await trio.sleep(4.0)
         events, err = await collect(gw.serve)

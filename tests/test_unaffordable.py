@@ -1,5 +1,6 @@
 """A request no peer could be paid for fails at once with 402 and the numbers (was: a
-misleading 503 after the whole 30 s wait); an affordable one goes through as before."""
+misleading 503 after the whole 30 s wait); an affordable one goes through as before. Before
+the node's ledger account is open (it just joined) that is a 503 saying so and to retry."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import trio.testing
 
 from p2pserve.backends.registry import BackendSpec, build_backend
 from p2pserve.config import parse_config
-from p2pserve.errors import InsufficientCredit
+from p2pserve.errors import AccountNotOpen, InsufficientCredit
+from p2pserve.ledger.service import LedgerService
 from p2pserve.sim.cluster import open_cluster
 from transports.memory import MemoryNetwork
 
@@ -44,3 +46,92 @@ async def test_an_unaffordable_max_tokens_is_a_402_at_once(autojump_clock: trio.
         assert "up to 1,200 credits" in msg and "6000 tokens" in msg and "200 per 1k" in msg and "can pay 1,000" in msg
         assert info.value.status_code == 402
         assert await ask(gw, 5)  # 1 credit at worst: served
+
+
+# --- a node whose ledger account is not open yet -------------------------------------------------
+
+
+def ledger_opened(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``LedgerService.opened``, as the ledger is to expose it (kept here until it does)."""
+    if "opened" not in vars(LedgerService):
+        monkeypatch.setattr(LedgerService, "opened",
+                            property(lambda self: self.store.state.account(self.account) is not None), raising=False)
+
+
+async def test_before_its_account_opens_a_node_says_so_with_a_503(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node that just joined cannot pay until a peer has confirmed its chain and its account
+    opened: a priced request then is a 503 saying so and when to retry (was: 402 "this node
+    can pay 0 now", as if it were broke); once the account is open, it is served."""
+    ledger_opened(monkeypatch)
+    confirmed = trio.Event()
+
+    def hold_confirmation(node: object, index: int) -> None:
+        if index == 1:  # the newcomer: no peer confirms its chain until the test says so
+            sync = node.ledger.sync  # type: ignore[attr-defined]
+            pull = sync.pull_from
+
+            async def held(peers: list[str]) -> bool:
+                return bool(await pull(peers)) if confirmed.is_set() else False
+
+            sync.pull_from = held
+
+    async with open_cluster([PRICEY], network=MemoryNetwork(seed=7, default_latency=0.01), seed=7,
+                            backends=lambda i: {MODEL: build_backend(BackendSpec(MODEL, kind="fake"))},
+                            prepare=hold_confirmation) as cluster:
+        gw = await cluster.add(GATEWAY)
+        with trio.fail_after(30):
+            while not gw.peers.candidates(MODEL):
+                await trio.sleep(0.1)
+        assert not gw.ledger.opened
+        t0 = trio.current_time()
+        with pytest.raises(AccountNotOpen) as info:
+            await ask(gw, 5)
+        assert trio.current_time() - t0 < 0.1 and info.value.status_code == 503
+        msg = str(info.value)
+        assert "ledger account is not open" in msg and "retry in a few seconds" in msg and "Retry-After: 5" in msg
+        assert "can pay" not in msg
+        confirmed.set()
+        with trio.fail_after(30):
+            while not gw.ledger.opened or gw.ledger.free() == 0:
+                await trio.sleep(0.1)
+        assert await ask(gw, 5)
+        with pytest.raises(InsufficientCredit):  # open and short of credit: the 402 as before
+            await ask(gw, 6_000)
+
+
+class Purse:
+    """A wallet with ``free`` micro-credits whose account opens when the test says."""
+
+    def __init__(self, free: int, opened: bool) -> None:
+        self.free, self.opened = free, opened
+
+    def hold(self, amount: int) -> None:
+        return None
+
+    def can_afford(self, price: int) -> bool:
+        return price <= self.free
+
+    def available(self) -> int:
+        return self.free
+
+    def admit(self, requester: str, worst_case: int) -> str:
+        return "no-account"
+
+
+async def test_only_a_wallet_that_says_it_is_not_open_gets_the_503(autojump_clock: trio.testing.MockClock) -> None:
+    from tests.serve_harness import ScriptedBackend, collect, connect_all, start_node
+
+    async with trio.open_nursery() as nursery:
+        net = MemoryNetwork()
+        purse = Purse(0, opened=False)
+        gw = await start_node(nursery, net, 0, wallet=purse)
+        ex = await start_node(nursery, net, 1, {"m": ScriptedBackend()})
+        await connect_all(gw, [ex])
+        _, err = await collect(gw.serve)
+        assert isinstance(err, AccountNotOpen)
+        purse.opened = True
+        _, err = await collect(gw.serve)
+        assert isinstance(err, InsufficientCredit) and "can pay 0 now" in str(err)
+        nursery.cancel_scope.cancel()

@@ -13,7 +13,8 @@ hold: the peer is skipped); every wait is bounded (the session's deadline); chun
 arrived together leave as one TextDelta; the stream goes back to the pool only after a
 clean final message with nothing unread, else it is closed, so a late reply is never read;
 a receipt is paid (through the hold) only after the session checked it; offences go to
-the :class:`~p2pserve.serving.offenders.OffenderBook`; a reused stream that turns out
+the :class:`~p2pserve.serving.offenders.OffenderBook` and to the log as ``offence`` events
+(:class:`OffenceLines`: at most one line per executor and kind a minute); a reused stream that turns out
 stale (the executor ended the idle session) is replaced once, with a new request ID, and
 that is not a fail-over; a try closed early by its caller (the user left) sends Cancel and
 pays the partial receipt for what the executor produced until then.
@@ -32,6 +33,8 @@ from p2pserve.backends.base import Kind, TextDelta
 from p2pserve.clock import Clock
 from p2pserve.crypto import Signer
 from p2pserve.errors import ConnectionBroken, P2PServeError, RemoteProtocolError, StreamClosed, TransportError
+from p2pserve.eventlog import event
+from p2pserve.membership.ratelimit import LineBudget, OffenceLog
 from p2pserve.membership.table import PeerTable
 from p2pserve.net.exchange import SessionPool
 from p2pserve.net.framed import FramedStream
@@ -47,18 +50,44 @@ from p2pserve.serving.events import (
     Started,
     Wallet,
 )
-from p2pserve.serving.offenders import OffenderBook
+from p2pserve.serving.offenders import Offence, OffenderBook
 from p2pserve.serving.offer import TERMINAL, Ended, Event, Input, OfferSession, SendCancel, Settled, State, Text
 from p2pserve.serving.receipts import Bounds, price_for
 from p2pserve.transport import Transport
 from p2pserve.wire.infer import INFER_PROTOCOL, REQUEST_ID_SIZE, Cancel, Chunk, Done, Failure, InferRequest, Receipt
 from p2pserve.wire.limits import DEFAULT_LIMITS, Limits
 
-__all__ = ["InferClient"]
+__all__ = ["InferClient", "OffenceLines"]
 
 log = logging.getLogger(__name__)
 
 _ANSWER = (Chunk, Done, Failure)
+
+
+class OffenceLines:
+    """The ``offence`` lines of the serving layer (an executor that left an offer unanswered,
+    stalled, broke its stream or the protocol, signed a bad receipt, or could not be
+    reached after advertising): the first of a kind by a peer at once, then at most one per
+    peer and kind every ``every_s`` seconds, carrying the ``count`` of offences it covers
+    (:class:`~p2pserve.membership.ratelimit.OffenceLog`); and, across peers, no more than a
+    :class:`~p2pserve.membership.ratelimit.LineBudget` allows (identities are free), the
+    next line written saying how many were left out."""
+
+    def __init__(self, *, every_s: float = 60.0, burst: int = 20, period: float = 3.0) -> None:
+        self.offences = OffenceLog(every_s=every_s)
+        self.lines = LineBudget(burst=burst, period=period)
+
+    def record(self, peer: str, kind: str, what: str, now: float, **fields: Any) -> bool:
+        """Count one offence of ``kind`` by ``peer``; True when a line was written for it."""
+        n = self.offences.record(peer, kind, now)
+        if n is None:
+            return False
+        left_out = self.lines.take("offence", now)
+        if left_out is None:
+            return False
+        event(log, "offence", level=logging.WARNING, peer=peer, kind=kind, what=what, count=n, **fields,
+              **({"lines_left_out": left_out} if left_out else {}))
+        return True
 
 
 class InferClient:
@@ -96,6 +125,8 @@ class InferClient:
         self.clock = clock
         self.wallet = wallet
         self.offenders = offenders if offenders is not None else OffenderBook()
+        self.offence_lines = OffenceLines()
+        """The ``offence`` lines (the serving service writes its unreachable ones here too)."""
         self.pool = SessionPool(
             transport, INFER_PROTOCOL, idle_s=deadlines.pool_idle_s, connect_s=deadlines.connect_s,
             max_per_peer=self.MAX_IDLE_PER_PEER, max_frame=limits.max_frame,
@@ -143,18 +174,19 @@ class InferClient:
             except TransportError as exc:  # could not reach it at all: not its fault, not again for this request
                 attempt.end(progress, peer, Outcome.REFUSED, f"{type(exc).__name__} ({exc})", exclude=True)
                 return
+            refused: str | None = None  # why the executor's receipt was refused
             while True:
                 texts: list[str] = []
                 for ev in events:
                     if isinstance(ev, Text):
                         texts.append(ev.text)
                     elif isinstance(ev, Settled):
-                        await self._settled(peer, ev, hold, progress)
+                        refused = await self._settled(peer, ev, hold, progress) or refused
                     elif isinstance(ev, Ended):
                         if texts:
                             for out in self._deliver(peer, texts, progress, attempt):
                                 yield out
-                        for out in self._ended(peer, ev, session, progress, attempt):
+                        for out in self._ended(peer, ev, session, progress, attempt, refused):
                             yield out
                         return
                 if texts:
@@ -241,12 +273,13 @@ class InferClient:
         out.append(TextDelta("".join(texts)))
         return out
 
-    async def _settled(self, peer: str, ev: Settled, hold: CreditHold | None, progress: Progress) -> None:
-        """The session checked a receipt: pay it (through the hold) or record the offence."""
+    async def _settled(self, peer: str, ev: Settled, hold: CreditHold | None, progress: Progress) -> str | None:
+        """The session checked a receipt: pay it (through the hold), or count it refused and
+        say why (the offence is booked with the try's end)."""
         if ev.receipt is None:
             self.counters.bad_receipts += 1
-            log.warning("refusing receipt from %s (not paid): %s", peer, ev.problem)
-            return
+            log.debug("refusing receipt from %s (not paid): %s", peer, ev.problem)
+            return f"receipt refused, not paid: {ev.problem}"
         progress.receipts.append(ev.receipt)
         if hold is not None:
             hold.pay(ev.receipt)
@@ -255,13 +288,18 @@ class InferClient:
                 await self.on_receipt(ev.receipt)
             except P2PServeError as exc:
                 log.warning("receipt observer failed for %s: %s", ev.receipt.request_id.hex(), exc)
+        return None
 
-    def _ended(self, peer: str, ev: Ended, s: OfferSession, progress: Progress, attempt: Attempt) -> list[ServeEvent]:
-        """Book how the try ended; the events that close it (a Started for an empty answer;
-        the service yields the Completed)."""
+    def _ended(
+        self, peer: str, ev: Ended, s: OfferSession, progress: Progress, attempt: Attempt, refused: str | None
+    ) -> list[ServeEvent]:
+        """Book how the try ended (an offence: cooling off, and an ``offence`` line); the
+        events that close it (a Started for an empty answer; the service yields the Completed)."""
         if ev.offence is not None:
-            cooldown = self.offenders.offence(peer, ev.offence, trio.current_time())
-            log.warning("executor %s: %s (%s); not offered work for %.0f s", peer, ev.offence.value, ev.reason, cooldown)
+            now = trio.current_time()
+            cooldown = self.offenders.offence(peer, ev.offence, now)
+            what = refused if ev.offence is Offence.BAD_RECEIPT and refused else ev.reason
+            self.offence_lines.record(peer, ev.offence.value, what, now, cooldown_s=cooldown)
         settled = s.receipt
         out: list[ServeEvent] = []
         if ev.outcome is Outcome.COMPLETED:
@@ -309,7 +347,10 @@ class InferClient:
                         log.debug("cancel to %s not sent: %s", peer, exc)
                         return
                 elif isinstance(ev, Settled):
-                    await self._settled(peer, ev, hold, progress)
+                    refused = await self._settled(peer, ev, hold, progress)
+                    if refused is not None:  # the cancel path books no offence: say it at least
+                        self.offence_lines.record(peer, Offence.BAD_RECEIPT.value, f"{refused} (after our cancel)",
+                                                  trio.current_time())
                 elif isinstance(ev, Ended):
                     return
             events = await self._pump(fs, s)

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from p2pserve.backends.base import TextDelta
 from p2pserve.wire.infer import InferRequest, Receipt
 
 __all__ = [
+    "AccountStatus",
     "Admission",
     "Attempt",
     "Completed",
@@ -153,6 +154,16 @@ class Wallet(Protocol):
     def admit(self, requester: str, worst_case: int) -> Admission | str:
         """Take on a peer's offer, or the reason to refuse it (no account, credit, unpaid)."""
         ...
+
+
+@runtime_checkable
+class AccountStatus(Protocol):
+    """A wallet that can say whether its ledger account is open yet (``LedgerService.opened``):
+    a new node's opens only once a peer has confirmed its chain, and until then it can pay
+    nothing. A wallet without ``opened`` is taken as open."""
+
+    @property
+    def opened(self) -> bool: ...
 
 
 class DispatchSettings(Protocol):

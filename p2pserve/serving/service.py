@@ -48,8 +48,15 @@ import trio
 from p2pserve.backends.base import Backend, Kind, TextDelta
 from p2pserve.clock import SYSTEM_CLOCK, Clock
 from p2pserve.crypto import Signer
-from p2pserve.errors import BadRequest, InsufficientCredit, NoCapacity, RequestFailed, TransportError, UnknownModel
-from p2pserve.membership.ratelimit import OffenceLog
+from p2pserve.errors import (
+    AccountNotOpen,
+    BadRequest,
+    InsufficientCredit,
+    NoCapacity,
+    RequestFailed,
+    TransportError,
+    UnknownModel,
+)
 from p2pserve.membership.table import PeerEntry, PeerTable
 from p2pserve.net.framed import FramedStream
 from p2pserve.policies import Policy, PolicyParams
@@ -57,6 +64,7 @@ from p2pserve.rng import derive
 from p2pserve.serving.client import InferClient
 from p2pserve.serving.dispatch import Fail, Offer, Phase, RequestLifecycle, Sleep, UseLocal, Where
 from p2pserve.serving.events import (
+    AccountStatus,
     Attempt,
     Completed,
     Deadlines,
@@ -164,8 +172,6 @@ class ServeService:
             limits=limits,
         )
         self.replay: ReplayGuard = self._executor.replay
-        self.offence_log = OffenceLog()
-        """Rate-limits the lines about executors unreachable after advertising."""
         self._client.pool.on_open = self._opened
         self.on_completed: Callable[[Kind, str, dict[str, Any], str, Completed, str], None] | None = None
         """Hears of every completed user request, with its whole text (synchronous, must not
@@ -228,12 +234,10 @@ class ServeService:
             return
         now = trio.current_time()
         probation = self.offenders.unreachable(peer, now)
-        covered = self.offence_log.record(peer, Offence.UNREACHABLE.value, now)
-        if covered is not None:
-            log.warning(
-                "executor %s unreachable after advertising (%s; %d time(s) since last logged): "
-                "offered work only after the others for %.0f s", peer, error, covered, probation,
-            )
+        self._client.offence_lines.record(
+            peer, Offence.UNREACHABLE.value, f"unreachable after advertising ({error}); offered work only after the others",
+            now, probation_s=probation,
+        )
 
     # --- views ----------------------------------------------------------------------------
 
@@ -437,7 +441,9 @@ class ServeService:
     def _check_affordable(self, model: str, body: dict[str, Any]) -> None:
         """Raise InsufficientCredit, with the numbers, when peers serve ``model`` but even the
         cheapest one's worst case (``max_tokens`` or its context, at its price) is more than
-        this node can pay now: waiting would only end in a 503."""
+        this node can pay now: waiting would only end in a 503. While the wallet's account
+        is not open yet (a node that just joined) that is AccountNotOpen instead (503, worth
+        a retry in seconds): the node has no credit *yet*."""
         if self.wallet is None:
             return
         worst = []
@@ -450,6 +456,12 @@ class ServeService:
             return
         price, tokens, per_1k = min(worst)
         available = self.wallet.available()
+        if price > available and isinstance(self.wallet, AccountStatus) and not self.wallet.opened:
+            raise AccountNotOpen(
+                f"this node cannot pay peers for {model!r} yet: its ledger account is not open (it opens once a peer "
+                f"has confirmed this node's chain, seconds after joining); retry in a few seconds "
+                f"(Retry-After: {AccountNotOpen.retry_after_s})"
+            )
         if price > available:
             raise InsufficientCredit(
                 f"this request may cost up to {format_credits(price)} credits ({tokens} tokens at "
