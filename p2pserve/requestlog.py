@@ -14,8 +14,9 @@ holds only running requests) and writes, through :func:`p2pserve.eventlog.event`
   WARNING when executors were tried, INFO when none was (an unknown model, a bad body, no
   capacity, a user gone while it waited: the tracer is not told which).
 
-The executor side (``request_accepted``) is the ledger's (:meth:`LedgerService.admit`): the
-tracer sees only this node's own users' requests.
+The executor side is :meth:`RequestLog.accepted`, told of every receipt this node signs for
+a peer's request (``ServeService.on_receipt_issued``): one ``request_accepted`` line each,
+free offers included (the tracer sees only this node's own users' requests).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 from p2pserve.eventlog import event
 from p2pserve.serving.events import Completed, Outcome
 from p2pserve.units import credits
+from p2pserve.wire.infer import Receipt
 
 __all__ = ["RequestLog"]
 
@@ -110,6 +112,17 @@ class RequestLog:
         else:
             event(self.log, "request_failed", level=logging.WARNING, req=key, model=r.model, **timing,
                   attempts=r.attempts, last=_where(r.failed[0], self.me) if r.failed else None, outcome=last)
+
+    # --- the executor side ---------------------------------------------------------------------
+
+    def accepted(self, receipt: Receipt, accepted_at: float, now: float) -> None:
+        """The ``request_accepted`` line: a peer's request we served (or the part of it we
+        did, ``partial``), from accepting its offer to signing our receipt
+        (``ServeService.on_receipt_issued``)."""
+        r = receipt
+        event(self.log, "request_accepted", requester=r.requester, model=r.model, latency_s=now - accepted_at,
+              tokens_in=r.prompt_tokens, tokens_out=r.completion_tokens, price=credits(r.price),
+              **({"partial": True} if r.partial else {}))
 
     # --- the service's completion hook -------------------------------------------------------
 

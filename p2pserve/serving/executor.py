@@ -18,7 +18,8 @@ from a requester its wallet admits (an opened account whose credit covers the wo
 and that pays what it owes: see ``LedgerService.admit``), when its policy accepts; it signs
 a receipt for exactly the text it sent, with token counts clamped to the bounds the
 requester checks (:class:`~p2pserve.serving.receipts.Bounds`), and a partial one if its backend
-fails or the requester cancels after text was sent. A session carries one offer at a time;
+fails or the requester cancels after text was sent; every receipt it signs, free or priced,
+is told to :attr:`InferExecutor.on_receipt_issued` (the node's ``request_accepted`` line). A session carries one offer at a time;
 an end of stream while a request runs stops generation at once; a Cancel stops it within
 one chunk and answers with ``Failure("cancelled", ...)``. Chunks produced while a write is
 in flight go out together in the next write. Every task runs in a nursery of the session
@@ -28,7 +29,7 @@ handler; nothing is fire-and-forget.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,6 +140,11 @@ class InferExecutor:
     policy's accept coin) from the offer itself, so the order offers arrive in does not
     change them. ``clock`` checks offers' age and stamps receipts.
     """
+
+    on_receipt_issued: Callable[[Receipt, float, float], None] | None = None
+    """Told ``(receipt, accepted_at, now)`` after each receipt this executor signs (final or
+    partial, for a free offer too), in trio's time: when the offer was accepted and now.
+    Synchronous; must not block or raise."""
 
     def __init__(
         self,
@@ -319,7 +325,7 @@ class InferExecutor:
         backend = self.local.backends[req.model]
         outbox = _Outbox(fs, self.deadlines.send_s)
         sent: list[str] = []
-        job = _Job(req, bounds, admission)
+        job = _Job(req, bounds, admission, trio.current_time())
         with self.local.running(req.model):
             gen = backend.generate(req.kind, body, continuation=req.continuation)  # type: ignore[arg-type]
             try:
@@ -404,13 +410,17 @@ class InferExecutor:
         ).signed(self.signer)
         if job.admission is not None:
             job.admission.issued(receipt)
+        if self.on_receipt_issued is not None:
+            self.on_receipt_issued(receipt, job.accepted_at, trio.current_time())
         return receipt
 
 
 @dataclass(frozen=True, slots=True)
 class _Job:
-    """One accepted offer: the request, its receipt bounds and its admission."""
+    """One accepted offer: the request, its receipt bounds, its admission and when (trio's
+    time) it was accepted."""
 
     request: InferRequest
     bounds: Bounds
     admission: Admission | None
+    accepted_at: float

@@ -178,6 +178,16 @@ class ServeService:
         block or raise): the duel coordinator samples offloaded ones."""
 
     @property
+    def on_receipt_issued(self) -> Callable[[Receipt, float, float], None] | None:
+        """Hears of every receipt this node signs for a peer's request, free or priced, with
+        when the offer was accepted and now (see :attr:`InferExecutor.on_receipt_issued`)."""
+        return self._executor.on_receipt_issued
+
+    @on_receipt_issued.setter
+    def on_receipt_issued(self, hook: Callable[[Receipt, float, float], None] | None) -> None:
+        self._executor.on_receipt_issued = hook
+
+    @property
     def peer_id(self) -> str:
         return self.signer.peer_id
 
