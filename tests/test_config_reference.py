@@ -37,7 +37,7 @@ def test_every_section_the_loader_reads_has_a_table() -> None:
     while todo:
         cls = todo.pop()
         seen.add(cls)
-        todo += [c for key in config._keys(cls).values() for c in _dataclasses_in(key.tp) if c not in seen]
+        todo += [c for key in config.yaml_key_table(cls).values() for c in _dataclasses_in(key.tp) if c not in seen]
     assert seen == {s.cls for s in configref.sections()}
     documented = {e.key for s in configref.sections() for e in configref.entries(s)}
     assert set(config.yaml_keys(config.ServerParams)) | set(config.yaml_keys(config.LedgerParams)) <= documented
