@@ -67,7 +67,6 @@ async def publish_until_seen(src: Libp2pTransport, sub: Subscription, prefix: by
 # Strict: once transports/libp2p/_open.py starts the seqno above anything sent before (e.g.
 # ``pubsub.counter = SYSTEM_CLOCK.wall_ms() * 1000`` after ``Pubsub(...)``), this passes and
 # the marker must go. Measured: 0.02 s with that change, > 15 s (the limit) without it.
-@pytest.mark.xfail(strict=True, reason="py-libp2p seqno starts at the wall-clock second: needs the transport fix")
 async def test_a_restarted_host_is_heard_at_once_after_publishing_fast() -> None:
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:

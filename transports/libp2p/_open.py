@@ -58,6 +58,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
 from libp2p import new_host
+from p2pserve.clock import SYSTEM_CLOCK
 from p2pserve.crypto import Signer
 from p2pserve.errors import ConfigError, TransportError
 from p2pserve.net.caps import DEFAULT_STREAM_CAPS, StreamCaps
@@ -199,6 +200,10 @@ def _build_host(
             score_params=_score_params(),
         )
         pubsub = Pubsub(host, gossipsub)  # strict_signing=True
+        # 0.8.1 starts the seqno at the wall-clock second, +1 per message: a node that
+        # published faster than once a second restarts below its old seqnos, and peers drop
+        # its statuses and blocks as already seen for their seen-cache TTL (120 s)
+        pubsub.counter = SYSTEM_CLOCK.wall_ms() * 1000
         _disable_auto_connector(host)
     except Exception as exc:
         raise ConfigError(f"cannot build the libp2p host: {exc!r}") from exc
