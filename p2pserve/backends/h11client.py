@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
-from p2pserve.backends.http import HTTPBroken, HTTPResponse, HTTPTimeout, HTTPUnreachable
+from p2pserve.backends.http import HTTPBroken, HTTPResponse, HTTPTimeout, HTTPUnreachable, read_up_to
 
 __all__ = ["H11Client", "H11Response"]
 
@@ -106,13 +106,7 @@ class H11Response:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def aread(self, limit: int) -> bytes:
-        out = bytearray()
-        while len(out) < limit:
-            chunk = await self.next_chunk()
-            if chunk is None:
-                break
-            out += chunk
-        return bytes(out[:limit])
+        return await read_up_to(self, limit)
 
     async def aclose(self) -> None:
         conn, self._conn = self._conn, None

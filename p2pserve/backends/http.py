@@ -23,7 +23,16 @@ from typing import Protocol
 
 import httpx
 
-__all__ = ["HTTPBroken", "HTTPClient", "HTTPError", "HTTPResponse", "HTTPTimeout", "HTTPUnreachable", "HttpxClient"]
+__all__ = [
+    "HTTPBroken",
+    "HTTPClient",
+    "HTTPError",
+    "HTTPResponse",
+    "HTTPTimeout",
+    "HTTPUnreachable",
+    "HttpxClient",
+    "read_up_to",
+]
 
 
 class HTTPError(Exception):
@@ -62,6 +71,17 @@ class HTTPResponse(Protocol):
         ...
 
 
+async def read_up_to(response: HTTPResponse, limit: int) -> bytes:
+    """The rest of ``response``'s body, up to ``limit`` bytes (what ``aread`` does)."""
+    out = bytearray()
+    while len(out) < limit:
+        chunk = await response.next_chunk()
+        if chunk is None:
+            break
+        out += chunk
+    return bytes(out[:limit])
+
+
 class HTTPClient(Protocol):
     async def request(self, method: str, path: str, *, body: bytes | None = None,
                       headers: Mapping[str, str] | None = None) -> HTTPResponse:
@@ -94,13 +114,7 @@ class _HttpxResponse:
                 return chunk
 
     async def aread(self, limit: int) -> bytes:
-        out = bytearray()
-        while len(out) < limit:
-            chunk = await self.next_chunk()
-            if chunk is None:
-                break
-            out += chunk
-        return bytes(out[:limit])
+        return await read_up_to(self, limit)
 
     async def aclose(self) -> None:
         aclose = getattr(self._chunks, "aclose", None)
