@@ -28,6 +28,7 @@ with ``raise ... from exc``; they never leak past it::
     │   │   └── RequestTooLarge     the request body exceeds max_prompt (HTTP 413)
     │   ├── NoCapacity              nobody can take it now (HTTP 503)
     │   │   └── AccountNotOpen      this node cannot pay peers yet: its ledger account opens soon (HTTP 503)
+    │   ├── InsufficientCredit      the request's worst-case price exceeds this node's credit (HTTP 402)
     │   └── RequestFailed           it started but could not finish (stream error event)
     └── LedgerError                 ledger rule violations and store failures
         ├── InvalidBlock            a block breaks a rule (``reason`` says which)
@@ -57,6 +58,7 @@ __all__ = [
     "DialError",
     "FrameTooLarge",
     "IdentityError",
+    "InsufficientCredit",
     "InvalidBlock",
     "LedgerError",
     "LocalProtocolError",
@@ -154,10 +156,13 @@ class BackendResponseError(BackendError):
 
 
 class ServingError(P2PServeError):
-    """A user request could not be served. ``status_code`` is the HTTP status to answer with."""
+    """A user request could not be served. ``status_code`` is the HTTP status to answer with;
+    ``retry_after_s``, when set, how long a client should wait before retrying (the API's
+    ``Retry-After`` header)."""
 
     status_code = 500
     error_type = "server_error"
+    retry_after_s: int | None = None
 
 
 class UnknownModel(ServingError):
@@ -194,7 +199,7 @@ class AccountNotOpen(NoCapacity):
     retrying after ``retry_after_s`` seconds, unlike :class:`InsufficientCredit`."""
 
     error_type = "account_not_open"
-    retry_after_s = 5
+    retry_after_s: int | None = 5
 
 
 class InsufficientCredit(ServingError):

@@ -123,6 +123,7 @@ class Node:
         self.gossip.on_status = lambda st: self.ledger.sync.peer_head(st.peer_id, st.ledger_head)
         self.duels = self._duel_coordinator()
         self.serve.on_completed = self._completed
+        self.serve.on_receipt_issued = self.requests.accepted
         self.judge = self._judge_service() if sp.judge else None
         self.started_at = 0.0
 

@@ -11,7 +11,6 @@ import trio.testing
 from p2pserve.backends.registry import BackendSpec, build_backend
 from p2pserve.config import parse_config
 from p2pserve.errors import AccountNotOpen, InsufficientCredit
-from p2pserve.ledger.service import LedgerService
 from p2pserve.sim.cluster import open_cluster
 from transports.memory import MemoryNetwork
 
@@ -51,20 +50,10 @@ async def test_an_unaffordable_max_tokens_is_a_402_at_once(autojump_clock: trio.
 # --- a node whose ledger account is not open yet -------------------------------------------------
 
 
-def ledger_opened(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``LedgerService.opened``, as the ledger is to expose it (kept here until it does)."""
-    if "opened" not in vars(LedgerService):
-        monkeypatch.setattr(LedgerService, "opened",
-                            property(lambda self: self.store.state.account(self.account) is not None), raising=False)
-
-
-async def test_before_its_account_opens_a_node_says_so_with_a_503(
-    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_before_its_account_opens_a_node_says_so_with_a_503(autojump_clock: trio.testing.MockClock) -> None:
     """A node that just joined cannot pay until a peer has confirmed its chain and its account
     opened: a priced request then is a 503 saying so and when to retry (was: 402 "this node
     can pay 0 now", as if it were broke); once the account is open, it is served."""
-    ledger_opened(monkeypatch)
     confirmed = trio.Event()
 
     def hold_confirmation(node: object, index: int) -> None:
@@ -135,3 +124,11 @@ async def test_only_a_wallet_that_says_it_is_not_open_gets_the_503(autojump_cloc
         _, err = await collect(gw.serve)
         assert isinstance(err, InsufficientCredit) and "can pay 0 now" in str(err)
         nursery.cancel_scope.cancel()
+
+
+def test_the_api_sends_retry_after_with_an_account_not_open_503() -> None:
+    from p2pserve.api.openai import _error_response
+
+    response = _error_response(AccountNotOpen("this node's ledger account is not open yet"))
+    assert response.status_code == 503 and response.headers["retry-after"] == "5"
+    assert "retry-after" not in _error_response(InsufficientCredit("too dear")).headers

@@ -124,7 +124,8 @@ are logged and dropped)."""
 
 
 def _error_response(exc: ServingError) -> JSONResponse:
-    return JSONResponse(error_body(exc), status_code=exc.status_code)
+    retry = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
+    return JSONResponse(error_body(exc), status_code=exc.status_code, headers=retry)
 
 
 def unsupported_field(body: Any) -> str | None:

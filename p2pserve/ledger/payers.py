@@ -12,8 +12,6 @@ forgotten first).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from p2pserve.ledger.state import LedgerState
 from p2pserve.wire.infer import Receipt
 
@@ -24,23 +22,19 @@ MAX_ISSUED = 100_000
 
 class Admission:
     """An offer we took: its worst-case price counts against the requester's credit until
-    :meth:`close`; :meth:`issued` records the receipt we signed for it (and tells
-    ``on_issued``, the ledger service's log line, if set)."""
+    :meth:`close`; :meth:`issued` records the receipt we signed for it."""
 
-    __slots__ = ("_book", "on_issued", "open", "requester", "worst_case")
+    __slots__ = ("_book", "open", "requester", "worst_case")
 
     def __init__(self, book: PayerBook, requester: str, worst_case: int) -> None:
         self._book = book
         self.requester = requester
         self.worst_case = worst_case
         self.open = True
-        self.on_issued: Callable[[Receipt], None] | None = None
 
     def issued(self, receipt: Receipt) -> None:
         if receipt.price > 0:
             self._book.issue(receipt)
-        if self.on_issued is not None:
-            self.on_issued(receipt)
 
     def close(self) -> None:
         if self.open:

@@ -474,20 +474,15 @@ class LedgerService:
         admitted = self.payers.admit(self.store.state, requester, worst_case, self.now_ms())
         if admitted == "unpaid":
             self.sync.request_sync(requester)
-        if isinstance(admitted, Admission):
-            started = trio.current_time()
-            admitted.on_issued = lambda receipt: self._accepted(receipt, started)
         return admitted
 
-    @staticmethod
-    def _accepted(r: Receipt, started: float) -> None:
-        """The ``request_accepted`` line: a peer's request we served (or the part of it we
-        did, ``partial``), from admission to our receipt."""
-        event(log, "request_accepted", requester=r.requester, model=r.model, latency_s=trio.current_time() - started,
-              tokens_in=r.prompt_tokens, tokens_out=r.completion_tokens, price=credits(r.price),
-              **({"partial": True} if r.partial else {}))
-
     # --- views -----------------------------------------------------------------------------
+
+    @property
+    def opened(self) -> bool:
+        """Whether this node's account is open on the ledger (a new node's opens once a peer
+        has confirmed its chain; until then it can pay nothing)."""
+        return self.store.state.account(self.account) is not None
 
     def free(self) -> int:
         """Free credit on the ledger now (queued pays not deducted; see :meth:`available`)."""
