@@ -166,3 +166,19 @@ async def test_model_status_for_gossip(autojump_clock: trio.testing.MockClock) -
         assert st["m"].accepting and st["m"].price_per_1k == 7 and st["m"].running == 0
         assert not st["busy"].accepting and st["busy"].token_usage == 0.95 and st["busy"].queued == 2
         nursery.cancel_scope.cancel()
+
+
+def test_automatic_request_keys_use_bounded_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One counter per distinct body would grow without bound on a long-running gateway."""
+    from collections import Counter
+
+    from p2pserve.serving import service
+
+    monkeypatch.setattr(service, "_MAX_AUTO_KEYS", 4)
+    svc = service.ServeService.__new__(service.ServeService)
+    svc._keys = Counter()
+    first = [svc._auto_key(b"same"), svc._auto_key(b"same")]
+    assert first[0].endswith("/1") and first[1].endswith("/2")  # repeats are told apart
+    for i in range(100):
+        svc._auto_key(str(i).encode())
+    assert len(svc._keys) <= 4

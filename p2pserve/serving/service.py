@@ -102,6 +102,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+_MAX_AUTO_KEYS = 65_536
+"""Distinct request bodies whose repeat counts a service remembers for their automatic keys
+(then it starts over: one entry per body would otherwise grow without bound)."""
+
+
 class ServeService:
     """Request forwarding and local execution for one node. Start with ``nursery.start(run)``.
 
@@ -328,6 +333,8 @@ class ServeService:
 
     def _auto_key(self, body_bytes: bytes) -> str:
         digest = hashlib.sha256(body_bytes).hexdigest()[:16]
+        if digest not in self._keys and len(self._keys) >= _MAX_AUTO_KEYS:
+            self._keys.clear()  # bounded memory; still deterministic (same requests, same keys)
         self._keys[digest] += 1
         return f"{digest}/{self._keys[digest]}"
 
