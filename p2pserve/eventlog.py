@@ -162,14 +162,21 @@ def render_fields(fields: Mapping[str, Any]) -> str:
     return " ".join(f"{escape(str(k)) if k else '_'}={_value_text(v)}" for k, v in fields.items())
 
 
+_second: list[Any] = [None, ""]
+"""The last whole second stamped and its ``YYYY-mm-ddTHH:MM:SS.`` text (one strftime a second)."""
+
+
 def _stamp(clock: Clock | None) -> str:
     if clock is None:
         from p2pserve.clock import SYSTEM_CLOCK
 
         clock = SYSTEM_CLOCK
-    wall = clock.wall()
-    t = datetime.fromtimestamp(wall, tz=UTC)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+    ms = int(clock.wall() * 1000)
+    second, millis = divmod(ms, 1000)
+    if _second[0] != second:
+        _second[0] = second
+        _second[1] = datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+    return f"{_second[1]}{millis:03d}Z"
 
 
 def _error(record: logging.LogRecord) -> str | None:
