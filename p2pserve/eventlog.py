@@ -30,6 +30,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import re
 import sys
 import traceback
 from collections.abc import Mapping
@@ -116,7 +117,7 @@ def _plain(value: Any) -> Any:
 
 # --- human format ------------------------------------------------------------------------------
 
-_UNSAFE = frozenset(' "=\\')
+_UNSAFE_RE = re.compile(r'[ "=\\]')
 
 
 def escape(text: str) -> str:
@@ -152,7 +153,7 @@ def _value_text(value: Any) -> str:
     """A value as ``key=`` shows it: bare when safe, else quoted and escaped; a list's items
     joined with commas (the JSON format keeps them apart)."""
     text = ",".join(_scalar_text(v) for v in value) if isinstance(value, list) else _scalar_text(value)
-    if text and not any(c in _UNSAFE or not c.isprintable() for c in text):
+    if text and text.isprintable() and _UNSAFE_RE.search(text) is None:
         return text
     return f'"{escape(text)}"'
 
