@@ -58,6 +58,10 @@ sys.path.insert(0, str(ROOT))
 from p2pserve.testing.processes import read_banner, spawn_join, stop_processes, wait_for  # noqa: E402
 
 MODEL = "fake-model"
+KEY = "sk-p2pserve-bench-0123456789abcdef"
+"""The bearer key every proxy path checks (LiteLLM refuses to start without one; the nodes get
+it as ``api_key`` so that both do the same work)."""
+AUTH = {"Authorization": f"Bearer {KEY}"}
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me about the sea."}], "max_tokens": 16,
         "stream": True}
 PATHS = ("direct", "local", "gateway", "litellm")
@@ -274,11 +278,12 @@ def start_litellm(exe: str, backend: str, tmp: Path) -> tuple[subprocess.Popen[b
                                                                 "api_key": "none"}}],
         "litellm_settings": {"drop_params": True, "telemetry": False},
     }))
-    env = {**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False", "NO_DOCS": "True"}
+    env = {**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False", "NO_DOCS": "True",
+           "LITELLM_MASTER_KEY": KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}  # no fetch from the internet
     proc = subprocess.Popen([exe, "--config", str(tmp / "litellm.yaml"), "--host", "127.0.0.1", "--port", str(port),
                              "--num_workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: httpx.get(f"{url}/health/liveliness", timeout=2).status_code == 200, 120, "LiteLLM proxy up",
+    wait_for(lambda: httpx.get(f"{url}/health/liveliness", timeout=2).status_code == 200, 300, "LiteLLM proxy up (it takes ~30-60 s to start)",
              ignore=(httpx.HTTPError,))
     return proc, url
 
@@ -311,11 +316,12 @@ def main() -> None:
         wait_for(lambda: httpx.get(f"{backend}/v1/models", timeout=1).status_code == 200, 30, "fake backend up",
                  ignore=(httpx.HTTPError,))
         (tmp / "b.yaml").write_text(json.dumps({
-            "server_params": {"accept_frequency": 1.0},
+            "server_params": {"accept_frequency": 1.0, "api_key": KEY},
             "models": [{"model_path": MODEL, "base_url": backend, "price_per_1k": opts.price,
                         "dispatch_params": {"max_concurrency": 256, "target_token_usage": 1.0}}],
         }))
-        (tmp / "a.yaml").write_text(json.dumps({"server_params": {"offload_frequency": 1.0, "policy": "always-offload"},
+        (tmp / "a.yaml").write_text(json.dumps({"server_params": {"offload_frequency": 1.0, "policy": "always-offload",
+                                                                  "api_key": KEY},
                                                 "models": []}))
         common = ["--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0"]
         procs.append(spawn_join(["--config", str(tmp / "b.yaml"), "--data-dir", str(tmp / "b"), *common],
@@ -327,21 +333,22 @@ def main() -> None:
         gateway = a["api"][0]
         # A routes once it knows B serves the model and its own ledger account is open
         # (a node opens its account once a peer confirmed its chain; until then it can pay nothing).
-        wait_for(lambda: MODEL in {m["id"] for m in httpx.get(f"{gateway}/v1/models").json()["data"]}, 30,
-                 "the gateway knows B's model")
-        wait_for(lambda: httpx.get(f"{gateway}/p2pserve/status").json()["ledger"]["opened"], 30,
+        wait_for(lambda: MODEL in {m["id"] for m in httpx.get(f"{gateway}/v1/models", headers=AUTH).json()["data"]},
+                 30, "the gateway knows B's model")
+        wait_for(lambda: httpx.get(f"{gateway}/p2pserve/status", headers=AUTH).json()["ledger"]["opened"], 30,
                  "the gateway's ledger account open")
         pids = {"backend": procs[0].pid, "node_b": procs[1].pid, "node_a": procs[2].pid}
         targets = [
             Target("direct", f"{backend}/v1/chat/completions", {"backend": pids["backend"]}),
-            Target("local", f"{b['api'][0]}/v1/chat/completions", {"node_b": pids["node_b"], "backend": pids["backend"]}),
-            Target("gateway", f"{gateway}/v1/chat/completions", dict(pids)),
+            Target("local", f"{b['api'][0]}/v1/chat/completions", {"node_b": pids["node_b"], "backend": pids["backend"]},
+                   AUTH),
+            Target("gateway", f"{gateway}/v1/chat/completions", dict(pids), AUTH),
         ]
         if opts.litellm and shutil.which(opts.litellm):
             lproc, lurl = start_litellm(opts.litellm, backend, tmp)
             procs.append(lproc)
             targets.append(Target("litellm", f"{lurl}/v1/chat/completions",
-                                  {"litellm": lproc.pid, "backend": pids["backend"]}, {"Authorization": "Bearer none"}))
+                                  {"litellm": lproc.pid, "backend": pids["backend"]}, AUTH))
         else:
             print(f"LiteLLM proxy not measured: no executable at {opts.litellm!r} (see this file's docstring)")
         rounds = trio.run(measure, targets, opts, {"node_a": pids["node_a"], "node_b": pids["node_b"]})
