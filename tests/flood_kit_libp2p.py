@@ -45,9 +45,11 @@ from p2pserve.membership.verified import SHARED
 from p2pserve.node import Node
 from p2pserve.transport import Stream
 from p2pserve.wire.gossip import ModelStatus, Status
+from tests.attack_kit import MODEL as _ATTACK_MODEL
+from tests.attack_kit import ask
 from transports.libp2p import open_libp2p_transport
 
-MODEL = "fake-model"
+MODEL = _ATTACK_MODEL
 INTERVAL = 1.0
 """Status interval of every honest node (s)."""
 TTL = 3.0
@@ -103,16 +105,6 @@ async def wait_ready(nodes: list[Node]) -> None:
     while (len(gateway.serve._candidates(MODEL, {}, set(), trio.current_time())) < len(executors)
            or not all(n.ledger.free() > 0 for n in nodes)):
         await trio.sleep(0.05)
-
-
-async def ask(node: Node) -> str:
-    """Ask ``node`` for a 5-token answer to "hi"; its text."""
-    text = ""
-    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
-    async with node.serve.submit("chat", MODEL, body) as events:
-        async for ev in events:
-            text += getattr(ev, "text", "")
-    return text
 
 
 @dataclass
