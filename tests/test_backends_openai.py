@@ -472,3 +472,11 @@ def test_map_exceptions_translates_at_the_edge() -> None:
         raise KeyError("x")
     with errors:
         pass
+
+
+async def test_each_event_is_its_own_delta_even_when_one_read_holds_several() -> None:
+    """Callers count TextDeltas as tokens (partial receipts, what a continuation elsewhere may
+    still generate), so the events of one read are not merged into one delta."""
+    body = sse(chat_chunk("a"), chat_chunk("b"), chat_chunk("c"), chat_chunk(None, "stop"))
+    events = await collect(backend(serve_bytes(body)), "chat", CHAT)
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["a", "b", "c"]

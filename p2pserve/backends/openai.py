@@ -249,27 +249,18 @@ class OpenAIBackend(Backend):
                 payloads = decoder.close() if raw is None else decoder.feed(raw)
             except BackendResponseError as exc:
                 raise BackendResponseError(str(exc), status_code=status) from exc
-            # the deltas of one read go out as one TextDelta (one write downstream, not one
-            # per token); those before a bad event still go out before its error
-            texts: list[str] = []
-            bad: BackendError | None = None
-            try:
-                for payload in payloads:
-                    if payload.strip() == "[DONE]":
-                        done = True
-                        break
-                    delta, chunk_finish, chunk_usage = _read_chunk(kind, self._parse_chunk(payload, status), status)
-                    usage = chunk_usage or usage
-                    finish = chunk_finish or finish
-                    if delta:
-                        texts.append(delta)
-            except BackendError as exc:
-                bad = exc
-            if texts:
-                pieces += len(texts)
-                yield TextDelta(texts[0] if len(texts) == 1 else "".join(texts))
-            if bad is not None:
-                raise bad
+            # one TextDelta per event: callers count them as tokens (partial receipts, the
+            # tokens a continuation elsewhere may still generate), so they are not merged
+            for payload in payloads:
+                if payload.strip() == "[DONE]":
+                    done = True
+                    break
+                delta, chunk_finish, chunk_usage = _read_chunk(kind, self._parse_chunk(payload, status), status)
+                usage = chunk_usage or usage
+                finish = chunk_finish or finish
+                if delta:
+                    pieces += 1
+                    yield TextDelta(delta)
             if raw is None and not done:
                 if finish is None:
                     raise BackendResponseError("backend stream ended before the answer finished", status_code=status)
