@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 
 from p2pserve.api.server import serve_asgi
 
@@ -222,4 +223,106 @@ async def test_the_connection_limit_holds_new_connections_back() -> None:
         with trio.fail_after(10):
             assert responses(await second.receive_some(65536))[0][0] == 200
         await second.aclose()
+        nursery.cancel_scope.cancel()
+
+
+# -- bounds against hostile or broken clients (review of the server) ----------------------------
+
+
+async def test_a_head_sent_slowly_gets_408_and_a_body_sent_slowly_is_dropped() -> None:
+    async with trio.open_nursery() as nursery:
+        port = await start(nursery, head_s=0.3, body_s=0.3, idle_s=5.0)
+        with trio.fail_after(10):  # one byte a while: the head's time runs from its first byte
+            out = await exchange(port, b"GET / HTTP/1.1\r\nHost: h\r\n")
+        assert out.startswith(b"HTTP/1.1 408") and b"request_timeout" in out
+        with trio.fail_after(10):  # a body that never completes: the connection is dropped
+            out = await exchange(port, b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\nhalf")
+        assert out == b""
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_client_that_stops_reading_is_dropped_and_the_app_told() -> None:
+    told = trio.Event()
+
+    async def floods(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        assert (await receive())["type"] == "http.request"
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+        async def watch() -> None:
+            assert (await receive())["type"] == "http.disconnect"
+            told.set()
+
+        async with trio.open_nursery() as n:
+            n.start_soon(watch)
+            while not told.is_set():  # far more than the socket buffers hold
+                await send({"type": "http.response.body", "body": b"x" * 1_000_000, "more_body": True})
+                await trio.lowlevel.checkpoint()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async with trio.open_nursery() as nursery:
+        port = await start(nursery, floods, idle_s=0.5)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        with trio.fail_after(20):  # never reads: the server's write times out
+            await told.wait()
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_client_flooding_during_its_response_is_dropped() -> None:
+    told = trio.Event()
+
+    async def slow(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        assert (await receive())["type"] == "http.request"
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        assert (await receive())["type"] == "http.disconnect"  # what it sent past max_head
+        told.set()
+
+    async with trio.open_nursery() as nursery:
+        port = await start(nursery, slow, max_head=4096)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        with trio.fail_after(10):
+            while not told.is_set():
+                try:
+                    await stream.send_all(b"junk" * 1024)
+                except trio.BrokenResourceError:
+                    break
+            await told.wait()
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_no_response_or_a_failure_before_any_byte_is_a_500() -> None:
+    async def silent(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["path"] == "/started":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            raise RuntimeError("after the head, before any byte left")
+
+    async with trio.open_nursery() as nursery:
+        port = await start(nursery, silent)
+        for path in (b"/nothing", b"/started"):
+            got = responses(await exchange(port, b"GET " + path + b" HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"))
+            assert got and got[0][0] == 500 and json.loads(got[0][1])["error"]["type"] == "server_error"
+        nursery.cancel_scope.cancel()
+
+
+async def test_smuggling_shapes_are_answered_then_closed_and_unread_bodies_drained_only_when_small() -> None:
+    async def ignores_body(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        status = 204 if scope["path"] == "/empty" else 200
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async with trio.open_nursery() as nursery:
+        port = await start(nursery, ignores_body, max_head=4096)
+        both = (b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert [s for s, _ in responses(await exchange(port, both))] == [200]  # closed after the first
+        small = b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n0123456789GET /b HTTP/1.1\r\nHost: h\r\n" \
+                b"Connection: close\r\n\r\n"
+        assert [s for s, _ in responses(await exchange(port, small))] == [200, 200]  # drained, kept alive
+        big = b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 10_000
+        assert [s for s, _ in responses(await exchange(port, big))] == [200]  # not drained: closed
+        empty = await exchange(port, b"GET /empty HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        assert empty.startswith(b"HTTP/1.1 204") and b"content-length" not in empty.lower()
         nursery.cancel_scope.cancel()

@@ -293,3 +293,46 @@ def test_bad_base_urls() -> None:
     for url in ("ftp://x", "127.0.0.1:8000", "http://"):
         with pytest.raises(ValueError, match="base_url must be"):
             H11Client(url)
+
+
+async def test_a_kept_alive_connection_closed_as_it_is_reused_is_retried_once() -> None:
+    """The server's idle timer fires as we reuse its connection: it reads the request and
+    closes without a byte of answer. The request never ran, so it goes once more on a new
+    connection; a new connection that does the same is an error (never retried)."""
+    answering = [True]
+
+    async def first_only(stream: trio.SocketStream, server: Server) -> None:
+        conn = h11.Connection(h11.SERVER)
+        await server.read_request(stream, conn)
+        if answering[0]:
+            await stream.send_all(answer(b"ok"))
+            conn = h11.Connection(h11.SERVER)
+            await server.read_request(stream, conn)  # a reuse: hang up without answering
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        server = await start(nursery, first_only)
+        client = H11Client(f"http://127.0.0.1:{server.port}")
+        with trio.fail_after(10):
+            assert await read_all(client) == (200, b"ok")
+            assert await read_all(client) == (200, b"ok")  # reused, closed, retried on a new one
+        assert server.connections == 2 and client._slots.value == 64
+        answering[0] = False
+        fresh = H11Client(f"http://127.0.0.1:{server.port}")
+        with trio.fail_after(10), pytest.raises(HTTPUnreachable, match="without answering"):
+            await read_all(fresh)
+        assert server.connections == 3 and fresh._slots.value == 64
+        await client.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_userinfo_in_the_base_url_is_basic_auth() -> None:
+    async with trio.open_nursery() as nursery:
+        server = await start(nursery, keep_alive())
+        client = H11Client(f"http://user:p%40ss@127.0.0.1:{server.port}")
+        with trio.fail_after(10):
+            assert await read_all(client) == (200, b"hello")
+        assert b"authorization: Basic dXNlcjpwQHNz" in server.first_reads[0].replace(b"Authorization", b"authorization")
+        assert b"user:" not in server.first_reads[0].split(b"\r\n")[0]
+        await client.aclose()
+        nursery.cancel_scope.cancel()

@@ -9,22 +9,29 @@ largest single cost (``docs/benchmarks.md``).
 
 Connections: at most ``max_connections`` open (a request waits for a free one), idle ones
 kept newest first, at most ``max_keepalive`` of them, each for ``keepalive_s`` seconds
-(trio's clock). An idle connection the server has closed is readable (EOF), so it is
-dropped before use, not written to; a request is never retried (it may have reached the
-server). A response not read to its end closes its connection on :meth:`H11Response.aclose`:
-that is how vLLM and SGLang learn that a generation was abandoned. A response that is read
-to its end returns its connection to the pool, unless either side asked to close.
+(trio's clock; 4 s by default, under the 5 s after which uvicorn (vLLM, SGLang) and
+llama-server close an idle connection). An idle connection the server has closed is
+readable (EOF), so it is dropped before use, not written to. The server may still close it
+as we reuse it (the two idle timers race): when a reused connection ends before any byte
+of an answer, the request did not run, and it is sent once more on a new connection; no
+other request is ever retried. A response not read to its end closes its connection on
+:meth:`H11Response.aclose`: that is how vLLM and SGLang learn that a generation was
+abandoned. A response read to its end returns its connection to the pool, unless either
+side asked to close or the server sent more than the response.
 
-No HTTP proxy, no redirects, no HTTP/2: a backend is an OpenAI-compatible server the
-operator points the node at. Errors are those of :mod:`p2pserve.backends.http`.
+``user:password@`` in the base URL is sent as Basic authentication (unless an
+``Authorization`` header is given). No HTTP proxy, no redirects, no HTTP/2: a backend is an
+OpenAI-compatible server the operator points the node at. Errors are those of
+:mod:`p2pserve.backends.http`.
 """
 
 from __future__ import annotations
 
+import base64
 import math
 import ssl
 from collections.abc import Mapping
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import h11
 import trio
@@ -132,7 +139,7 @@ class H11Client:
         connect_timeout: float | None = 5.0,
         max_connections: int = 64,
         max_keepalive: int = 16,
-        keepalive_s: float = 5.0,
+        keepalive_s: float = 4.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         url = urlsplit(base_url)
@@ -143,7 +150,11 @@ class H11Client:
         self.port = url.port or (443 if self.tls else 80)
         self.prefix = url.path.rstrip("/")
         authority = url.netloc.rpartition("@")[2]
-        self._headers = [("Host", authority), ("User-Agent", "p2pserve"), *(headers or {}).items()]
+        self._headers = [("Host", authority), ("User-Agent", "p2pserve")]
+        if url.username is not None and not any(k.lower() == "authorization" for k in headers or {}):
+            basic = f"{unquote(url.username)}:{unquote(url.password or '')}".encode()
+            self._headers.append(("Authorization", "Basic " + base64.b64encode(basic).decode()))
+        self._headers += [*(headers or {}).items()]
         self.connect_timeout = connect_timeout
         self.max_keepalive = max_keepalive
         self.keepalive_s = keepalive_s
@@ -161,7 +172,22 @@ class H11Client:
             head += [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
         await self._slots.acquire()
         try:
-            conn = await self._checkout()
+            conn, reused = await self._checkout()
+            try:
+                return await self._exchange(conn, method, path, head, body)
+            except HTTPUnreachable:
+                with trio.CancelScope(shield=True):
+                    await conn.stream.aclose()
+                if not reused:
+                    raise
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await conn.stream.aclose()
+                raise
+            # A kept-alive connection the server closed as we reused it (the two idle timers
+            # race): it ended before any byte of an answer, so the request never ran; once
+            # more, on a new connection.
+            conn = await self._connect()
             try:
                 return await self._exchange(conn, method, path, head, body)
             except BaseException:
@@ -174,10 +200,13 @@ class H11Client:
 
     async def _exchange(self, conn: _Conn, method: str, path: str, head: list[tuple[str, str]],
                         body: bytes | None) -> H11Response:
-        out = conn.h11.send(h11.Request(method=method, target=self.prefix + path, headers=head)) or b""
-        if body:
-            out += conn.h11.send(h11.Data(data=body)) or b""
-        out += conn.h11.send(h11.EndOfMessage()) or b""
+        try:
+            out = conn.h11.send(h11.Request(method=method, target=self.prefix + path, headers=head)) or b""
+            if body:
+                out += conn.h11.send(h11.Data(data=body)) or b""
+            out += conn.h11.send(h11.EndOfMessage()) or b""
+        except (h11.LocalProtocolError, UnicodeEncodeError) as exc:  # e.g. a key that is not latin-1
+            raise HTTPBroken(f"cannot send this request to {self.host}:{self.port}: {exc}") from exc
         try:
             await conn.stream.send_all(out)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -189,7 +218,8 @@ class H11Client:
                 try:
                     data = await conn.stream.receive_some(_READ_BYTES)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                    raise HTTPUnreachable(f"the connection to {self.host}:{self.port} broke: {exc!r}") from exc
+                    broke = HTTPBroken if got_bytes else HTTPUnreachable  # after a byte: it ran
+                    raise broke(f"the connection to {self.host}:{self.port} broke: {exc!r}") from exc
                 if not data and not got_bytes:
                     raise HTTPUnreachable(f"{self.host}:{self.port} closed the connection without answering")
                 got_bytes = True
@@ -201,15 +231,16 @@ class H11Client:
             else:
                 raise HTTPBroken(f"unexpected HTTP event from the server: {type(event).__name__}")
 
-    async def _checkout(self) -> _Conn:
+    async def _checkout(self) -> tuple[_Conn, bool]:
+        """An idle connection (True) if one is fresh and still open, else a new one (False)."""
         now = trio.current_time()
         while self._idle:
             conn = self._idle.pop()
             if now - conn.idle_since < self.keepalive_s and not conn.is_dropped():
-                return conn
+                return conn, True
             with trio.CancelScope(shield=True):
                 await conn.stream.aclose()
-        return await self._connect()
+        return await self._connect(), False
 
     async def _connect(self) -> _Conn:
         where = f"{self.host}:{self.port}"
@@ -236,7 +267,7 @@ class H11Client:
         reused (read to its end, both sides done, room in the pool), else is closed."""
         self._slots.release()
         if ended and conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE and not self._closed \
-                and len(self._idle) < self.max_keepalive:
+                and len(self._idle) < self.max_keepalive and not conn.h11.trailing_data[0]:
             conn.h11.start_next_cycle()
             conn.idle_since = trio.current_time()
             self._idle.append(conn)
