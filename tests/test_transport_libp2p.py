@@ -400,3 +400,32 @@ class TestLibp2pConformance(TransportConformance):
             return open_libp2p_transport(signer_for(100 + i), [LOOPBACK], gossip_heartbeat=0.5)
 
         return opener
+
+
+async def test_a_peer_holds_at_most_two_gossipsub_streams(nodes: Nodes, caplog: pytest.LogCaptureFixture) -> None:
+    """py-libp2p's pubsub reads its streams outside the transport's stream caps (each may hold
+    yamux's 16 MiB window unread): a third gossipsub stream from one peer is reset, logged once."""
+    from transports.libp2p._open import MAX_PUBSUB_STREAMS_PER_PEER, MESHSUB_V11
+
+    caplog.set_level(logging.WARNING, logger="transports.libp2p")
+    with trio.fail_after(TEST_TIMEOUT):
+        a = await nodes.start(1)
+        b = await nodes.start(2)
+        await b.connect(a.listen_addrs()[0])
+        tries, refused = MAX_PUBSUB_STREAMS_PER_PEER + 2, 0
+        for _ in range(tries):
+            try:
+                stream = await b.open_stream(a.peer_id, str(MESHSUB_V11))
+            except DialError:  # reset while the protocol was still being agreed
+                refused += 1
+                continue
+            with trio.move_on_after(1.0):  # a stream still held open just waits
+                try:
+                    await stream.receive_some()
+                except ConnectionBroken:
+                    refused += 1
+        # b's own pubsub opened one stream to a when they connected: a holds two of b's at most
+        assert refused >= tries - MAX_PUBSUB_STREAMS_PER_PEER + 1
+        assert b.peer_id in a.connected_peers()
+    lines = [r for r in caplog.records if "gossipsub streams" in r.getMessage()]
+    assert len(lines) == 1 and b.peer_id in lines[0].getMessage()

@@ -40,7 +40,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 import multiaddr
 import trio
-from libp2p.abc import IHost
+from libp2p.abc import IHost, INetStream
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
@@ -204,10 +204,50 @@ def _build_host(
         # published faster than once a second restarts below its old seqnos, and peers drop
         # its statuses and blocks as already seen for their seen-cache TTL (120 s)
         pubsub.counter = SYSTEM_CLOCK.wall_ms() * 1000
+        _cap_pubsub_streams(host, pubsub, MAX_PUBSUB_STREAMS_PER_PEER)
         _disable_auto_connector(host)
     except Exception as exc:
         raise ConfigError(f"cannot build the libp2p host: {exc!r}") from exc
     return host, pubsub, gossipsub
+
+
+MAX_PUBSUB_STREAMS_PER_PEER = 2
+"""Inbound gossipsub streams one peer may hold open at once. An honest peer opens one (two
+for a moment when it reconnects before its old connection is noticed dead); py-libp2p's
+pubsub reads these itself, outside the transport's stream caps, and each may hold up to
+yamux's 16 MiB window of unread messages, so more are reset."""
+
+
+def _cap_pubsub_streams(host: IHost, pubsub: Pubsub, limit: int) -> None:
+    """Put a per-peer cap on the inbound streams of pubsub's own protocols (see
+    :data:`MAX_PUBSUB_STREAMS_PER_PEER`); a peer over it is logged once (per 4096 peers)."""
+    open_by_peer: dict[ID, int] = {}
+    logged: set[ID] = set()
+
+    async def handler(stream: INetStream) -> None:
+        peer = stream.muxed_conn.peer_id
+        held = open_by_peer.get(peer, 0)
+        if held >= limit:
+            if peer not in logged:
+                if len(logged) >= 4096:
+                    logged.clear()
+                logged.add(peer)
+                log.warning("offence: peer %s opened more than %d gossipsub streams; the extra ones are reset",
+                            peer, limit)
+            await stream.reset()
+            return
+        open_by_peer[peer] = held + 1
+        try:
+            await pubsub.stream_handler(stream)
+        finally:
+            left = open_by_peer[peer] - 1
+            if left:
+                open_by_peer[peer] = left
+            else:
+                del open_by_peer[peer]
+
+    for protocol in pubsub.router.get_protocols():
+        host.set_stream_handler(protocol, handler)
 
 
 INVALID_MESSAGE_GATE = 100.0
