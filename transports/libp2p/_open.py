@@ -61,6 +61,7 @@ from libp2p import new_host
 from p2pserve.clock import SYSTEM_CLOCK
 from p2pserve.crypto import Signer
 from p2pserve.errors import ConfigError, TransportError
+from p2pserve.membership.ratelimit import OffenceLog
 from p2pserve.net.caps import DEFAULT_STREAM_CAPS, StreamCaps
 from p2pserve.wire.limits import DEFAULT_LIMITS
 from transports.libp2p._addrs import _parse_listen_addr, _probe_port, _strip_p2p
@@ -220,20 +221,19 @@ yamux's 16 MiB window of unread messages, so more are reset."""
 
 def _cap_pubsub_streams(host: IHost, pubsub: Pubsub, limit: int) -> None:
     """Put a per-peer cap on the inbound streams of pubsub's own protocols (see
-    :data:`MAX_PUBSUB_STREAMS_PER_PEER`); a peer over it is logged once (per 4096 peers)."""
+    :data:`MAX_PUBSUB_STREAMS_PER_PEER`); a peer over it is logged as an offence, at most
+    once a minute (:class:`~p2pserve.membership.ratelimit.OffenceLog`)."""
     open_by_peer: dict[ID, int] = {}
-    logged: set[ID] = set()
+    offences = OffenceLog()
 
     async def handler(stream: INetStream) -> None:
         peer = stream.muxed_conn.peer_id
         held = open_by_peer.get(peer, 0)
         if held >= limit:
-            if peer not in logged:
-                if len(logged) >= 4096:
-                    logged.clear()
-                logged.add(peer)
-                log.warning("offence: peer %s opened more than %d gossipsub streams; the extra ones are reset",
-                            peer, limit)
+            count = offences.record(str(peer), "pubsub-streams", trio.current_time())
+            if count is not None:
+                log.warning("offence: peer %s opened more than %d gossipsub streams; the extra ones are reset "
+                            "(%d time(s) since last logged)", peer, limit, count)
             await stream.reset()
             return
         open_by_peer[peer] = held + 1
