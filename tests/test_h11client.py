@@ -33,6 +33,8 @@ class Server:
     first_reads: list[bytes] = field(default_factory=list)
     targets: list[str] = field(default_factory=list)
     eofs: int = 0
+    hung_up: trio.Event = field(default_factory=trio.Event)
+    """Set when a script saw the client hang up."""
 
     async def read_request(self, stream: trio.SocketStream, conn: h11.Connection) -> bool:
         """Read one request (False at EOF); its first read is recorded."""
@@ -120,6 +122,7 @@ async def test_a_response_not_read_to_its_end_closes_its_connection() -> None:
         await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
         assert await stream.receive_some(100) == b""  # the client hung up
         server.eofs += 1
+        server.hung_up.set()
 
     async with trio.open_nursery() as nursery:
         server = await start(nursery, slow_stream)
@@ -128,8 +131,7 @@ async def test_a_response_not_read_to_its_end_closes_its_connection() -> None:
             response = await client.request("POST", "/", body=b"{}")
             assert await response.next_chunk() == b"first"
             await response.aclose()
-            while server.eofs < 1:
-                await trio.sleep(0.01)
+            await server.hung_up.wait()
         assert client._idle == []
         await client.aclose()
         nursery.cancel_scope.cancel()
@@ -154,8 +156,10 @@ async def test_connection_close_is_not_reused_and_a_dropped_idle_one_is_skipped(
         with trio.fail_after(10):
             assert await read_all(client2) == (200, b"ok")
             assert len(client2._idle) == 1
-            while not client2._idle[0].is_dropped():  # the server's FIN arrives
-                await trio.sleep(0.01)
+            idle = client2._idle[0].stream
+            assert isinstance(idle, trio.SocketStream)
+            await trio.lowlevel.wait_readable(idle.socket)  # the server's FIN arrives
+            assert client2._idle[0].is_dropped()
             assert await read_all(client2) == (200, b"ok")  # a new connection, no error
         assert other.connections == 2
         await client.aclose()
