@@ -43,6 +43,8 @@ from urllib.parse import unquote
 import h11
 import trio
 
+from p2pserve.backends.openai_format import error_object
+
 __all__ = ["serve_asgi"]
 
 log = logging.getLogger("p2pserve.http")
@@ -59,7 +61,7 @@ _DRAIN_S = 1.0
 
 def _error(message: str, code: str, kind: str = "invalid_request_error") -> bytes:
     """An error body in OpenAI's shape."""
-    return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
+    return json.dumps(error_object(message, kind, code)).encode()
 
 
 _INTERNAL = _error("internal error: the node failed to answer this request (its log has the details)",
