@@ -44,6 +44,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from p2pserve.api.page import page_routes
 from p2pserve.api.server import serve_asgi
+from p2pserve.backends.openai_format import error_object
 from p2pserve.hostnames import DEFAULT_PORTS, normalize_origin, split_host
 
 __all__ = [
@@ -65,7 +66,7 @@ log = logging.getLogger(__name__)
 
 def _unauthorized() -> Response:
     return JSONResponse(
-        {"error": {"message": "missing or invalid API key", "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}},
+        error_object("missing or invalid API key", "invalid_request_error", "invalid_api_key"),
         status_code=401,
     )
 
@@ -280,9 +281,7 @@ async def _refuse(scope: Scope, send: Send, status: int, code: str, message: str
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 1008})
         return
-    body = json.dumps(
-        {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
-    ).encode()
+    body = json.dumps(error_object(message, "invalid_request_error", code)).encode()
     await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
@@ -317,7 +316,7 @@ _V1_PATHS = "/v1/chat/completions (POST), /v1/completions (POST), /v1/models (GE
 
 
 def _error_json(status: int, message: str, type_: str, code: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type_, "param": None, "code": code}},
+    return JSONResponse(error_object(message, type_, code),
                         status_code=status, headers=headers)
 
 

@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from p2pserve.api.app import check_bearer
+from p2pserve.backends.openai_format import error_object
 from p2pserve.errors import InvalidBlock, P2PServeError
 from p2pserve.ledger.audit import encode_stream
 from p2pserve.ledger.compare import Heads
@@ -33,7 +34,7 @@ _MAX_BODY = 4096
 
 
 def _error(message: str, status: int, code: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}, status_code=status)
+    return JSONResponse(error_object(message, "invalid_request_error", code), status_code=status)
 
 
 def ledger_routes(ledger: LedgerService, *, api_key: str | None = None, admin_key: str | None = None) -> list[Route]:
