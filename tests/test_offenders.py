@@ -56,3 +56,18 @@ def test_bad_settings_are_refused() -> None:
         OffenderBook(base_cooldown_s=0)
     with pytest.raises(ValueError):
         OffenderBook(base_cooldown_s=10, max_cooldown_s=5)
+
+
+def test_probation_ends_with_time_so_an_offender_behind_clean_peers_is_not_starved() -> None:
+    """A peer on probation behind enough clean candidates is never offered work, so it could
+    never earn forgiveness by serving: one slow start (an executor loading its model) would
+    keep an honest peer out for good (seen in test_duel_embedded: one of three executors was
+    never dueled in 60 requests). Probation ends after probation_factor x its cooling-off;
+    the strike stays, so a repeat cools it off longer."""
+    book = OffenderBook(base_cooldown_s=30, probation_factor=4)
+    book.offence("slow", Offence.STALL, now=0)
+    assert book.split(["a", "slow"], now=31) == (["a"], ["slow"])
+    assert book.on_probation("slow", now=149)
+    assert book.split(["a", "slow"], now=150) == (["a", "slow"], [])  # 30 s cooling + 120 s probation
+    assert not book.on_probation("slow", now=150) and book.strikes("slow") == 1
+    assert book.offence("slow", Offence.STALL, now=200) == 60  # remembered: the repeat doubles

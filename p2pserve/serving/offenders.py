@@ -6,9 +6,13 @@ then stall past a deadline, break the stream after accepting, break the protocol
 receipt outside the bounds the requester can check, or leave an offer unanswered. Each
 offence adds a strike and starts a cooling-off period of ``base_cooldown_s * 2**(strikes -
 1)`` (at most ``max_cooldown_s``), during which the peer is not offered work at all. After
-it, a peer with strikes left is *on probation*: it is offered work only after every clean
-candidate, whatever its stake, so stake alone cannot buy an offender back to the front of
-the queue. Each answer it completes with a valid receipt forgives ``forgive`` of a strike.
+it, a peer with strikes left is *on probation* for ``probation_factor`` times that cooling-off:
+it is offered work only after every clean candidate, whatever its stake, so stake alone
+cannot buy an offender back to the front of the queue. Probation ends with time as well as
+with service: a peer behind enough clean candidates is never offered work, so it could
+never earn forgiveness by answering, and one slow start (an executor loading its model)
+would keep an honest peer out for good. Its strikes stay (a repeat still cools it off
+longer); each answer it completes with a valid receipt forgives ``forgive`` of a strike.
 
 A peer that advertised capacity but cannot be reached (no stream to it opened within the
 connect deadline: :attr:`Offence.UNREACHABLE`, recorded with :meth:`OffenderBook.unreachable`)
@@ -57,6 +61,9 @@ class Offence(enum.Enum):
 class _Record:
     strikes: float = 0.0
     until: float = 0.0
+    """End of its cooling-off (offered nothing before)."""
+    probation_until: float = 0.0
+    """End of its probation (offered work only after the clean peers before)."""
     last: Offence | None = None
     offences: int = 0
 
@@ -81,11 +88,13 @@ class OffenderBook:
         max_entries: int = 10_000,
         unreachable_base_s: float = 2.0,
         unreachable_max_s: float = 600.0,
+        probation_factor: float = 4.0,
     ) -> None:
         if base_cooldown_s <= 0 or max_cooldown_s < base_cooldown_s or not 0 < forgive <= 1:
             raise ValueError("invalid offender book settings")
-        if unreachable_base_s <= 0 or unreachable_max_s < unreachable_base_s or max_entries < 1:
+        if unreachable_base_s <= 0 or unreachable_max_s < unreachable_base_s or max_entries < 1 or probation_factor < 0:
             raise ValueError("invalid offender book settings")
+        self.probation_factor = probation_factor
         self.base_cooldown_s = base_cooldown_s
         self.max_cooldown_s = max_cooldown_s
         self.forgive = forgive
@@ -109,6 +118,7 @@ class OffenderBook:
         rec.last = kind
         cooldown = min(self.base_cooldown_s * 2 ** (rec.strikes - 1), self.max_cooldown_s)
         rec.until = max(rec.until, now + cooldown)
+        rec.probation_until = max(rec.probation_until, rec.until + cooldown * self.probation_factor)
         return cooldown
 
     def unreachable(self, peer: str, now: float) -> float:
@@ -149,9 +159,11 @@ class OffenderBook:
         rec = self._records.get(peer)
         return rec is not None and now < rec.until
 
-    def on_probation(self, peer: str) -> bool:
-        """Whether ``peer`` has strikes left (offer it work only after every clean peer)."""
-        return peer in self._records
+    def on_probation(self, peer: str, now: float | None = None) -> bool:
+        """Whether ``peer`` has strikes left and, given ``now``, is still within its probation
+        (offer it work only after every clean peer)."""
+        rec = self._records.get(peer)
+        return rec is not None and (now is None or now < rec.probation_until)
 
     def strikes(self, peer: str) -> float:
         rec = self._records.get(peer)
@@ -159,7 +171,7 @@ class OffenderBook:
 
     def split(self, peers: Sequence[str], now: float) -> tuple[list[str], list[str]]:
         """``(clean, probation)``: the peers not cooling off, in their given order; on
-        probation are those with strikes and those unreachable lately."""
+        probation are those struck or unreachable lately."""
         clean, probation = [], []
         misses = self._misses
         for p in peers:
@@ -167,7 +179,7 @@ class OffenderBook:
             if rec is not None and now < rec.until:
                 continue
             miss = misses.get(p)
-            if rec is None and (miss is None or now >= miss.until):
+            if (rec is None or now >= rec.probation_until) and (miss is None or now >= miss.until):
                 clean.append(p)
             else:
                 probation.append(p)
