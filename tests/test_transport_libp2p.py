@@ -194,6 +194,41 @@ async def test_connect_stream_echo_and_peer_events(nodes: Nodes) -> None:
         assert a.connected_peers() == set()
 
 
+async def test_window_updates_are_batched_and_big_transfers_still_flow(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small reads return no window to the sender until half the window is read (py-libp2p
+    0.8.1 sent one WINDOW_UPDATE per read); 4 MiB each way, 16 times the window, still flows."""
+    import libp2p.stream_muxer.yamux.yamux as yamux
+
+    updates: list[int] = []
+    original = yamux.YamuxStream.send_window_update
+
+    async def counted(self: yamux.YamuxStream, increment: int, skip_lock: bool = False) -> None:
+        updates.append(increment)
+        await original(self, increment, skip_lock)
+
+    monkeypatch.setattr(yamux.YamuxStream, "send_window_update", counted)
+    with trio.fail_after(TEST_TIMEOUT):
+        a = await nodes.start(1)
+        b = await nodes.start(2)
+        await b.connect(a.listen_addrs()[0])
+        stream = await b.open_stream(a.peer_id, ECHO)
+        for i in range(100):  # 100 exchanges of 200 bytes: 20 KB each way, far below half a window
+            assert await roundtrip(stream, bytes([i]) * 200) == bytes([i]) * 200
+        assert updates == []
+        big = bytes(range(256)) * (4 * 1024 * 1024 // 256)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stream.send_all, big)
+            got = bytearray()
+            while len(got) < len(big):
+                got += await stream.receive_some()
+        assert bytes(got) == big
+        window = yamux.DEFAULT_WINDOW_SIZE
+        assert 0 < len(updates) <= 2 * 2 * len(big) // (window // 2)  # both ends, every half window at most
+        await stream.aclose()
+
+
 async def test_dial_errors_are_dial_errors(nodes: Nodes) -> None:
     with trio.fail_after(TEST_TIMEOUT):
         a = await nodes.start(1)

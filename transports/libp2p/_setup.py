@@ -6,7 +6,8 @@ What this module owns, and its invariants:
   which is what applications configure), shared by every ``transports.libp2p._*`` module.
   libp2p's own WARNING and above is forwarded to ``transports.libp2p.library``.
 * **Workarounds for 0.8.1** (measured and explained in ``docs/libp2p-notes.md``): the 250 ms
-  happy-eyeballs dial delay is set to 0; ``PY_YAMUX_RELEASE_ON_READ=0``; libp2p modules
+  happy-eyeballs dial delay is set to 0; ``PY_YAMUX_RELEASE_ON_READ=0`` and yamux window
+  updates batched per half window; libp2p modules
   that log through the root logger get a stand-in ``logging`` that cannot run
   ``basicConfig()``; ``multiaddr``'s per-parse DEBUG logging is raised to INFO unless
   configured; a subscription's queue holds ``SUBSCRIPTION_QUEUE`` messages instead of 32
@@ -28,6 +29,7 @@ from typing import Any
 import libp2p.io.trio as _libp2p_io_trio
 import libp2p.network.swarm as _libp2p_swarm
 import libp2p.pubsub.pubsub as _libp2p_pubsub
+import libp2p.stream_muxer.yamux.yamux as _libp2p_yamux
 
 # Importing libp2p runs its logging setup, which wipes the "libp2p" logger's handlers:
 # our logging configuration below must come after this import.
@@ -111,6 +113,28 @@ def _read_ahead(original: Any) -> Any:
     return read
 
 
+def _batched_release(original: Any) -> Any:
+    """``YamuxStream._auto_tune_and_send_window_update`` that returns read bytes to the sender
+    in batches of half the receive window, as go-yamux does.
+
+    0.8.1's version sends a WINDOW_UPDATE after nearly every read (its "partial slack" branch
+    fires whenever any byte was read), so each chunk a stream receives costs a frame back:
+    encrypted, written and parsed by the sender. Here the bytes read are only counted until
+    they reach half the window (then the original sends one update, growing the window as
+    before); the sender is never blocked while at least half its window is left.
+    """
+
+    async def release(self: Any, *, bytes_read: int = 0) -> None:
+        pending = self._pending_recv_release + bytes_read
+        if bytes_read > 0 and pending < self._grow_threshold():
+            self._pending_recv_release = pending  # no await: the window lock guards nothing here
+            return
+        await original(self, bytes_read=bytes_read)
+
+    release.__wrapped__ = original  # type: ignore[attr-defined]
+    return release
+
+
 def _configure_process() -> None:
     """Apply the process-wide 0.8.1 workarounds once (idempotent)."""
     global _configured
@@ -126,6 +150,10 @@ def _configure_process() -> None:
     _libp2p_pubsub.SUBSCRIPTION_CHANNEL_SIZE = max(_libp2p_pubsub.SUBSCRIPTION_CHANNEL_SIZE, SUBSCRIPTION_QUEUE)
     # yamux sends ~3 WINDOW_UPDATEs per DATA frame by default; read at call time
     os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
+    # and with that off still about one per read: batch them (see _batched_release)
+    stream = _libp2p_yamux.YamuxStream
+    if not hasattr(stream._auto_tune_and_send_window_update, "__wrapped__"):
+        stream._auto_tune_and_send_window_update = _batched_release(stream._auto_tune_and_send_window_update)  # type: ignore[method-assign]
     # libp2p's import leaves its logger handler-less with propagate=False, so its
     # warnings (many are harmless shutdown races) hit stderr through logging.lastResort.
     # Route WARNING and above to our own logger instead; a NullHandler there keeps
