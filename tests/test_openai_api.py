@@ -98,6 +98,59 @@ async def test_chat_stream_chunks(autojump_clock: trio.testing.MockClock) -> Non
         assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] == 5
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_answer_is_out_before_the_serving_path_wraps_up(
+    autojump_clock: trio.testing.MockClock, stream: bool
+) -> None:
+    """The whole body (for a stream: the last chunk and [DONE]) is sent when Completed
+    arrives, not after what the serving path does once it yielded it (here: 30 s)."""
+    async with api(gateway=True) as (_, node, _ex):
+        original = node.serve.submit
+
+        @asynccontextmanager
+        async def slow_wrap_up(*args: Any, **kwargs: Any) -> AsyncIterator[AsyncIterator[Any]]:
+            async with original(*args, **kwargs) as events:
+                async def relay() -> AsyncIterator[Any]:
+                    async for ev in events:
+                        yield ev
+                    await trio.sleep(30)
+
+                yield relay()
+
+        node.serve.submit = slow_wrap_up  # type: ignore[method-assign]
+        app = Starlette(routes=openai_routes(node.serve))
+        body = json.dumps({**CHAT, "stream": stream}).encode()
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+                 "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions", "query_string": b"",
+                 "root_path": "", "headers": [(b"content-type", b"application/json")], "server": ("node", 80)}
+        messages: list[dict[str, Any]] = []
+        ended_at: list[float] = []
+        requested = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal requested
+            if not requested:
+                requested = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await trio.sleep_forever()
+            raise AssertionError
+
+        async def send(message: dict[str, Any]) -> None:
+            messages.append(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                ended_at.append(trio.current_time())
+
+        t0 = trio.current_time()
+        await app(scope, receive, send)
+        assert trio.current_time() - t0 >= 30  # the wrap-up ran (and the app waited for it)
+        assert len(ended_at) == 1 and ended_at[0] - t0 < 5
+        text = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body").decode()
+        if stream:
+            assert sse(text)[-1] == "[DONE]"
+        else:
+            assert json.loads(text)["choices"][0]["message"]["content"] == "Hello world"
+
+
 async def test_completion_stream_chunks(autojump_clock: trio.testing.MockClock) -> None:
     async with api(gateway=True) as (client, _, ex):
         r = await client.post("/v1/completions", json={"model": "m", "prompt": "x", "stream": True})

@@ -234,26 +234,30 @@ class _Answer(Response):
             self._outcome = "completed"
 
     async def _whole(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The answer goes out as soon as Completed arrives: what the serving path still does
+        # after it (the request's log line, its trace) is not the user's wait.
         parts: list[str] = []
-        done: Completed | None = None
+        sent = False
         try:
             async with self.serve.submit(self.kind, self.model, self.req_body) as events:
                 async for ev in events:
                     self._note(ev)
                     if isinstance(ev, TextDelta):
                         parts.append(ev.text)
-                    elif isinstance(ev, Completed):
-                        done = ev
+                    elif isinstance(ev, Completed) and not sent:
+                        sent = True
+                        payload = completion_object(self.kind, self.id, self.created, self.model, "".join(parts),
+                                                    ev.finish_reason, _usage(ev))
+                        payload["p2pserve"] = _p2pserve(ev)
+                        await JSONResponse(payload, headers={EXECUTOR_HEADER: ev.executor})(scope, receive, send)
         except ServingError as exc:
+            if sent:  # the answer is out; nothing to add to it
+                log.warning("request failed after its answer was sent: %s", exc)
+                return
             self._outcome = exc.error_type
             await _error_response(exc)(scope, receive, send)
             return
-        assert done is not None
-        payload = completion_object(self.kind, self.id, self.created, self.model, "".join(parts), done.finish_reason,
-                                    _usage(done))
-        payload["p2pserve"] = _p2pserve(done)
-        response = JSONResponse(payload, headers={EXECUTOR_HEADER: done.executor})
-        await response(scope, receive, send)
+        assert sent
 
     def _chunk(self, *, text: str | None = None, role: bool = False, finish: str | None = None) -> dict[str, Any]:
         return chunk_object(self.kind, self.id, self.created, self.model, text=text, role=role, finish=finish)
@@ -263,7 +267,7 @@ class _Answer(Response):
         # role chunk rides with the first text, and the last chunk, usage and [DONE] end the
         # body in one write (each ASGI body message is a socket write). Nothing waits: the
         # role chunk is only held until the event that follows Started, which is ready.
-        started = False
+        started = ended = False
         pending: list[bytes] = []
 
         def event(data: dict[str, Any] | str) -> None:
@@ -296,20 +300,27 @@ class _Answer(Response):
                     elif isinstance(ev, TextDelta):
                         pending.append(f"{self._head}{json.dumps(ev.text)}{self._tail}".encode())
                         await flush()
-                    else:
+                    elif not ended:  # Completed: the body ends now, before the serving path's own wrap-up
                         last = self._chunk(finish=ev.finish_reason, text=None if self.kind == "chat" else "")
                         last["p2pserve"] = _p2pserve(ev)
                         event(last)
                         if self.include_usage:
                             event(usage_chunk(self.kind, self.id, self.created, self.model, _usage(ev)))
+                        event("[DONE]")
+                        ended = True
+                        await flush(more=False)
         except ServingError as exc:
+            if ended:  # the answer is out; nothing to add to it
+                log.warning("request failed after its answer was sent: %s", exc)
+                return
             self._outcome = exc.error_type
             if not started:
                 await _error_response(exc)(scope, receive, send)
                 return
             event(error_body(exc))
-        event("[DONE]")
-        await flush(more=False)
+        if not ended:
+            event("[DONE]")
+            await flush(more=False)
 
 
 def _report(observer: RequestObserver, record: RequestRecord) -> None:
