@@ -29,7 +29,13 @@ text (the role chunk does not count).
 CPU per request: the gateway path's node A (the gateway) and node B (the executor); the
 fake backend's own CPU is shown apart and is not ours to count.
 
-Run: ``.venv/bin/python bench/serve_overhead.py [--rounds 3] [--price 0] [--spy DIR] [--json FILE]``.
+Before/after: ``--baseline DIR`` also runs a node pair from another source tree (say
+``git worktree add /tmp/base <rev>``), as the paths ``local@base`` and ``gateway@base``, in
+the same rounds against the same backend: both trees measured side by side in one run,
+which a noisy machine needs (run one after the other, the same tree can differ by 20 %).
+
+Run: ``.venv/bin/python bench/serve_overhead.py [--rounds 3] [--price 0] [--spy DIR] [--json FILE]
+[--baseline DIR]``.
 ``--spy DIR`` records py-spy profiles of A and B during the gateway path's throughput phase
 of the last round (summarise them with ``bench/profile_summary.py``).
 """
@@ -250,12 +256,12 @@ def report(s: dict[str, Any], opts: argparse.Namespace) -> None:
     names = list(s)
     print(f"\nmedians of {opts.rounds} rounds; {opts.requests} sequential requests per path per round; "
           f"{opts.concurrency} concurrent clients for {opts.seconds:g} s per path per round; price {opts.price:g}")
-    print(f"{'path':10}{'total p50':>11}{'added p50':>11}{'added p90':>11}{'TTFT p50':>10}{'added':>8}"
+    print(f"{'path':13}{'total p50':>11}{'added p50':>11}{'added p90':>11}{'TTFT p50':>10}{'added':>8}"
           f"{'req/s':>8}  CPU ms per request")
     for n in names:
         f = s[n]
         cpu = ", ".join(f"{p} {v:.2f}" for p, v in f["cpu_ms"].items())
-        print(f"{n:10}{f['total_p50_ms']:>11.2f}{f['added_total_p50_ms']:>11.2f}{f['added_total_p90_ms']:>11.2f}"
+        print(f"{n:13}{f['total_p50_ms']:>11.2f}{f['added_total_p50_ms']:>11.2f}{f['added_total_p90_ms']:>11.2f}"
               f"{f['ttft_p50_ms']:>10.2f}{f['added_ttft_p50_ms']:>8.2f}{f['rps']:>8.0f}  {cpu}")
     g = s["gateway"]
     print(f"\ngateway hop: added p50 {g['added_total_p50_ms']:.2f} ms, gateway CPU {g['cpu_ms']['node_a']:.2f} ms, "
@@ -269,6 +275,42 @@ def report(s: dict[str, Any], opts: argparse.Namespace) -> None:
     for n in names[1:]:
         print(f"{n} / direct: total p50 {s[n]['total_p50_ms'] / s['direct']['total_p50_ms']:.2f}x, "
               f"req/s {s[n]['rps'] / s['direct']['rps']:.2f}x")
+    for n in ("local", "gateway"):
+        if f"{n}@base" not in s:
+            continue
+        new, old = s[n], s[f"{n}@base"]
+        cpu = ", ".join(f"{p} {old['cpu_ms'][p]:.2f} -> {v:.2f} ({v / old['cpu_ms'][p]:.2f}x)"
+                        for p, v in new["cpu_ms"].items() if p != "backend")
+        print(f"{n} against its baseline: added p50 {old['added_total_p50_ms']:.2f} -> {new['added_total_p50_ms']:.2f} ms, "
+              f"req/s {old['rps']:.0f} -> {new['rps']:.0f}, CPU ms per request {cpu}")
+
+
+def start_pair(tmp: Path, suffix: str, tree: Path | None,
+               procs: list[subprocess.Popen[Any]]) -> tuple[str, int, str, int]:
+    """Nodes B (serving the backend) and A (a gateway to B) from ``tree`` (default: this one);
+    (B's API, B's pid, A's API, A's pid) once A can route and pay."""
+    def join(args: list[str]) -> subprocess.Popen[str]:
+        if tree is None:
+            return spawn_join(args, stderr=subprocess.DEVNULL)
+        # ``python -m p2pserve`` imports from its working directory: run it from the tree
+        return subprocess.Popen([sys.executable, "-m", "p2pserve", "join", *args], cwd=tree, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(tree)})
+
+    common = ["--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0"]
+    procs.append(join(["--config", str(tmp / "b.yaml"), "--data-dir", str(tmp / f"b{suffix}"), *common]))
+    b = read_banner(procs[-1])
+    procs.append(join(["--config", str(tmp / "a.yaml"), "--data-dir", str(tmp / f"a{suffix}"), *common,
+                       "--bootstrap", b["listening"][0]]))
+    a = read_banner(procs[-1])
+    gateway = a["api"][0]
+    # A routes once it knows B serves the model and its own ledger account is open
+    # (a node opens its account once a peer confirmed its chain; until then it can pay nothing).
+    wait_for(lambda: MODEL in {m["id"] for m in httpx.get(f"{gateway}/v1/models", headers=AUTH).json()["data"]},
+             30, f"the gateway{suffix} knows B's model")
+    wait_for(lambda: httpx.get(f"{gateway}/p2pserve/status", headers=AUTH).json()["ledger"]["opened"], 30,
+             f"the gateway{suffix}'s ledger account open")
+    return b["api"][0], procs[-2].pid, gateway, procs[-1].pid
 
 
 def start_litellm(exe: str, backend: str, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -302,6 +344,8 @@ def main() -> None:
     ap.add_argument("--json", metavar="FILE", help="write the per-path medians here")
     ap.add_argument("--syscalls", type=int, default=0, metavar="N",
                     help="also count system calls per request over N requests per path (needs strace)")
+    ap.add_argument("--baseline", metavar="DIR",
+                    help="another source tree (e.g. a git worktree of an older revision) whose nodes are measured too")
     opts = ap.parse_args()
     if opts.spy:
         Path(opts.spy).mkdir(parents=True, exist_ok=True)
@@ -323,27 +367,19 @@ def main() -> None:
         (tmp / "a.yaml").write_text(json.dumps({"server_params": {"offload_frequency": 1.0, "policy": "always-offload",
                                                                   "api_key": KEY},
                                                 "models": []}))
-        common = ["--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0"]
-        procs.append(spawn_join(["--config", str(tmp / "b.yaml"), "--data-dir", str(tmp / "b"), *common],
-                                stderr=subprocess.DEVNULL))
-        b = read_banner(procs[-1])
-        procs.append(spawn_join(["--config", str(tmp / "a.yaml"), "--data-dir", str(tmp / "a"), *common,
-                                 "--bootstrap", b["listening"][0]], stderr=subprocess.DEVNULL))
-        a = read_banner(procs[-1])
-        gateway = a["api"][0]
-        # A routes once it knows B serves the model and its own ledger account is open
-        # (a node opens its account once a peer confirmed its chain; until then it can pay nothing).
-        wait_for(lambda: MODEL in {m["id"] for m in httpx.get(f"{gateway}/v1/models", headers=AUTH).json()["data"]},
-                 30, "the gateway knows B's model")
-        wait_for(lambda: httpx.get(f"{gateway}/p2pserve/status", headers=AUTH).json()["ledger"]["opened"], 30,
-                 "the gateway's ledger account open")
-        pids = {"backend": procs[0].pid, "node_b": procs[1].pid, "node_a": procs[2].pid}
-        targets = [
-            Target("direct", f"{backend}/v1/chat/completions", {"backend": pids["backend"]}),
-            Target("local", f"{b['api'][0]}/v1/chat/completions", {"node_b": pids["node_b"], "backend": pids["backend"]},
-                   AUTH),
-            Target("gateway", f"{gateway}/v1/chat/completions", dict(pids), AUTH),
-        ]
+        pids = {"backend": procs[0].pid}
+        targets = [Target("direct", f"{backend}/v1/chat/completions", {"backend": pids["backend"]})]
+        trees = [("", None)] + ([("@base", Path(opts.baseline).resolve())] if opts.baseline else [])
+        for suffix, tree in trees:
+            b_api, b_pid, a_api, a_pid = start_pair(tmp, suffix, tree, procs)
+            targets += [
+                Target(f"local{suffix}", f"{b_api}/v1/chat/completions", {"node_b": b_pid, "backend": pids["backend"]},
+                       AUTH),
+                Target(f"gateway{suffix}", f"{a_api}/v1/chat/completions",
+                       {"backend": pids["backend"], "node_b": b_pid, "node_a": a_pid}, AUTH),
+            ]
+            if not suffix:
+                pids.update(node_b=b_pid, node_a=a_pid)
         if opts.litellm and shutil.which(opts.litellm):
             lproc, lurl = start_litellm(opts.litellm, backend, tmp)
             procs.append(lproc)
