@@ -7,7 +7,8 @@ What this module owns, and its invariants:
   libp2p's own WARNING and above is forwarded to ``transports.libp2p.library``.
 * **Workarounds for 0.8.1** (measured and explained in ``docs/libp2p-notes.md``): the 250 ms
   happy-eyeballs dial delay is set to 0; ``PY_YAMUX_RELEASE_ON_READ=0`` and yamux window
-  updates batched per half window; libp2p modules
+  updates batched per half window; signed peer records built once per second and verified once
+  per peer and record, not per pubsub RPC; libp2p modules
   that log through the root logger get a stand-in ``logging`` that cannot run
   ``basicConfig()``; ``multiaddr``'s per-parse DEBUG logging is raised to INFO unless
   configured; a subscription's queue holds ``SUBSCRIPTION_QUEUE`` messages instead of 32
@@ -24,12 +25,16 @@ import importlib
 import logging
 import os
 import sys
+import weakref
 from typing import Any
 
 import libp2p.io.trio as _libp2p_io_trio
 import libp2p.network.swarm as _libp2p_swarm
+import libp2p.pubsub.floodsub as _libp2p_floodsub
+import libp2p.pubsub.gossipsub as _libp2p_gossipsub
 import libp2p.pubsub.pubsub as _libp2p_pubsub
 import libp2p.stream_muxer.yamux.yamux as _libp2p_yamux
+import trio
 
 # Importing libp2p runs its logging setup, which wipes the "libp2p" logger's handlers:
 # our logging configuration below must come after this import.
@@ -135,6 +140,72 @@ def _batched_release(original: Any) -> Any:
     return release
 
 
+RECORD_REFRESH_S = 60.0
+"""How long a peer's signed peer record, received again byte for byte, is not re-verified."""
+RECORD_MEMO = 4096
+"""Peers whose last record each host remembers (forgotten all at once past this)."""
+ENVELOPE_TTL_S = 1.0
+"""How long a host reuses its own signed peer record's bytes before rebuilding them."""
+
+
+def _reused_envelope(original: Any) -> Any:
+    """``env_to_send_in_RPC`` that rebuilds a host's own signed peer record at most once per
+    :data:`ENVELOPE_TTL_S`.
+
+    0.8.1 attaches the record to every pubsub RPC it sends and, for each, lists the host's
+    addresses again (parsing multiaddrs through the address factory), unpacks its cached
+    record to compare them and marshals it again: ~230 us per RPC here, for bytes that change
+    only when the listen addresses do.
+    """
+    cache: weakref.WeakKeyDictionary[Any, tuple[float, tuple[bytes, bool]]] = weakref.WeakKeyDictionary()
+
+    def env_to_send_in_RPC(host: Any) -> tuple[bytes, bool]:  # noqa: N802 (libp2p's name)
+        now = trio.current_time()
+        hit = cache.get(host)
+        if hit is not None and now - hit[0] < ENVELOPE_TTL_S:
+            return hit[1][0], False
+        result: tuple[bytes, bool] = original(host)
+        cache[host] = (now, result)
+        return result
+
+    env_to_send_in_RPC.__wrapped__ = original  # type: ignore[attr-defined]
+    return env_to_send_in_RPC
+
+
+def _remembered_records(original: Any) -> Any:
+    """``maybe_consume_signed_record`` that does not verify a peer's record again when the
+    peer sends the very bytes it sent last, accepted, within :data:`RECORD_REFRESH_S`.
+
+    0.8.1 verifies the record's signature and rewrites the peer's addresses for every pubsub
+    RPC received (~160 us each here), though peers resend the same record each time. The
+    same bytes from the same peer verify the same way; what is skipped is only the refresh
+    of the addresses' 2-hour TTL, done again once the memo is older than the refresh period.
+    A different record (new addresses, new sequence number) is checked as before.
+    """
+    memo: weakref.WeakKeyDictionary[Any, dict[Any, tuple[bytes, float]]] = weakref.WeakKeyDictionary()
+
+    def maybe_consume_signed_record(msg: Any, host: Any, peer_id: Any) -> bool:
+        if not msg.HasField("senderRecord"):
+            return True
+        record: bytes = msg.senderRecord
+        now = trio.current_time()
+        seen = memo.setdefault(host, {})
+        last = seen.get(peer_id)
+        if last is not None and last[0] == record and now - last[1] < RECORD_REFRESH_S:
+            return True
+        ok: bool = original(msg, host, peer_id)
+        if len(seen) >= RECORD_MEMO:
+            seen.clear()
+        if ok:
+            seen[peer_id] = (record, now)
+        else:
+            seen.pop(peer_id, None)
+        return ok
+
+    maybe_consume_signed_record.__wrapped__ = original  # type: ignore[attr-defined]
+    return maybe_consume_signed_record
+
+
 def _configure_process() -> None:
     """Apply the process-wide 0.8.1 workarounds once (idempotent)."""
     global _configured
@@ -146,6 +217,12 @@ def _configure_process() -> None:
         _libp2p_io_trio.TrioTCPStream.read = _read_ahead(_libp2p_io_trio.TrioTCPStream.read)  # type: ignore[method-assign]
     # connect() otherwise always waits 250 ms before the first dial, even with one address
     _libp2p_swarm._HAPPY_EYEBALLS_DELAY = 0.0
+    # signed peer records: built once per second, and verified once per peer and record
+    for module in (_libp2p_pubsub, _libp2p_gossipsub, _libp2p_floodsub):
+        if not hasattr(module.env_to_send_in_RPC, "__wrapped__"):
+            module.env_to_send_in_RPC = _reused_envelope(module.env_to_send_in_RPC)  # type: ignore[attr-defined]
+        if not hasattr(module.maybe_consume_signed_record, "__wrapped__"):
+            module.maybe_consume_signed_record = _remembered_records(module.maybe_consume_signed_record)  # type: ignore[attr-defined]
     # read by Pubsub.subscribe at call time
     _libp2p_pubsub.SUBSCRIPTION_CHANNEL_SIZE = max(_libp2p_pubsub.SUBSCRIPTION_CHANNEL_SIZE, SUBSCRIPTION_QUEUE)
     # yamux sends ~3 WINDOW_UPDATEs per DATA frame by default; read at call time
