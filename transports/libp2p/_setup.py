@@ -8,7 +8,8 @@ What this module owns, and its invariants:
 * **Workarounds for 0.8.1** (measured and explained in ``docs/libp2p-notes.md``): the 250 ms
   happy-eyeballs dial delay is set to 0; ``PY_YAMUX_RELEASE_ON_READ=0`` and yamux window
   updates batched per half window; signed peer records built once per second and verified once
-  per peer and record, not per pubsub RPC; libp2p modules
+  per peer and record, not per pubsub RPC; free locks taken without a schedule point (``P2PSERVE_NO_QUICK_LOCKS=1``
+  turns it off); libp2p modules
   that log through the root logger get a stand-in ``logging`` that cannot run
   ``basicConfig()``; ``multiaddr``'s per-parse DEBUG logging is raised to INFO unless
   configured; a subscription's queue holds ``SUBSCRIPTION_QUEUE`` messages instead of 32
@@ -29,10 +30,12 @@ import weakref
 from typing import Any
 
 import libp2p.io.trio as _libp2p_io_trio
+import libp2p.network.stream.net_stream as _libp2p_net_stream
 import libp2p.network.swarm as _libp2p_swarm
 import libp2p.pubsub.floodsub as _libp2p_floodsub
 import libp2p.pubsub.gossipsub as _libp2p_gossipsub
 import libp2p.pubsub.pubsub as _libp2p_pubsub
+import libp2p.stream_muxer.rw_lock as _libp2p_rw_lock
 import libp2p.stream_muxer.yamux.yamux as _libp2p_yamux
 import trio
 
@@ -206,6 +209,115 @@ def _remembered_records(original: Any) -> Any:
     return maybe_consume_signed_record
 
 
+class _QuickLock:
+    """A ``trio.Lock`` whose uncontended acquire does not yield to the scheduler.
+
+    trio's ``Lock.acquire`` always ends in a checkpoint that reschedules the task, even when
+    the lock was free: one trip through the run loop (and an ``epoll_wait``) per acquire.
+    py-libp2p takes five such locks per frame written and several per read, ~30 per routed
+    request. Here a free lock is taken at once (a pending cancellation is still raised);
+    a held one is waited for fairly, by trio's own lock. Every path through py-libp2p that
+    takes these locks also reaches a real checkpoint (a socket operation, an event, a sleep),
+    so no loop of it can spin without yielding.
+    """
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = trio.Lock()
+
+    async def acquire(self) -> None:
+        if self._lock.locked():  # a free trio lock has no waiters: a release hands it over
+            await self._lock.acquire()
+            return
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._lock.acquire_nowait()
+
+    def acquire_nowait(self) -> None:
+        self._lock.acquire_nowait()
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    def statistics(self) -> Any:
+        return self._lock.statistics()
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+
+class _QuickSemaphore:
+    """The ``trio.Semaphore`` of py-libp2p's yamux read/write lock, acquired like
+    :class:`_QuickLock`: at once while a unit is free and nobody waits."""
+
+    __slots__ = ("_sem",)
+
+    def __init__(self, value: int) -> None:
+        self._sem = trio.Semaphore(value)
+
+    async def acquire(self) -> None:
+        if self._sem.value == 0 or self._sem.statistics().tasks_waiting:
+            await self._sem.acquire()
+            return
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._sem.acquire_nowait()
+
+    def acquire_nowait(self) -> None:
+        self._sem.acquire_nowait()
+
+    def release(self) -> None:
+        self._sem.release()
+
+    @property
+    def value(self) -> int:
+        return self._sem.value
+
+    def statistics(self) -> Any:
+        return self._sem.statistics()
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+
+_QUICK_LOCKS: tuple[tuple[Any, tuple[str, ...]], ...] = (
+    (_libp2p_net_stream.NetStream, ("_state_lock",)),
+    (_libp2p_yamux.YamuxStream, ("window_lock", "close_lock")),
+    # not Yamux.streams_lock: quick, it lets a race in 0.8.1's stream set-up lose a new
+    # gossipsub stream's first messages (tests/test_transport_libp2p.py's line of three hosts
+    # failed 40 runs of 40 under CPU load with it quick and the TCP locks not; 0 of 40 without)
+    (_libp2p_yamux.Yamux, ("_write_lock",)),
+    (_libp2p_io_trio.TrioTCPStream, ("read_lock", "write_lock")),
+    (_libp2p_rw_lock.ReadWriteLock, ("_readers_lock",)),
+)
+"""py-libp2p objects whose trio locks become :class:`_QuickLock` s, by attribute."""
+
+
+def _with_quick_locks(init: Any, names: tuple[str, ...]) -> Any:
+    """``__init__`` that replaces the trio locks it created under ``names`` (and a
+    ReadWriteLock's writer semaphore) with quick ones."""
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:  # noqa: N807
+        init(self, *args, **kwargs)
+        for name in names:
+            if isinstance(getattr(self, name, None), trio.Lock):
+                setattr(self, name, _QuickLock())
+        sem = getattr(self, "_writer_lock", None)
+        if isinstance(sem, trio.Semaphore) and isinstance(self, _libp2p_rw_lock.ReadWriteLock):
+            self._writer_lock = _QuickSemaphore(sem.value)  # type: ignore[assignment]  # duck-typed: acquire, release
+
+    __init__.__wrapped__ = init  # type: ignore[attr-defined]
+    return __init__
+
+
 def _configure_process() -> None:
     """Apply the process-wide 0.8.1 workarounds once (idempotent)."""
     global _configured
@@ -217,6 +329,11 @@ def _configure_process() -> None:
         _libp2p_io_trio.TrioTCPStream.read = _read_ahead(_libp2p_io_trio.TrioTCPStream.read)  # type: ignore[method-assign]
     # connect() otherwise always waits 250 ms before the first dial, even with one address
     _libp2p_swarm._HAPPY_EYEBALLS_DELAY = 0.0
+    # locks that do not yield when free (see _QuickLock)
+    if not os.environ.get("P2PSERVE_NO_QUICK_LOCKS"):
+        for cls, names in _QUICK_LOCKS:
+            if not hasattr(cls.__init__, "__wrapped__"):
+                cls.__init__ = _with_quick_locks(cls.__init__, names)
     # signed peer records: built once per second, and verified once per peer and record
     for module in (_libp2p_pubsub, _libp2p_gossipsub, _libp2p_floodsub):
         if not hasattr(module.env_to_send_in_RPC, "__wrapped__"):

@@ -73,6 +73,7 @@ class Libp2pStream:
         if self._eof_received:
             await trio.lowlevel.checkpoint()
             return b""
+        ready = not self._will_wait()
         try:
             data = await self._raw.read(max_bytes or _READ_CHUNK)
         except StreamEOF as exc:
@@ -86,9 +87,22 @@ class Libp2pStream:
             raise ConnectionBroken(
                 f"stream from {self._remote_peer} broke on receive: {exc!r}"
             ) from exc
+        finally:
+            if ready:  # served without waiting: still a schedule point, as trio streams promise
+                await trio.lowlevel.cancel_shielded_checkpoint()
         if not data:
             self._eof_received = True
         return bytes(data)
+
+    def _will_wait(self) -> bool:
+        """Whether a read now waits for data (a schedule point of its own): yamux holds none
+        for this stream and it is still open for receiving. py-libp2p's locks do not yield
+        when free (see ``_setup._QuickLock``), so a read served from the buffer would not."""
+        muxed = getattr(self._raw, "muxed_stream", None)
+        buffers = getattr(getattr(muxed, "conn", None), "stream_buffers", None)
+        if muxed is None or buffers is None or getattr(muxed, "recv_closed", True):
+            return False
+        return not buffers.get(getattr(muxed, "stream_id", None))
 
     async def send_eof(self) -> None:
         if self._closed:
