@@ -209,41 +209,39 @@ def _remembered_records(original: Any) -> Any:
     return maybe_consume_signed_record
 
 
-class _QuickLock:
-    """A ``trio.Lock`` whose uncontended acquire does not yield to the scheduler.
+class _Quick:
+    """A trio lock or semaphore (``_inner``) whose acquire does not yield while it is free.
 
-    trio's ``Lock.acquire`` always ends in a checkpoint that reschedules the task, even when
-    the lock was free: one trip through the run loop (and an ``epoll_wait``) per acquire.
+    trio's ``acquire`` always ends in a checkpoint that reschedules the task, even when the
+    lock was free: one trip through the run loop (and an ``epoll_wait``) per acquire.
     py-libp2p takes five such locks per frame written and several per read, ~30 per routed
-    request. Here a free lock is taken at once (a pending cancellation is still raised);
-    a held one is waited for fairly, by trio's own lock. Every path through py-libp2p that
-    takes these locks also reaches a real checkpoint (a socket operation, an event, a sleep),
-    so no loop of it can spin without yielding.
+    request. Here a free one is taken at once (a pending cancellation is still raised); a
+    held one is waited for fairly, by trio's own primitive. Every path through py-libp2p
+    that takes these locks also reaches a real checkpoint (a socket operation, an event, a
+    sleep), so no loop of it can spin without yielding.
     """
 
-    __slots__ = ("_lock",)
+    __slots__ = ("_inner",)
+    _inner: Any
 
-    def __init__(self) -> None:
-        self._lock = trio.Lock()
+    def _free(self) -> bool:
+        raise NotImplementedError
 
     async def acquire(self) -> None:
-        if self._lock.locked():  # a free trio lock has no waiters: a release hands it over
-            await self._lock.acquire()
+        if not self._free():
+            await self._inner.acquire()
             return
         await trio.lowlevel.checkpoint_if_cancelled()
-        self._lock.acquire_nowait()
+        self._inner.acquire_nowait()
 
     def acquire_nowait(self) -> None:
-        self._lock.acquire_nowait()
+        self._inner.acquire_nowait()
 
     def release(self) -> None:
-        self._lock.release()
-
-    def locked(self) -> bool:
-        return self._lock.locked()
+        self._inner.release()
 
     def statistics(self) -> Any:
-        return self._lock.statistics()
+        return self._inner.statistics()
 
     async def __aenter__(self) -> None:
         await self.acquire()
@@ -252,40 +250,35 @@ class _QuickLock:
         self.release()
 
 
-class _QuickSemaphore:
-    """The ``trio.Semaphore`` of py-libp2p's yamux read/write lock, acquired like
-    :class:`_QuickLock`: at once while a unit is free and nobody waits."""
+class _QuickLock(_Quick):
+    """A quick ``trio.Lock`` (see :class:`_Quick`)."""
 
-    __slots__ = ("_sem",)
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        self._inner = trio.Lock()
+
+    def _free(self) -> bool:
+        return not self._inner.locked()  # a free trio lock has no waiters: a release hands it over
+
+    def locked(self) -> bool:
+        return bool(self._inner.locked())
+
+
+class _QuickSemaphore(_Quick):
+    """A quick ``trio.Semaphore``, for py-libp2p's yamux read/write lock (see :class:`_Quick`)."""
+
+    __slots__ = ()
 
     def __init__(self, value: int) -> None:
-        self._sem = trio.Semaphore(value)
+        self._inner = trio.Semaphore(value)
 
-    async def acquire(self) -> None:
-        if self._sem.value == 0 or self._sem.statistics().tasks_waiting:
-            await self._sem.acquire()
-            return
-        await trio.lowlevel.checkpoint_if_cancelled()
-        self._sem.acquire_nowait()
-
-    def acquire_nowait(self) -> None:
-        self._sem.acquire_nowait()
-
-    def release(self) -> None:
-        self._sem.release()
+    def _free(self) -> bool:
+        return self._inner.value > 0 and not self._inner.statistics().tasks_waiting
 
     @property
     def value(self) -> int:
-        return self._sem.value
-
-    def statistics(self) -> Any:
-        return self._sem.statistics()
-
-    async def __aenter__(self) -> None:
-        await self.acquire()
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.release()
+        return int(self._inner.value)
 
 
 _QUICK_LOCKS: tuple[tuple[Any, tuple[str, ...]], ...] = (
