@@ -7,15 +7,15 @@ What this module owns, and its invariants:
   libp2p's own WARNING and above is forwarded to ``transports.libp2p.library``.
 * **Workarounds for 0.8.1** (measured and explained in ``docs/libp2p-notes.md``): the 250 ms
   happy-eyeballs dial delay is set to 0; ``PY_YAMUX_RELEASE_ON_READ=0`` and yamux window
-  updates batched per half window; signed peer records built once per second and verified once
-  per peer and record, not per pubsub RPC; free locks taken without a schedule point (``P2PSERVE_NO_QUICK_LOCKS=1``
-  turns it off); libp2p modules
-  that log through the root logger get a stand-in ``logging`` that cannot run
-  ``basicConfig()``; ``multiaddr``'s per-parse DEBUG logging is raised to INFO unless
-  configured; a subscription's queue holds ``SUBSCRIPTION_QUEUE`` messages instead of 32
-  (under a burst, libp2p's validation tasks all run before our drain task, and a full queue
-  drops honest messages along with the burst); a TCP connection is read 64 KiB ahead instead
-  of in exact pieces (``P2PSERVE_NO_READ_AHEAD=1`` turns it off, for measuring). These are process-wide module globals, applied once by
+  updates batched per half window; signed peer records built once per second and verified
+  once per peer and record, not per pubsub RPC; free locks taken without a schedule point
+  (``P2PSERVE_NO_QUICK_LOCKS=1`` turns it off); libp2p modules that log through the root
+  logger get a stand-in ``logging`` that cannot run ``basicConfig()``; ``multiaddr``'s
+  per-parse DEBUG logging is raised to INFO unless configured; a subscription's queue holds
+  ``SUBSCRIPTION_QUEUE`` messages instead of 32 (under a burst, libp2p's validation tasks all
+  run before our drain task, and a full queue drops honest messages along with the burst); a
+  TCP connection is read 64 KiB ahead instead of in exact pieces (``P2PSERVE_NO_READ_AHEAD=1``
+  turns it off, for measuring). These are process-wide module globals, applied once by
   :func:`_configure_process` on first use (it is idempotent). The gossipsub settings and
   the disabled auto-connector are per host: see :mod:`transports.libp2p`.
 """
