@@ -322,7 +322,7 @@ def _configure_process() -> None:
         _libp2p_io_trio.TrioTCPStream.read = _read_ahead(_libp2p_io_trio.TrioTCPStream.read)  # type: ignore[method-assign]
     # connect() otherwise always waits 250 ms before the first dial, even with one address
     _libp2p_swarm._HAPPY_EYEBALLS_DELAY = 0.0
-    # locks that do not yield when free (see _QuickLock)
+    # locks that do not yield when free (see _Quick)
     if not os.environ.get("P2PSERVE_NO_QUICK_LOCKS"):
         for cls, names in _QUICK_LOCKS:
             if not hasattr(cls.__init__, "__wrapped__"):
