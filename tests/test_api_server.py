@@ -49,10 +49,15 @@ async def start(nursery: trio.Nursery, app: Any = echo, **kw: Any) -> int:
     return int(url.rsplit(":", 1)[1])
 
 
-async def exchange(port: int, raw: bytes, *, until_close: bool = True) -> bytes:
+async def connect(port: int, raw: bytes = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n") -> trio.SocketStream:
+    """A connection to the server on ``port`` that has sent ``raw`` (default: a GET of /)."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream:
-        await stream.send_all(raw)
+    await stream.send_all(raw)
+    return stream
+
+
+async def exchange(port: int, raw: bytes, *, until_close: bool = True) -> bytes:
+    async with await connect(port, raw) as stream:
         out = b""
         with trio.fail_after(10):
             while until_close:
@@ -198,8 +203,7 @@ async def test_a_client_that_hangs_up_is_told_to_the_app() -> None:
 
     async with trio.open_nursery() as nursery:
         port = await start(nursery, waits)
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        await stream.send_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        stream = await connect(port)
         with trio.fail_after(10):
             assert b"first" in await stream.receive_some(1000)
             await stream.aclose()
@@ -210,12 +214,10 @@ async def test_a_client_that_hangs_up_is_told_to_the_app() -> None:
 async def test_the_connection_limit_holds_new_connections_back() -> None:
     async with trio.open_nursery() as nursery:
         port = await start(nursery, max_connections=1)
-        first = await trio.open_tcp_stream("127.0.0.1", port)
-        await first.send_all(b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\n")
+        first = await connect(port, b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\n")
         with trio.fail_after(10):
             assert responses(await first.receive_some(65536))[0][0] == 200  # keep-alive: held open
-        second = await trio.open_tcp_stream("127.0.0.1", port)
-        await second.send_all(b"GET /2 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        second = await connect(port, b"GET /2 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
         with trio.move_on_after(0.3):  # not served while the first holds the only slot
             data = await second.receive_some(65536)
             raise AssertionError(f"served past the limit: {data!r}")
@@ -261,8 +263,7 @@ async def test_a_client_that_stops_reading_is_dropped_and_the_app_told() -> None
 
     async with trio.open_nursery() as nursery:
         port = await start(nursery, floods, idle_s=0.5)
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        await stream.send_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        stream = await connect(port)
         with trio.fail_after(20):  # never reads: the server's write times out
             await told.wait()
         await stream.aclose()
@@ -280,8 +281,7 @@ async def test_a_client_flooding_during_its_response_is_dropped() -> None:
 
     async with trio.open_nursery() as nursery:
         port = await start(nursery, slow, max_head=4096)
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        await stream.send_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        stream = await connect(port)
         with trio.fail_after(10):
             while not told.is_set():
                 try:
