@@ -54,8 +54,11 @@ def test_version() -> None:
     assert r.stdout.strip() == f"p2pserve {metadata.version('p2pserve')}"
 
 
-def test_shell_completion() -> None:
-    r = run("--show-completion", "bash", prog_name="p2pserve")
+def test_shell_completion(monkeypatch: pytest.MonkeyPatch) -> None:
+    # typer finds the shell from the process tree (shellingham), which a background job or a
+    # CI runner may not show: name it
+    monkeypatch.setattr("typer.completion._get_shell_name", lambda: "bash")
+    r = run("--show-completion", prog_name="p2pserve")
     assert r.exit_code == 0 and "_P2PSERVE_COMPLETE=complete_bash" in r.stdout
     r = run(env={"_P2PSERVE_COMPLETE": "complete_bash", "COMP_WORDS": "p2pserve mo", "COMP_CWORD": "1"}, prog_name="p2pserve")
     assert r.exit_code == 0 and r.stdout.split() == ["models"]
