@@ -76,6 +76,12 @@ class Backend(abc.ABC):
     max_concurrency: int = 1
     supports_continuation: bool = False
     """Whether ``generate(..., continuation=text)`` continues ``text`` rather than restarting."""
+    load_over_network: bool = False
+    """Whether :meth:`load` may wait on a request to the backend (an HTTP server's
+    ``/metrics``). An executor then decides on an offer from the load its node read last
+    (at most one load interval old, less the requests that ended since) instead of making
+    the offer wait for a scrape; an in-process backend's load is exact and free, and is
+    read at each offer."""
 
     @abc.abstractmethod
     def generate(self, kind: Kind, body: dict[str, Any], *, continuation: str = "") -> AsyncIterator[GenerationEvent]:

@@ -100,6 +100,7 @@ class OpenAIBackend(Backend):
     """
 
     supports_continuation = True
+    load_over_network = True
 
     def __init__(
         self,

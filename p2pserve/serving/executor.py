@@ -288,7 +288,8 @@ class InferExecutor:
         admission: Admission | None = None
         bounds = Bounds.of(body, len(req.body), req.continuation, self.local.backends[req.model].context_length) if reason is None else None
         if reason is None:
-            await self.local.read_load(req.model)
+            if not self.local.backends[req.model].load_over_network:
+                await self.local.read_load(req.model)  # exact and free; a scrape would make the offer wait
             offer = OfferContext(req.model, req.requester, bool(req.continuation))
             rng = derive(self.seed, "offer", req.requester, req.request_id)
             if not self.policy.accept(offer, [self.local.view(req.model)], self.local.backlog(), rng):
