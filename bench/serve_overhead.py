@@ -34,8 +34,15 @@ Before/after: ``--baseline DIR`` also runs a node pair from another source tree 
 the same rounds against the same backend: both trees measured side by side in one run,
 which a noisy machine needs (run one after the other, the same tree can differ by 20 %).
 
+The floor: ``--floor`` adds the bare libp2p hop (``bench/hop_echo.py``: an offer and a
+three-message answer over a reused stream between two processes, the product's transport and
+framing, nothing else) as one more path in the same rounds, times Ed25519 signing and
+verifying of a real offer and receipt, and prints what the gateway path cannot go below:
+the local path's added time (the HTTP server, the serving path, the HTTP client to the
+backend: all of which the gateway path also does) plus the hop plus four signatures.
+
 Run: ``.venv/bin/python bench/serve_overhead.py [--rounds 3] [--price 0] [--spy DIR] [--json FILE]
-[--baseline DIR]``.
+[--baseline DIR] [--floor]``.
 ``--spy DIR`` records py-spy profiles of A and B during the gateway path's throughput phase
 of the last round (summarise them with ``bench/profile_summary.py``).
 """
@@ -52,6 +59,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +69,8 @@ import trio
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from hop_echo import crypto_us, open_hop  # noqa: E402  (bench/, this file's directory)
+
 from p2pserve.testing.processes import read_banner, spawn_join, stop_processes, wait_for  # noqa: E402
 
 MODEL = "fake-model"
@@ -104,7 +114,7 @@ async def syscalls_per_request(client: httpx.AsyncClient, t: Target, n: int) -> 
                                       stderr=subprocess.PIPE, text=True) for name, pid in t.pids.items()}
     await trio.sleep(1.0)  # attached
     for _ in range(n):
-        await one(client, t.url, t.headers)
+        await hit(client, t)
     out: dict[str, dict[str, float]] = {}
     for name, p in tracers.items():
         p.send_signal(_signal.SIGINT)
@@ -155,6 +165,16 @@ class Target:
     pids: dict[str, int]
     """The processes whose CPU counts for this path (name -> pid)."""
     headers: dict[str, str] = field(default_factory=dict)
+    call: Callable[[], Awaitable[float]] | None = None
+    """A path that is not an HTTP request (``--floor``'s bare hop): one exchange, its seconds."""
+
+
+async def hit(client: httpx.AsyncClient, t: Target) -> tuple[float, float]:
+    """(time to first token, total) of one request on path ``t``."""
+    if t.call is not None:
+        took = await t.call()
+        return took, took
+    return await one(client, t.url, t.headers)
 
 
 @dataclass
@@ -173,7 +193,7 @@ async def throughput(client: httpx.AsyncClient, t: Target, concurrency: int, sec
     async def worker() -> None:
         nonlocal done
         while time.perf_counter() < deadline:
-            await one(client, t.url, t.headers)
+            await hit(client, t)
             done += 1
 
     spies = [subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "200", "-f", "raw",
@@ -196,7 +216,7 @@ async def measure(targets: list[Target], opts: argparse.Namespace, spy_pids: dic
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
         for t in targets:  # warm up every path (connections, libp2p session streams)
             for _ in range(20):
-                await one(client, t.url, t.headers)
+                await hit(client, t)
         for i in range(opts.rounds):
             r = Round()
             order = targets[i % len(targets):] + targets[:i % len(targets)]
@@ -204,7 +224,8 @@ async def measure(targets: list[Target], opts: argparse.Namespace, spy_pids: dic
                 r.ttft[t.name], r.total[t.name] = [], []
             for _ in range(opts.requests):
                 for t in order:
-                    a, b = await one(client, t.url, t.headers)
+                    await trio.sleep(opts.pause)
+                    a, b = await hit(client, t)
                     r.ttft[t.name].append(a)
                     r.total[t.name].append(b)
             for t in order:
@@ -223,6 +244,16 @@ async def measure(targets: list[Target], opts: argparse.Namespace, spy_pids: dic
                 f"{t.name} {statistics.median(r.total[t.name]) * 1000:.2f} ms {r.rps[t.name]:.0f}/s" for t in targets),
                 flush=True)
     return rounds
+
+
+async def measure_all(targets: list[Target], opts: argparse.Namespace, spy_pids: dict[str, int],
+                      hop: tuple[str, int] | None) -> list[Round]:
+    """``measure``, with the bare hop as one more path when ``hop`` (its server's address, pid)."""
+    if hop is None:
+        return await measure(targets, opts, spy_pids)
+    async with open_hop(hop[0], opts.concurrency + 8) as exchange:
+        path = Target("hop", "", {"hop_client": os.getpid(), "hop_server": hop[1]}, call=exchange)
+        return await measure([*targets, path], opts, spy_pids)
 
 
 def summarise(rounds: list[Round], names: list[str]) -> dict[str, Any]:
@@ -253,7 +284,7 @@ def _path_summary(rounds: list[Round], n: str) -> dict[str, Any]:
 
 
 def report(s: dict[str, Any], opts: argparse.Namespace) -> None:
-    names = list(s)
+    names = [n for n in s if n != "hop"]
     print(f"\nmedians of {opts.rounds} rounds; {opts.requests} sequential requests per path per round; "
           f"{opts.concurrency} concurrent clients for {opts.seconds:g} s per path per round; price {opts.price:g}")
     print(f"{'path':13}{'total p50':>11}{'added p50':>11}{'added p90':>11}{'TTFT p50':>10}{'added':>8}"
@@ -283,6 +314,31 @@ def report(s: dict[str, Any], opts: argparse.Namespace) -> None:
                         for p, v in new["cpu_ms"].items() if p != "backend")
         print(f"{n} against its baseline: added p50 {old['added_total_p50_ms']:.2f} -> {new['added_total_p50_ms']:.2f} ms, "
               f"req/s {old['rps']:.0f} -> {new['rps']:.0f}, CPU ms per request {cpu}")
+    if "hop" in s:
+        report_floor(s, opts.crypto)
+
+
+def report_floor(s: dict[str, Any], crypto: dict[str, float]) -> None:
+    """What the gateway path cannot go below: the local path's work plus the bare hop plus the
+    offer's and receipt's signatures (``--floor``), against the issue's targets."""
+    hop, local, direct, gw = s["hop"], s["local"], s["direct"], s["gateway"]
+    sigs = sum(crypto.values()) / 1000
+    floor = local["added_total_p50_ms"] + hop["total_p50_ms"] + sigs
+    backend = gw["cpu_ms"]["backend"]
+    print("\nthe floor (--floor): a bare libp2p hop, offer -> Accept + Chunk + Done in one write, on one reused "
+          "stream per client, between two processes; Ed25519 (pynacl) per signature: "
+          + ", ".join(f"{k} {v:.0f} us" for k, v in crypto.items()))
+    print(f"  bare hop: p50 {hop['total_p50_ms']:.2f} ms sequential, {hop['rps']:.0f} exchanges/s at the same concurrency, "
+          f"CPU ms per exchange: client {hop['cpu_ms']['hop_client']:.2f}, server {hop['cpu_ms']['hop_server']:.2f} "
+          f"({hop['cpu_ms']['hop_client'] / backend:.2f}x and {hop['cpu_ms']['hop_server'] / backend:.2f}x the backend's own)")
+    print(f"  gateway added p50 >= local path's added {local['added_total_p50_ms']:.2f} + bare hop "
+          f"{hop['total_p50_ms']:.2f} + four signatures {sigs:.2f} = {floor:.2f} ms "
+          f"({floor / direct['total_p50_ms']:.2f}x direct); measured {gw['added_total_p50_ms']:.2f} ms; "
+          f"issue 13's target 0.9x direct = {0.9 * direct['total_p50_ms']:.2f} ms")
+    client = hop["cpu_ms"]["hop_client"] + (crypto["sign offer"] + crypto["verify receipt"]) / 1000
+    print(f"  gateway CPU >= bare hop's client end + sign offer + verify receipt = {client:.2f} ms "
+          f"({client / backend:.2f}x the backend's own, before any HTTP); measured {gw['cpu_ms']['node_a']:.2f} ms; "
+          f"target 1.0x = {backend:.2f} ms")
 
 
 def start_pair(tmp: Path, suffix: str, tree: Path | None,
@@ -334,6 +390,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--requests", type=int, default=100, help="sequential requests per path per round")
+    ap.add_argument("--pause", type=float, default=0.0, metavar="S",
+                    help="idle seconds before each sequential request (the first request after a pause)")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=5.0, help="throughput phase per path per round")
     ap.add_argument("--price", type=float, default=1.0,
@@ -344,6 +402,8 @@ def main() -> None:
     ap.add_argument("--json", metavar="FILE", help="write the per-path medians here")
     ap.add_argument("--syscalls", type=int, default=0, metavar="N",
                     help="also count system calls per request over N requests per path (needs strace)")
+    ap.add_argument("--floor", action="store_true",
+                    help="also measure the bare libp2p hop (bench/hop_echo.py) and signatures: the gateway path's floor")
     ap.add_argument("--baseline", metavar="DIR",
                     help="another source tree (e.g. a git worktree of an older revision) whose nodes are measured too")
     opts = ap.parse_args()
@@ -387,8 +447,15 @@ def main() -> None:
                                   {"litellm": lproc.pid, "backend": pids["backend"]}, AUTH))
         else:
             print(f"LiteLLM proxy not measured: no executable at {opts.litellm!r} (see this file's docstring)")
-        rounds = trio.run(measure, targets, opts, {"node_a": pids["node_a"], "node_b": pids["node_b"]})
-        s = summarise(rounds, [t.name for t in targets])
+        hop = None
+        if opts.floor:
+            procs.append(subprocess.Popen([sys.executable, str(ROOT / "bench" / "hop_echo.py")], stdout=subprocess.PIPE,
+                                          stderr=subprocess.DEVNULL, text=True))
+            assert procs[-1].stdout is not None
+            hop = (procs[-1].stdout.readline().strip(), procs[-1].pid)
+            opts.crypto = crypto_us()
+        rounds = trio.run(measure_all, targets, opts, {"node_a": pids["node_a"], "node_b": pids["node_b"]}, hop)
+        s = summarise(rounds, [t.name for t in targets] + (["hop"] if hop else []))
         report(s, opts)
         if opts.json:
             Path(opts.json).write_text(json.dumps({"options": vars(opts), "paths": s}, indent=1))
