@@ -117,53 +117,42 @@ async def test_a_read_stops_counting_a_request_that_ended(autojump_clock: trio.t
         assert local.view("m").load.running == 5
 
 
-class RemoteLoadBackend(ScriptedBackend):
-    """Its load comes over the network (an HTTP server's ``/metrics``): each read takes
-    ``scrape_s`` and is counted."""
+class RemoteLoadBackend(ScrapedBackend):
+    """Its load comes over the network (an HTTP server's ``/metrics``): each read takes 0.3 s."""
 
     load_over_network = True
 
-    def __init__(self, *args: object, scrape_s: float, **kw: object) -> None:
-        super().__init__(*args, **kw)  # type: ignore[arg-type]
-        self.scrape_s = scrape_s
-        self.reads: list[float] = []
-
     async def load(self) -> Load:
-        self.reads.append(trio.current_time())
-        await trio.sleep(self.scrape_s)
-        return Load(running=self.running, queued=0, token_usage=0.0, source="metrics")
+        await trio.sleep(0.3)
+        return await super().load()
+
+
+async def offer_after_pause(backend: ScriptedBackend) -> tuple[float, int]:
+    """A gateway's request to an executor serving ``backend``, after 5.7 s idle: (seconds it
+    took, load reads the executor began meanwhile)."""
+    async with trio.open_nursery() as nursery:
+        net = MemoryNetwork()
+        gw = await start_node(nursery, net, 1, {})
+        ex = await start_node(nursery, net, 2, {"m": backend})
+        await connect_all(gw, [ex])
+        await trio.sleep(5.7)  # a pause: the loop's last reading ended 0.5 s ago, its next is 0.5 s away
+        reads, t0 = ex.serve.local._reads["m"], trio.current_time()
+        events, err = await collect(gw.serve)
+        assert err is None and text_of(events) == "ab" and ex.serve.counters.served_for_peers == 1
+        took = trio.current_time() - t0
+        nursery.cancel_scope.cancel()
+    return took, ex.serve.local._reads["m"] - reads
 
 
 async def test_an_offer_does_not_wait_for_a_scrape(autojump_clock: trio.testing.MockClock) -> None:
     """An executor whose backend's load comes over the network decides on an offer from the
     load its node read last (the load loop reads it every second) instead of scraping first:
     the first request after a pause waited one scrape more than the others."""
-    async with trio.open_nursery() as nursery:
-        net = MemoryNetwork()
-        gw = await start_node(nursery, net, 1, {})
-        backend = RemoteLoadBackend(script=("a", "b"), scrape_s=0.3)
-        ex = await start_node(nursery, net, 2, {"m": backend})
-        await connect_all(gw, [ex])
-        await trio.sleep(5.7)  # a pause: the loop's last reading ended 0.5 s ago, its next is 0.5 s away
-        reads = len(backend.reads)
-        t0 = trio.current_time()
-        events, err = await collect(gw.serve)
-        assert err is None and text_of(events) == "ab" and ex.serve.counters.served_for_peers == 1
-        assert trio.current_time() - t0 < 0.1  # memory transport, latency 0: no scrape in between
-        assert backend.reads[reads:] == []
-        nursery.cancel_scope.cancel()
+    backend = RemoteLoadBackend(script=("a", "b"), max_concurrency=1)
+    took, reads = await offer_after_pause(backend)
+    assert took < 0.1 and reads == 0  # memory transport, latency 0: no scrape in between
 
 
 async def test_an_in_process_load_is_read_at_each_offer(autojump_clock: trio.testing.MockClock) -> None:
-    async with trio.open_nursery() as nursery:
-        net = MemoryNetwork()
-        gw = await start_node(nursery, net, 1, {})
-        backend = ScrapedBackend(script=("a", "b"), max_concurrency=1)
-        ex = await start_node(nursery, net, 2, {"m": backend})
-        await connect_all(gw, [ex])
-        await trio.sleep(5.7)
-        before = ex.serve.local._reads["m"]
-        events, err = await collect(gw.serve)
-        assert err is None and text_of(events) == "ab"
-        assert ex.serve.local._reads["m"] == before + 1
-        nursery.cancel_scope.cancel()
+    took, reads = await offer_after_pause(ScrapedBackend(script=("a", "b"), max_concurrency=1))
+    assert took < 0.1 and reads == 1
