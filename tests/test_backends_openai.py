@@ -480,3 +480,25 @@ async def test_each_event_is_its_own_delta_even_when_one_read_holds_several() ->
     body = sse(chat_chunk("a"), chat_chunk("b"), chat_chunk("c"), chat_chunk(None, "stop"))
     events = await collect(backend(serve_bytes(body)), "chat", CHAT)
     assert [e.text for e in events if isinstance(e, TextDelta)] == ["a", "b", "c"]
+    # but they say that more follow at once: a writer holds them for the last of the read
+    assert [e.more for e in events if isinstance(e, TextDelta)] == [True, True, False]
+
+
+async def test_more_is_never_set_on_the_last_delta_of_a_read() -> None:
+    reads = [sse(chat_chunk("a"), chat_chunk("b"), done=False), sse(chat_chunk("c"), done=False),
+             sse(chat_chunk(None, "stop"), chat_chunk("d"), done=False) + b"data: [DONE]\n\n"]
+    events = await collect(backend(serve_bytes(reads)), "chat", CHAT)
+    assert [(e.text, e.more) for e in events if isinstance(e, TextDelta)] == [
+        ("a", True), ("b", False), ("c", False), ("d", False)]
+
+
+async def test_a_bad_event_ends_the_stream_after_the_good_ones_of_its_read() -> None:
+    """The events of one read before a malformed one were generated: they are delivered
+    (and counted) before the error, as when each event was handled on its own."""
+    body = sse(chat_chunk("a"), chat_chunk("b"), done=False) + b"data: {not json\n\n" + sse(chat_chunk("c"))
+    got: list[TextDelta] = []
+    with pytest.raises(BackendResponseError, match="malformed JSON"):
+        async for event in backend(serve_bytes(body)).generate("chat", CHAT):
+            if isinstance(event, TextDelta):
+                got.append(event)
+    assert [(e.text, e.more) for e in got] == [("a", True), ("b", False)]

@@ -17,11 +17,11 @@ import trio.testing
 from starlette.applications import Starlette
 
 from p2pserve.api.openai import openai_routes, validate_body
-from p2pserve.backends.base import Load
+from p2pserve.backends.base import Load, TextDelta
 from p2pserve.errors import BadRequest
 from p2pserve.policies import PolicyParams
 from p2pserve.wire import Receipt, decode
-from tests.serve_harness import Fail, Hang, Node, ScriptedBackend, connect_all, start_node
+from tests.serve_harness import Fail, Hang, Node, ScriptedBackend, Sleep, connect_all, start_node
 from transports.memory import MemoryNetwork
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -81,6 +81,31 @@ async def test_completion_non_stream_local(autojump_clock: trio.testing.MockCloc
         assert r.headers["x-p2pserve-executor"] == node.signer.peer_id
 
 
+async def post_raw(app: Any, payload: dict[str, Any]) -> list[tuple[float, dict[str, Any]]]:
+    """POST ``payload`` to ``/v1/chat/completions`` of ASGI ``app``; every message the app
+    sent, with trio's time when it sent it (each body message is one socket write)."""
+    body = json.dumps(payload).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions", "query_string": b"",
+             "root_path": "", "headers": [(b"content-type", b"application/json")], "server": ("node", 80)}
+    sent: list[tuple[float, dict[str, Any]]] = []
+    requested = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await trio.sleep_forever()
+        raise AssertionError
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append((trio.current_time(), message))
+
+    await app(scope, receive, send)
+    return sent
+
+
 async def test_chat_stream_chunks(autojump_clock: trio.testing.MockClock) -> None:
     async with api() as (client, node, _):
         r = await client.post("/v1/chat/completions", json={**CHAT, "stream": True, "stream_options": {"include_usage": True}})
@@ -118,37 +143,31 @@ async def test_the_answer_is_out_before_the_serving_path_wraps_up(
                 yield relay()
 
         node.serve.submit = slow_wrap_up  # type: ignore[method-assign]
-        app = Starlette(routes=openai_routes(node.serve))
-        body = json.dumps({**CHAT, "stream": stream}).encode()
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-                 "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions", "query_string": b"",
-                 "root_path": "", "headers": [(b"content-type", b"application/json")], "server": ("node", 80)}
-        messages: list[dict[str, Any]] = []
-        ended_at: list[float] = []
-        requested = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal requested
-            if not requested:
-                requested = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await trio.sleep_forever()
-            raise AssertionError
-
-        async def send(message: dict[str, Any]) -> None:
-            messages.append(message)
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
-                ended_at.append(trio.current_time())
-
         t0 = trio.current_time()
-        await app(scope, receive, send)
+        sent = await post_raw(Starlette(routes=openai_routes(node.serve)), {**CHAT, "stream": stream})
         assert trio.current_time() - t0 >= 30  # the wrap-up ran (and the app waited for it)
+        ended_at = [t for t, m in sent if m["type"] == "http.response.body" and not m.get("more_body", False)]
         assert len(ended_at) == 1 and ended_at[0] - t0 < 5
-        text = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body").decode()
+        text = b"".join(m.get("body", b"") for _, m in sent if m["type"] == "http.response.body").decode()
         if stream:
             assert sse(text)[-1] == "[DONE]"
         else:
             assert json.loads(text)["choices"][0]["message"]["content"] == "Hello world"
+
+
+async def test_the_tokens_of_one_backend_read_leave_in_one_write(autojump_clock: trio.testing.MockClock) -> None:
+    """A backend read that held several token events gives deltas that say ``more``: their
+    SSE events leave together with the read's last one (one write, not one per token), and
+    every token is still its own event; a token that came alone leaves at once."""
+    backend = ScriptedBackend(script=(TextDelta("a", more=True), TextDelta("b", more=True), "c", Sleep(1), "d"))
+    async with api(backend) as (_, node, _ex):
+        sent = await post_raw(Starlette(routes=openai_routes(node.serve)), {**CHAT, "stream": True})
+    bodies = [(t, m["body"].decode()) for t, m in sent if m["type"] == "http.response.body"]
+    assert len(bodies) == 3  # role + a + b + c; d; the last chunk and [DONE]
+    first, second, last = (sse(b) for _, b in bodies)
+    assert [c["choices"][0]["delta"].get("content") for c in first] == ["", "a", "b", "c"]
+    assert [c["choices"][0]["delta"]["content"] for c in second] == ["d"]
+    assert bodies[1][0] - bodies[0][0] == 1 and last[-1] == "[DONE]"
 
 
 async def test_completion_stream_chunks(autojump_clock: trio.testing.MockClock) -> None:

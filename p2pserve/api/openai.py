@@ -299,7 +299,8 @@ class _Answer(Response):
                                 event(self._chunk(text="", role=True))
                     elif isinstance(ev, TextDelta):
                         pending.append(f"{self._head}{json.dumps(ev.text)}{self._tail}".encode())
-                        await flush()
+                        if not ev.more:  # the tokens of one backend read leave in one write
+                            await flush()
                     elif not ended:  # Completed: the body ends now, before the serving path's own wrap-up
                         last = self._chunk(finish=ev.finish_reason, text=None if self.kind == "chat" else "")
                         last["p2pserve"] = _p2pserve(ev)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 __all__ = ["Backend", "Finished", "GenerationEvent", "Kind", "Load", "LoadSource", "TextDelta"]
@@ -45,9 +45,13 @@ class Load:
 
 @dataclass(frozen=True, slots=True)
 class TextDelta:
-    """Generated text, in order."""
+    """Generated text, in order. One per token event of the backend: callers count them."""
 
     text: str
+    more: bool = field(default=False, compare=False)
+    """Another delta follows at once, from the same read of the backend's stream: a consumer
+    that writes to a socket may hold this one for it (one write per read, not per token).
+    Never set on the last delta of a read, so holding never waits on the network."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,6 +74,18 @@ def _deadline_in(limit: float | None, deadline: float) -> float:
     return remaining if limit is None else min(limit, remaining)
 
 
+@dataclass(slots=True)
+class _Answer:
+    """What one streamed answer has said so far."""
+
+    finish: str | None = None
+    usage: tuple[int, int] | None = None
+    done: bool = False
+    """``[DONE]`` seen."""
+    pieces: int = 0
+    """Text events seen (the completion tokens when the backend reports no usage)."""
+
+
 class OpenAIBackend(Backend):
     """One model on one OpenAI-compatible server, reached over HTTP.
 
@@ -230,11 +242,8 @@ class OpenAIBackend(Backend):
     ) -> AsyncGenerator[GenerationEvent, None]:
         status = response.status
         decoder = SSEDecoder()
-        finish: str | None = None
-        usage: tuple[int, int] | None = None
-        pieces = 0
-        done = False
-        while not done:
+        answer = _Answer()
+        while not answer.done:
             limit = _deadline_in(self.timeouts.read, deadline)
             raw: bytes | None = None
             try:
@@ -251,28 +260,46 @@ class OpenAIBackend(Backend):
             except BackendResponseError as exc:
                 raise BackendResponseError(str(exc), status_code=status) from exc
             # one TextDelta per event: callers count them as tokens (partial receipts, the
-            # tokens a continuation elsewhere may still generate), so they are not merged
+            # tokens a continuation elsewhere may still generate), so they are not merged;
+            # all but the last of one read say ``more`` (a writer may hold them for it)
+            deltas, bad = self._take(kind, payloads, status, answer)
+            last = len(deltas) - 1
+            for i, delta in enumerate(deltas):
+                yield TextDelta(delta, more=i < last)
+            if bad is not None:  # after the good deltas before it: they were generated
+                raise bad
+            if raw is None and not answer.done:
+                if answer.finish is None:
+                    raise BackendResponseError("backend stream ended before the answer finished", status_code=status)
+                answer.done = True  # finished; tolerate a missing [DONE]
+            elif raw is not None and answer.done:
+                await _drain(response)
+        if answer.finish is None:
+            raise BackendResponseError("backend stream ended without a finish_reason", status_code=status)
+        usage = answer.usage if answer.usage is not None else (_prompt_tokens(kind, sent), answer.pieces)
+        yield Finished(finish_reason=answer.finish, prompt_tokens=usage[0], completion_tokens=usage[1])
+
+    def _take(
+        self, kind: Kind, payloads: list[str], status: int, answer: _Answer
+    ) -> tuple[list[str], BackendResponseError | None]:
+        """The texts of one read's SSE events (noting finish, usage and ``[DONE]`` in
+        ``answer``), and the error of the first bad event, which ends them."""
+        deltas: list[str] = []
+        try:
             for payload in payloads:
                 if payload.strip() == "[DONE]":
-                    done = True
+                    answer.done = True
                     break
-                delta, chunk_finish, chunk_usage = _read_chunk(kind, self._parse_chunk(payload, status), status)
-                usage = chunk_usage or usage
-                finish = chunk_finish or finish
+                delta, finish, usage = _read_chunk(kind, self._parse_chunk(payload, status), status)
+                answer.usage = usage or answer.usage
+                answer.finish = finish or answer.finish
                 if delta:
-                    pieces += 1
-                    yield TextDelta(delta)
-            if raw is None and not done:
-                if finish is None:
-                    raise BackendResponseError("backend stream ended before the answer finished", status_code=status)
-                done = True  # finished; tolerate a missing [DONE]
-            elif raw is not None and done:
-                await _drain(response)
-        if finish is None:
-            raise BackendResponseError("backend stream ended without a finish_reason", status_code=status)
-        if usage is None:
-            usage = (_prompt_tokens(kind, sent), pieces)
-        yield Finished(finish_reason=finish, prompt_tokens=usage[0], completion_tokens=usage[1])
+                    deltas.append(delta)
+        except BackendResponseError as exc:
+            return deltas, exc
+        finally:
+            answer.pieces += len(deltas)
+        return deltas, None
 
     def _parse_chunk(self, payload: str, status: int) -> dict[str, Any]:
         try:

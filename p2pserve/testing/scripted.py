@@ -1,7 +1,8 @@
 """A backend that plays a script, for serving tests in virtual time.
 
 :class:`ScriptedBackend` implements :class:`p2pserve.backends.base.Backend` by playing a
-script of steps: a ``str`` is one text delta, :class:`Sleep` waits on trio's clock,
+script of steps: a ``str`` is one text delta (a :class:`~p2pserve.backends.base.TextDelta`
+is played as it is, ``more`` included), :class:`Sleep` waits on trio's clock,
 :class:`Fail` raises :class:`~p2pserve.errors.BackendUnavailable`, :class:`Hang` never
 produces anything again (until cancelled). After the last step it yields one
 :class:`~p2pserve.backends.base.Finished` whose ``completion_tokens`` is the number of
@@ -49,7 +50,7 @@ class Hang:
     """Never produce anything again (until cancelled)."""
 
 
-Step = str | Sleep | Fail | Hang
+Step = str | TextDelta | Sleep | Fail | Hang
 """One step of a script: a text delta, or one of :class:`Sleep`, :class:`Fail`, :class:`Hang`."""
 
 
@@ -78,9 +79,9 @@ class ScriptedBackend(Backend):
         try:
             n = 0
             for step in self.script:
-                if isinstance(step, str):
+                if isinstance(step, str | TextDelta):
                     n += 1
-                    yield TextDelta(step)
+                    yield TextDelta(step) if isinstance(step, str) else step
                     await trio.lowlevel.checkpoint()
                 elif isinstance(step, Sleep):
                     await trio.sleep(step.seconds)
