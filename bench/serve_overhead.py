@@ -231,7 +231,7 @@ async def measure(targets: list[Target], opts: argparse.Namespace, spy_pids: dic
             for t in order:
                 last = i == opts.rounds - 1
                 spy = [(f"{opts.spy}/{name}.txt", pid) for name, pid in spy_pids.items()] \
-                    if opts.spy and last and t.name == "gateway" else []
+                    if opts.spy and last and t.name == opts.spy_path else []
                 r.rps[t.name], r.cpu_ms[t.name] = await throughput(client, t, opts.concurrency, opts.seconds, spy)
             rounds.append(r)
         if opts.syscalls:
@@ -399,6 +399,7 @@ def main() -> None:
     ap.add_argument("--litellm", default=str(ROOT / ".venv-litellm/bin/litellm"),
                     help="LiteLLM proxy executable ('' to leave it out)")
     ap.add_argument("--spy", metavar="DIR", help="py-spy (on PATH) records A and B during the last gateway phase")
+    ap.add_argument("--spy-path", default="gateway", help="the path whose throughput phase --spy records")
     ap.add_argument("--json", metavar="FILE", help="write the per-path medians here")
     ap.add_argument("--syscalls", type=int, default=0, metavar="N",
                     help="also count system calls per request over N requests per path (needs strace)")
