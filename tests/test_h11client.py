@@ -220,6 +220,24 @@ class socket_bound:
         self.sock.close()
 
 
+async def test_as_many_connections_are_kept_alive_as_may_be_open() -> None:
+    """A node running 32 requests at once kept only 16 connections alive (the old default):
+    half its requests under that load opened a new TCP connection and closed it after."""
+    async with trio.open_nursery() as nursery:
+        server = await start(nursery, keep_alive())
+        client = H11Client(f"http://127.0.0.1:{server.port}", max_connections=32)
+        with trio.fail_after(30):
+            for _ in range(2):
+                responses = [await client.request("GET", "/") for _ in range(32)]
+                for r in responses:
+                    assert await r.aread(100) == b"hello"
+                    await r.aclose()
+                assert len(client._idle) == 32
+        assert server.connections == 32  # the second round reused every one
+        await client.aclose()
+        nursery.cancel_scope.cancel()
+
+
 async def test_connection_limit_and_keepalive_expiry() -> None:
     async with trio.open_nursery() as nursery:
         server = await start(nursery, keep_alive())

@@ -8,7 +8,8 @@ generator and no context manager on the hot path. httpx did the same job with fo
 largest single cost (``docs/benchmarks.md``).
 
 Connections: at most ``max_connections`` open (a request waits for a free one), idle ones
-kept newest first, at most ``max_keepalive`` of them, each for ``keepalive_s`` seconds
+kept newest first, at most ``max_keepalive`` of them (default: ``max_connections``: a
+node that runs that many requests at once reconnects for none), each for ``keepalive_s`` seconds
 (trio's clock; 4 s by default, under the 5 s after which uvicorn (vLLM, SGLang) and
 llama-server close an idle connection). An idle connection the server has closed is
 readable (EOF), so it is dropped before use, not written to. The server may still close it
@@ -138,7 +139,7 @@ class H11Client:
         headers: Mapping[str, str] | None = None,
         connect_timeout: float | None = 5.0,
         max_connections: int = 64,
-        max_keepalive: int = 16,
+        max_keepalive: int | None = None,
         keepalive_s: float = 4.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
@@ -156,7 +157,7 @@ class H11Client:
             self._headers.append(("Authorization", "Basic " + base64.b64encode(basic).decode()))
         self._headers += [*(headers or {}).items()]
         self.connect_timeout = connect_timeout
-        self.max_keepalive = max_keepalive
+        self.max_keepalive = max_keepalive if max_keepalive is not None else max_connections
         self.keepalive_s = keepalive_s
         self._ssl = ssl_context if ssl_context is not None else (ssl.create_default_context() if self.tls else None)
         self._slots = trio.Semaphore(max_connections)

@@ -124,7 +124,7 @@ class OpenAIBackend(Backend):
         gen_params: Mapping[str, Any] | None = None,
         timeouts: Timeouts = Timeouts(),
         max_connections: int = 64,
-        max_keepalive_connections: int = 16,
+        max_keepalive_connections: int | None = None,
         max_concurrency: int = 1,
         context_length: int = 8192,
         metrics: MetricsMode = "auto",
