@@ -9,11 +9,12 @@ import pytest
 import trio
 import trio.testing
 
+from p2pserve.backends.base import TextDelta
 from p2pserve.net.framed import FramedStream
 from p2pserve.serving.receipts import ReplayGuard
 from p2pserve.serving.replay_log import REPLAY_NAME, ReplayLog
-from p2pserve.wire.infer import INFER_PROTOCOL, Accept, Done, InferRequest, Reject
-from tests.serve_harness import NETWORK, ScriptedBackend, signer, start_node, start_transport, wall_clock
+from p2pserve.wire.infer import INFER_PROTOCOL, Accept, Chunk, Done, Failure, InferRequest, Reject
+from tests.serve_harness import NETWORK, Fail, ScriptedBackend, Sleep, signer, start_node, start_transport, wall_clock
 from transports.memory import MemoryNetwork
 
 
@@ -27,18 +28,22 @@ def offer(executor: str, **changes: object) -> InferRequest:
     return signed
 
 
-async def send_offer(t: object, peer: str, req: InferRequest) -> object:
-    stream = await t.open_stream(peer, INFER_PROTOCOL)  # type: ignore[attr-defined]
-    fs = FramedStream(stream)
+async def read_answer(t: object, peer: str, req: InferRequest) -> list[object]:
+    """Every message the executor sends for ``req``, up to its Done or Failure."""
+    fs = FramedStream(await t.open_stream(peer, INFER_PROTOCOL))  # type: ignore[attr-defined]
     try:
         await fs.send(req)
-        reply = await fs.recv((Accept, Reject), timeout=5)
-        if isinstance(reply, Accept):
-            while not isinstance(reply, Done):
-                reply = await fs.recv(timeout=5)
-        return reply
+        got = [await fs.recv(timeout=5)]
+        while not isinstance(got[-1], Done | Failure | Reject):
+            got.append(await fs.recv(timeout=5))
+        return got
     finally:
         await fs.aclose()
+
+
+async def send_offer(t: object, peer: str, req: InferRequest) -> object:
+    """The executor's last message for ``req`` (Reject, Done or Failure)."""
+    return (await read_answer(t, peer, req))[-1]
 
 
 async def test_offer_checks(autojump_clock: trio.testing.MockClock) -> None:
@@ -136,3 +141,34 @@ def test_price_rounds_up(n: int) -> None:
 
     assert price_for(n, 1000) == n
     assert price_for(n, 1) == (n + 999) // 1000
+
+
+async def test_the_tokens_of_one_backend_read_travel_in_one_chunk(autojump_clock: trio.testing.MockClock) -> None:
+    """One Chunk per backend read (deltas saying ``more``, then the read's last): one frame
+    to encode, send and check instead of one per token; the receipt still counts tokens."""
+    script = (TextDelta("a", more=True), TextDelta("b", more=True), "c", Sleep(1), "d", TextDelta("e", more=True), "f")
+    async with trio.open_nursery() as nursery:
+        net = MemoryNetwork()
+        exe = await start_node(nursery, net, 2, {"m": ScriptedBackend(script=script)}, prices={"m": 1000})
+        t = await start_transport(nursery, net, 1)
+        await t.connect(exe.transport.listen_addrs()[0])
+        got = await read_answer(t, exe.signer.peer_id, offer(exe.signer.peer_id))
+        assert isinstance(got[0], Accept) and isinstance(got[-1], Done)
+        assert got[1:-1] == [Chunk(0, "abc"), Chunk(1, "d"), Chunk(2, "ef")]
+        assert got[-1].receipt.completion_tokens == 6  # from the backend's count, one per delta
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_failure_after_held_tokens_sends_them_and_counts_each(autojump_clock: trio.testing.MockClock) -> None:
+    script = ("a", TextDelta("b", more=True), TextDelta("c", more=True), Fail("GPU fell off"))
+    async with trio.open_nursery() as nursery:
+        net = MemoryNetwork()
+        exe = await start_node(nursery, net, 2, {"m": ScriptedBackend(script=script)}, prices={"m": 1000})
+        t = await start_transport(nursery, net, 1)
+        await t.connect(exe.transport.listen_addrs()[0])
+        got = await read_answer(t, exe.signer.peer_id, offer(exe.signer.peer_id))
+        assert got[1:-1] == [Chunk(0, "a"), Chunk(1, "bc")]
+        failure = got[-1]
+        assert isinstance(failure, Failure) and failure.receipt is not None and failure.receipt.partial
+        assert failure.receipt.completion_tokens == 3  # a, b, c: every token that went out
+        nursery.cancel_scope.cancel()

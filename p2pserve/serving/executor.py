@@ -364,25 +364,40 @@ class InferExecutor:
     async def _generate(
         self, outbox: _Outbox, session: _Session, job: _Job, gen: AsyncIterator[Any], sent: list[str]
     ) -> None:
-        """Queue the answer's chunks and its final message (Done, or Failure on a backend error)."""
-        index = 0
+        """Queue the answer's chunks and its final message (Done, or Failure on a backend error).
+
+        The tokens of one backend read (deltas saying ``more``, then the read's last) go out
+        as one Chunk: one frame to encode, send and check instead of one per token. ``sent``
+        still gets one entry per token, once its chunk is queued: a partial receipt counts
+        them (``len(sent)``) and covers exactly the text that went out."""
+        chunks = 0
+        held: list[str] = []
+
+        async def send_held() -> None:
+            nonlocal chunks
+            text, limit = "".join(held), self.limits.max_text_chunk
+            for start in range(0, len(text), limit):
+                await outbox.put(Chunk(chunks, text[start : start + limit]))
+                chunks += 1
+            sent.extend(held)
+            held.clear()
+
         try:
             async for ev in gen:
                 if isinstance(ev, Finished):
+                    await send_held()
                     receipt = self._receipt(job, "".join(sent), ev.prompt_tokens, ev.completion_tokens, False)
                     session.busy = False
                     await outbox.put(Done(ev.finish_reason, receipt))
                     self.counters.served_for_peers += 1
                     return
-                text = ev.text
-                limit = self.limits.max_text_chunk
-                for start in range(0, len(text), limit):
-                    piece = text[start : start + limit]
-                    await outbox.put(Chunk(index, piece))
-                    sent.append(piece)
-                    index += 1
+                if ev.text:
+                    held.append(ev.text)
+                if not ev.more:
+                    await send_held()
             raise BackendError("backend ended without a Finished event")
         except (BackendError, ServingError) as exc:  # ServingError: e.g. BadRequest from a peer's body
+            await send_held()  # generated before the error: it goes out, and is paid for
             partial = self._receipt(job, "".join(sent), 0, len(sent), True) if sent else None
             session.busy = False
             code = "backend-error" if isinstance(exc, BackendError) else exc.error_type
