@@ -75,7 +75,7 @@ def _deadline_in(limit: float | None, deadline: float) -> float:
 
 
 @dataclass(slots=True)
-class _Answer:
+class _StreamState:
     """What one streamed answer has said so far."""
 
     finish: str | None = None
@@ -242,8 +242,8 @@ class OpenAIBackend(Backend):
     ) -> AsyncGenerator[GenerationEvent, None]:
         status = response.status
         decoder = SSEDecoder()
-        answer = _Answer()
-        while not answer.done:
+        state = _StreamState()
+        while not state.done:
             limit = _deadline_in(self.timeouts.read, deadline)
             raw: bytes | None = None
             try:
@@ -262,43 +262,43 @@ class OpenAIBackend(Backend):
             # one TextDelta per event: callers count them as tokens (partial receipts, the
             # tokens a continuation elsewhere may still generate), so they are not merged;
             # all but the last of one read say ``more`` (a writer may hold them for it)
-            deltas, bad = self._take(kind, payloads, status, answer)
+            deltas, bad = self._take(kind, payloads, status, state)
             last = len(deltas) - 1
             for i, delta in enumerate(deltas):
                 yield TextDelta(delta, more=i < last)
             if bad is not None:  # after the good deltas before it: they were generated
                 raise bad
-            if raw is None and not answer.done:
-                if answer.finish is None:
+            if raw is None and not state.done:
+                if state.finish is None:
                     raise BackendResponseError("backend stream ended before the answer finished", status_code=status)
-                answer.done = True  # finished; tolerate a missing [DONE]
-            elif raw is not None and answer.done:
+                state.done = True  # finished; tolerate a missing [DONE]
+            elif raw is not None and state.done:
                 await _drain(response)
-        if answer.finish is None:
+        if state.finish is None:
             raise BackendResponseError("backend stream ended without a finish_reason", status_code=status)
-        usage = answer.usage if answer.usage is not None else (_prompt_tokens(kind, sent), answer.pieces)
-        yield Finished(finish_reason=answer.finish, prompt_tokens=usage[0], completion_tokens=usage[1])
+        usage = state.usage if state.usage is not None else (_prompt_tokens(kind, sent), state.pieces)
+        yield Finished(finish_reason=state.finish, prompt_tokens=usage[0], completion_tokens=usage[1])
 
     def _take(
-        self, kind: Kind, payloads: list[str], status: int, answer: _Answer
+        self, kind: Kind, payloads: list[str], status: int, state: _StreamState
     ) -> tuple[list[str], BackendResponseError | None]:
         """The texts of one read's SSE events (noting finish, usage and ``[DONE]`` in
-        ``answer``), and the error of the first bad event, which ends them."""
+        ``state``), and the error of the first bad event, which ends them."""
         deltas: list[str] = []
         try:
             for payload in payloads:
                 if payload.strip() == "[DONE]":
-                    answer.done = True
+                    state.done = True
                     break
                 delta, finish, usage = _read_chunk(kind, self._parse_chunk(payload, status), status)
-                answer.usage = usage or answer.usage
-                answer.finish = finish or answer.finish
+                state.usage = usage or state.usage
+                state.finish = finish or state.finish
                 if delta:
                     deltas.append(delta)
         except BackendResponseError as exc:
             return deltas, exc
         finally:
-            answer.pieces += len(deltas)
+            state.pieces += len(deltas)
         return deltas, None
 
     def _parse_chunk(self, payload: str, status: int) -> dict[str, Any]:
