@@ -13,6 +13,7 @@ from p2pserve.backends.base import TextDelta
 from p2pserve.net.framed import FramedStream
 from p2pserve.serving.receipts import ReplayGuard
 from p2pserve.serving.replay_log import REPLAY_NAME, ReplayLog
+from p2pserve.testing.scripted import Step
 from p2pserve.wire.infer import INFER_PROTOCOL, Accept, Chunk, Done, Failure, InferRequest, Reject
 from tests.serve_harness import NETWORK, Fail, ScriptedBackend, Sleep, signer, start_node, start_transport, wall_clock
 from transports.memory import MemoryNetwork
@@ -143,32 +144,31 @@ def test_price_rounds_up(n: int) -> None:
     assert price_for(n, 1) == (n + 999) // 1000
 
 
+async def answer_to(script: tuple[Step, ...]) -> list[object]:
+    """What an executor playing ``script`` sends for one offer (Accept to Done or Failure)."""
+    async with trio.open_nursery() as nursery:
+        net = MemoryNetwork()
+        exe = await start_node(nursery, net, 2, {"m": ScriptedBackend(script=script)}, prices={"m": 1000})
+        t = await start_transport(nursery, net, 1)
+        await t.connect(exe.transport.listen_addrs()[0])
+        got = await read_answer(t, exe.signer.peer_id, offer(exe.signer.peer_id))
+        nursery.cancel_scope.cancel()
+    return got
+
+
 async def test_the_tokens_of_one_backend_read_travel_in_one_chunk(autojump_clock: trio.testing.MockClock) -> None:
     """One Chunk per backend read (deltas saying ``more``, then the read's last): one frame
     to encode, send and check instead of one per token; the receipt still counts tokens."""
-    script = (TextDelta("a", more=True), TextDelta("b", more=True), "c", Sleep(1), "d", TextDelta("e", more=True), "f")
-    async with trio.open_nursery() as nursery:
-        net = MemoryNetwork()
-        exe = await start_node(nursery, net, 2, {"m": ScriptedBackend(script=script)}, prices={"m": 1000})
-        t = await start_transport(nursery, net, 1)
-        await t.connect(exe.transport.listen_addrs()[0])
-        got = await read_answer(t, exe.signer.peer_id, offer(exe.signer.peer_id))
-        assert isinstance(got[0], Accept) and isinstance(got[-1], Done)
-        assert got[1:-1] == [Chunk(0, "abc"), Chunk(1, "d"), Chunk(2, "ef")]
-        assert got[-1].receipt.completion_tokens == 6  # from the backend's count, one per delta
-        nursery.cancel_scope.cancel()
+    got = await answer_to((TextDelta("a", more=True), TextDelta("b", more=True), "c", Sleep(1), "d",
+                           TextDelta("e", more=True), "f"))
+    assert isinstance(got[0], Accept) and isinstance(got[-1], Done)
+    assert got[1:-1] == [Chunk(0, "abc"), Chunk(1, "d"), Chunk(2, "ef")]
+    assert got[-1].receipt.completion_tokens == 6  # from the backend's count, one per delta
 
 
 async def test_a_failure_after_held_tokens_sends_them_and_counts_each(autojump_clock: trio.testing.MockClock) -> None:
-    script = ("a", TextDelta("b", more=True), TextDelta("c", more=True), Fail("GPU fell off"))
-    async with trio.open_nursery() as nursery:
-        net = MemoryNetwork()
-        exe = await start_node(nursery, net, 2, {"m": ScriptedBackend(script=script)}, prices={"m": 1000})
-        t = await start_transport(nursery, net, 1)
-        await t.connect(exe.transport.listen_addrs()[0])
-        got = await read_answer(t, exe.signer.peer_id, offer(exe.signer.peer_id))
-        assert got[1:-1] == [Chunk(0, "a"), Chunk(1, "bc")]
-        failure = got[-1]
-        assert isinstance(failure, Failure) and failure.receipt is not None and failure.receipt.partial
-        assert failure.receipt.completion_tokens == 3  # a, b, c: every token that went out
-        nursery.cancel_scope.cancel()
+    got = await answer_to(("a", TextDelta("b", more=True), TextDelta("c", more=True), Fail("GPU fell off")))
+    assert got[1:-1] == [Chunk(0, "a"), Chunk(1, "bc")]
+    failure = got[-1]
+    assert isinstance(failure, Failure) and failure.receipt is not None and failure.receipt.partial
+    assert failure.receipt.completion_tokens == 3  # a, b, c: every token that went out
