@@ -27,6 +27,7 @@ from typing import TypeVar
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from p2pserve.clock import SYSTEM_CLOCK  # noqa: E402
 from p2pserve.crypto import _VERIFIED, Signer, sha256  # noqa: E402
 from p2pserve.net.framed import FramedStream  # noqa: E402
 from p2pserve.transport import Stream  # noqa: E402
@@ -43,7 +44,7 @@ T = TypeVar("T")
 def _offer(signer: Signer, executor: str) -> InferRequest:
     return InferRequest(request_id=os.urandom(16), network_id="p2pserve-bench", requester=signer.peer_id,
                         executor=executor, model="fake-model", kind="chat", body=BODY,
-                        created_ms=int(time.time() * 1000), continuation="", max_price_per_1k=1000,
+                        created_ms=SYSTEM_CLOCK.wall_ms(), continuation="", max_price_per_1k=1000,
                         signature=b"").signed(signer)
 
 
@@ -51,7 +52,7 @@ def _receipt(signer: Signer, offer: InferRequest) -> Receipt:
     return Receipt(request_id=offer.request_id, network_id=offer.network_id, requester=offer.requester,
                    executor=signer.peer_id, model=offer.model, request_hash=offer.request_hash(),
                    response_hash=sha256(TEXT.encode()), prompt_tokens=12, completion_tokens=16, price=16,
-                   partial=False, timestamp_ms=int(time.time() * 1000), signature=b"").signed(signer)
+                   partial=False, timestamp_ms=SYSTEM_CLOCK.wall_ms(), signature=b"").signed(signer)
 
 
 def crypto_us(n: int = 1000) -> dict[str, float]:
